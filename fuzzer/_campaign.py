@@ -1,0 +1,139 @@
+"""A fuzzing campaign: Hypothesis batches within a budget, then a verified minimal reproduction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+import attrs
+import hypothesis
+from hypothesis import HealthCheck, Phase, Verbosity
+from hypothesis import settings as Settings
+from hypothesis.stateful import get_state_machine_test
+
+from fuzzer._errors import KernelFailure, ModelLimitation, PluginError
+from fuzzer._machine import Machine
+from fuzzer._model import Model
+from fuzzer._statemachine import Stats, build_state_machine
+from fuzzer._steps import Step
+
+#: Examples per Hypothesis run; the time budget is checked between runs.
+BATCH = 50
+#: Rules per example (Hypothesis's stateful_step_count).
+STEPS_PER_EXAMPLE = 30
+
+
+@attrs.frozen
+class Outcome:
+    """What a campaign ended with; outlives the machines it ran."""
+
+    status: str
+    """``passed``, ``failed`` (a kernel failure), ``interrupted`` or ``error``."""
+    failure: KernelFailure | None
+    """The verified, minimal kernel failure (``failed``)."""
+    steps: tuple[Step, ...]
+    """The minimal reproduction's steps (``failed``, or a plugin error's)."""
+    error: BaseException | None
+    """A plugin error or internal error (``error``)."""
+    examples: int
+    emulated_steps: int
+    duration: float
+    time_to_first_failure: float | None = None
+
+
+def replay(model: Model, steps: Sequence[Step]) -> tuple[Machine, KernelFailure | None]:
+    """Replay ``steps`` on a fresh machine, then finish it; return the failure or None."""
+    machine = Machine(model)
+    try:
+        for step in steps:
+            machine.apply(step)
+        if machine.booted:
+            machine.finish()
+    except KernelFailure as failure:
+        failure.steps = tuple(machine.steps)
+        return machine, failure
+    return machine, None
+
+
+def run_campaign(
+    model: Model,
+    *,
+    seed: int,
+    max_examples: int,
+    time_budget: float,
+    progress: Callable[[Stats, float], None] | None = None,
+    on_first_failure: Callable[[BaseException], None] | None = None,
+) -> Outcome:
+    """Search for a kernel failure; shrink and verify the first one found.
+
+    ``max_examples`` and ``time_budget`` of 0 mean unbounded. The same seed
+    gives the same batches, so the same outcome within the same budget.
+    """
+    started = time.monotonic()
+    first_at: list[float] = []
+
+    def first_failure(exc: BaseException) -> None:
+        first_at.append(time.monotonic() - started)
+        if on_first_failure is not None:
+            on_first_failure(exc)
+
+    stats = Stats(on_first_failure=first_failure)
+    machine_cls = build_state_machine(model, stats)
+    batch = 0
+    found: BaseException | None = None
+    try:
+        while True:
+            elapsed = time.monotonic() - started
+            if max_examples and stats.examples >= max_examples:
+                break
+            if time_budget and elapsed >= time_budget:
+                break
+            n = BATCH if not max_examples else min(BATCH, max_examples - stats.examples)
+            settings = Settings(
+                max_examples=max(n, 1),
+                stateful_step_count=STEPS_PER_EXAMPLE,
+                deadline=None,
+                database=None,
+                derandomize=False,
+                report_multiple_bugs=False,
+                verbosity=Verbosity.quiet,
+                phases=(Phase.explicit, Phase.generate, Phase.target, Phase.shrink),
+                suppress_health_check=list(HealthCheck),
+            )
+            test = get_state_machine_test(machine_cls, settings=settings)
+            test = hypothesis.seed(_batch_seed(seed, batch))(test)
+            batch += 1
+            try:
+                test()
+            except (KernelFailure, PluginError, ModelLimitation) as exc:
+                found = exc
+                break
+            if progress is not None:
+                progress(stats, time.monotonic() - started)
+    except KeyboardInterrupt:
+        return Outcome("interrupted", None, (), None, stats.examples, stats.emulated_steps,
+                       time.monotonic() - started)
+    duration = time.monotonic() - started
+    first = first_at[0] if first_at else None
+    if isinstance(found, KernelFailure):
+        steps = found.steps or ()
+        _, verified = replay(model, steps)
+        if verified is None or verified.signature != found.signature:
+            raise RuntimeError(
+                f"the shrunk reproduction did not replay to the same failure ({found.signature});"
+                " the model is not deterministic"
+            )
+        return Outcome("failed", verified, tuple(verified.steps or steps), None, stats.examples,
+                       stats.emulated_steps, duration, first)
+    if found is not None:
+        steps = getattr(found, "steps", None) or ()
+        return Outcome("error", None, tuple(steps), found, stats.examples, stats.emulated_steps,
+                       duration)
+    return Outcome("passed", None, (), None, stats.examples, stats.emulated_steps, duration)
+
+
+def _batch_seed(seed: int, batch: int) -> int:
+    return (seed * 1_000_003 + batch) & 0xFFFF_FFFF_FFFF
+
+
+def describe_steps(steps: Sequence[Step]) -> list[str]:
+    return [s.describe() for s in steps]

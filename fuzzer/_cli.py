@@ -1,0 +1,312 @@
+"""The command line: ``python -m fuzzer run`` and ``python -m fuzzer plugins``.
+
+Exit codes (pytest's numbering where it applies):
+
+* 0 -- the campaign found nothing;
+* 1 -- a kernel failure was found (reported, with a minimal reproduction);
+* 2 -- interrupted (Ctrl-C);
+* 3 -- internal error, or a plugin raised (reported as that plugin's fault);
+* 4 -- usage error: a bad option, an unknown plugin, a broken plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn, TextIO
+
+from fuzzer._campaign import Outcome, run_campaign
+from fuzzer._config import KernelConfig, RunConfig
+from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, UsageError
+from fuzzer._model import Model
+from fuzzer._plugins import AUTOLOAD_ENV, FuzzerPluginManager
+from fuzzer._report import failure_json, format_failure, write_json
+from fuzzer._statemachine import Stats
+
+EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2, 3, 4
+DEFAULT_MAX_EXAMPLES = 1000
+DEFAULT_TIME_BUDGET = 60.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one-line usage errors (exit 4), not exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def preparse_plugins(argv: Sequence[str]) -> list[str]:
+    """The ``-p`` values, wherever they appear, before the full parser exists."""
+    out: list[str] = []
+    it = iter(range(len(argv)))
+    for i in it:
+        a = argv[i]
+        if a == "-p":
+            if i + 1 >= len(argv):
+                raise UsageError("-p needs a plugin name (or no:NAME to block one)")
+            out.append(argv[i + 1])
+            next(it, None)
+        elif a.startswith("-p") and len(a) > 2 and not a.startswith("--"):
+            out.append(a[2:].lstrip("="))
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def build_parser(pm: FuzzerPluginManager) -> _Parser:
+    parser = _Parser(
+        prog="python -m fuzzer",
+        description="Fuzz modelled powerpc kernel logic (code patching, page-table locking,"
+        " TLB flushing, CPU hotplug) with Hypothesis.",
+        epilog="Exit codes: 0 nothing found, 1 kernel failure found, 2 interrupted,"
+        " 3 internal or plugin error, 4 usage error.",
+    )
+    plugin_help = (
+        "load plugin NAME (a built-in short name or a module); -p no:NAME blocks one"
+        f" (set {AUTOLOAD_ENV}=1 to skip entry-point plugins)"
+    )
+    parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
+                        help=plugin_help)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser("run", help="fuzz the modelled kernel")
+    versions = [v.name for v in pm.kernel_versions()]
+    mmus = sorted(pm.mmus())
+    run.add_argument("--kernel", metavar="VERSION", default=versions[-1] if versions else None,
+                     help=f"kernel version to model: {', '.join(versions)} (default: newest,"
+                     f" {versions[-1] if versions else 'none'})")
+    run.add_argument("--mmu", metavar="NAME", default="radix",
+                     help=f"MMU plugin: {', '.join(mmus)} (default: radix)")
+    run.add_argument("--config", dest="config", action="append", default=[],
+                     metavar="CONFIG_X=VALUE",
+                     help="set a kernel config option (repeatable); the default is a debug config:"
+                     " DEBUG_VM, STRICT_KERNEL_RWX, SMP on, 64K pages")
+    run.add_argument("--cpus", type=_positive_int, default=4, metavar="N",
+                     help="CPUs in the machine (default 4)")
+    run.add_argument("--max-examples", type=_positive_int, default=DEFAULT_MAX_EXAMPLES,
+                     metavar="N", help=f"stop after N examples; 0 = no limit"
+                     f" (default {DEFAULT_MAX_EXAMPLES})")
+    run.add_argument("--time-budget", type=_seconds, default=DEFAULT_TIME_BUDGET,
+                     metavar="SECONDS", help=f"stop after this long; 0 = no limit"
+                     f" (default {DEFAULT_TIME_BUDGET:g})")
+    run.add_argument("--seed", type=_positive_int, default=None, metavar="N",
+                     help="seed of the search; the same seed gives the same result"
+                     " (default: a fresh one, printed)")
+    run.add_argument("--report-json", metavar="PATH", default=None,
+                     help="also write the failure report as JSON to PATH")
+    run.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
+                     help=plugin_help)
+    _add_plugin_options(pm, run)
+    plugins = sub.add_parser("plugins", help="list loaded plugins, their origin and hooks")
+    plugins.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
+                         help=plugin_help)
+    return parser
+
+
+def _add_plugin_options(pm: FuzzerPluginManager, run: argparse.ArgumentParser) -> None:
+    for impl in reversed(pm.hook.fuzzer_addoption.get_hookimpls()):
+        name = pm.plugin_name(impl.plugin)
+        group = run.add_argument_group(f"plugin {name}")
+        kwargs = {"parser": group, "pluginmanager": pm}
+        try:
+            impl.function(*[kwargs[a] for a in impl.argnames])
+        except Exception as exc:
+            raise PluginError(name, "hook fuzzer_addoption", exc) from exc
+
+
+def make_run_config(pm: FuzzerPluginManager, args: argparse.Namespace) -> RunConfig:
+    versions = {v.name: v for v in pm.kernel_versions()}
+    if args.kernel not in versions:
+        raise UsageError(
+            f"unknown kernel version {args.kernel!r}; choose from: {', '.join(versions)}"
+        )
+    mmus = pm.mmus()
+    if args.mmu not in mmus:
+        raise UsageError(f"unknown MMU {args.mmu!r}; loaded MMU plugins: {', '.join(sorted(mmus)) or 'none'}")
+    if not 1 <= args.cpus <= 64:
+        raise UsageError(f"--cpus must be between 1 and 64, not {args.cpus}")
+    config = KernelConfig.build(pm.config_options(), args.config)
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("command", "plugins", "kernel", "mmu", "config", "cpus",
+                            "max_examples", "time_budget", "seed", "report_json")}
+    run = RunConfig(kernel=args.kernel, mmu=args.mmu, config=config, cpus=args.cpus,
+                    options=options)
+    pm.call_each("fuzzer_configure", config=run)
+    return run
+
+
+class Progress:
+    """One status line on stderr: examples, steps, speed; rewritten in place on a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = 0.0
+
+    def __call__(self, stats: Stats, elapsed: float) -> None:
+        now = time.monotonic()
+        if now - self.last < (0.5 if self.tty else 5.0):
+            return
+        self.last = now
+        rate = stats.emulated_steps / elapsed if elapsed else 0.0
+        line = (f"[{elapsed:6.1f}s] {stats.examples:,} examples, {stats.emulated_steps:,} steps"
+                f" ({rate:,.0f} steps/s), {stats.failures_seen} failing")
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def found(self, exc: BaseException) -> None:
+        self.end()
+        what = exc.message if isinstance(exc, KernelFailure) else str(exc)
+        self.stream.write(f"found: {what} -- shrinking to a minimal reproduction...\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.tty and self.last:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.last = 0.0
+
+
+def _rule(text: str, out: TextIO) -> None:
+    width = 78
+    pad = max(width - len(text) - 2, 4)
+    out.write(f"{'=' * (pad // 2)} {text} {'=' * (pad - pad // 2)}\n")
+
+
+def cmd_plugins(pm: FuzzerPluginManager, out: TextIO) -> int:
+    for name, origin, where, hooks in pm.listing():
+        out.write(f"{name}  [{origin}]  {where}\n")
+        out.write(f"    hooks: {', '.join(hooks) or '(none)'}\n")
+    versions = ", ".join(f"{v.name}" for v in pm.kernel_versions())
+    out.write(f"kernel versions: {versions}\n")
+    out.write(f"MMUs: {', '.join(sorted(pm.mmus()))}\n")
+    return EXIT_OK
+
+
+def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    run = make_run_config(pm, args)
+    model = Model.build(pm, run)
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    _rule("fuzzer session starts", out)
+    out.write(f"kernel: {run.kernel} ({model.version.description})\n")
+    out.write(f"mmu: {run.mmu}, cpus: {run.cpus}, seed: {seed}"
+              f" (rerun with --seed {seed})\n")
+    out.write(f"config: {run.config.describe()}\n")
+    names = [n for n, p in pm.list_name_plugin() if p is not None]
+    out.write(f"plugins: {', '.join(names)}\n")
+    out.write(f"operations: {', '.join(o.name for o in model.operations) or 'none'};"
+              f" interrupts: {', '.join(s.name for s in model.interrupts) or 'none'}\n")
+    budget = []
+    budget.append(f"{args.max_examples} examples" if args.max_examples else "no example limit")
+    budget.append(f"{args.time_budget:g} s" if args.time_budget else "no time limit")
+    out.write(f"budget: {' or '.join(budget)}\n")
+    for _, lines in pm.call_each("fuzzer_report_header", config=run):
+        for line in lines:
+            out.write(f"{line}\n")
+    out.flush()
+    progress = Progress(err)
+    outcome = run_campaign(
+        model,
+        seed=seed,
+        max_examples=args.max_examples,
+        time_budget=args.time_budget,
+        progress=progress,
+        on_first_failure=progress.found,
+    )
+    progress.end()
+    return _report(outcome, model, args, out)
+
+
+def _report(outcome: Outcome, model: Model, args: argparse.Namespace, out: TextIO) -> int:
+    speed = outcome.emulated_steps / outcome.duration if outcome.duration else 0.0
+    stats = (f"{outcome.examples:,} examples, {outcome.emulated_steps:,} steps"
+             f" ({speed:,.0f} steps/s) in {outcome.duration:.2f}s")
+    if outcome.status == "failed":
+        failure = outcome.failure
+        assert failure is not None
+        out.write("\n" + format_failure(failure, model, outcome.steps) + "\n\n")
+        if args.report_json:
+            write_json(args.report_json, failure_json(failure, model, outcome.steps))
+            out.write(f"report written to {args.report_json}\n")
+        first = (f", first found after {outcome.time_to_first_failure:.2f}s"
+                 if outcome.time_to_first_failure is not None else "")
+        _rule(f"1 failed: {failure.message} -- {stats}{first}", out)
+        return EXIT_FAILURE
+    if outcome.status == "interrupted":
+        _rule(f"interrupted: {stats}", out)
+        return EXIT_INTERRUPTED
+    if outcome.status == "error":
+        err = outcome.error
+        assert err is not None
+        raise err
+    _rule(f"{outcome.examples:,} passed, 0 failed: {stats}", out)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    """Run the command line; return the exit code (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        pm = FuzzerPluginManager()
+        pm.load(preparse_plugins(argv))
+        parser = build_parser(pm)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise UsageError("a command is required: run or plugins (see --help)")
+        if args.command == "plugins":
+            return cmd_plugins(pm, out)
+        return cmd_run(pm, args, out, err)
+    except UsageError as exc:
+        err.write(f"ERROR: {exc}\n")
+        return EXIT_USAGE
+    except PluginError as exc:
+        err.write(f"ERROR: {exc}\n")
+        err.write("This is the plugin's fault, not a kernel finding. Its traceback:\n")
+        err.write("".join(traceback.format_exception(exc.cause)))
+        steps = exc.steps or ()
+        if steps:
+            err.write("Steps that reach it:\n")
+            for i, step in enumerate(steps, 1):
+                err.write(f"  {i}. {step.describe()}\n")
+        return EXIT_INTERNAL
+    except ModelLimitation as exc:
+        err.write(f"INTERNAL ERROR: the model does not cover this: {exc}\n")
+        return EXIT_INTERNAL
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        return EXIT_INTERRUPTED
+    except Exception:
+        err.write("INTERNAL ERROR: the fuzzer itself failed (not a kernel finding):\n")
+        err.write(traceback.format_exc())
+        return EXIT_INTERNAL
+
+
+def console_main() -> int:
+    return main()

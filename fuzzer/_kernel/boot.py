@@ -1,0 +1,171 @@
+"""Boot (init/main.c), the kernel config, the modelled kernel versions, a timer interrupt."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from fuzzer._config import ConfigOption, KernelVersion, RunConfig
+from fuzzer._kernel.locking import Mutex, RwSem
+from fuzzer._plugins import hookimpl
+from fuzzer._routines import routine
+from fuzzer._specs import InterruptSource, Invariant
+
+if TYPE_CHECKING:
+    from fuzzer._machine import Cpu, Machine
+
+Gen = Generator[Any, None, Any]
+
+
+@hookimpl
+def fuzzer_addconfig() -> list[ConfigOption]:
+    return [
+        ConfigOption("CONFIG_SMP", True, "symmetric multi-processing (mm_patch_enabled needs it)"),
+        ConfigOption(
+            "CONFIG_DEBUG_VM", True, "VM debug checks: assert_pte_locked is empty without it"
+        ),
+        ConfigOption(
+            "CONFIG_STRICT_KERNEL_RWX", True, "read-only kernel text: patching goes through an alias"
+        ),
+        ConfigOption("CONFIG_PPC_64K_PAGES", True, "64K base pages (n: 4K)"),
+        ConfigOption(
+            "CONFIG_PPC_NR_DAWR", 1, "hardware breakpoint slots per CPU (POWER10: 2)", choices=(1, 2)
+        ),
+    ]
+
+
+@hookimpl
+def fuzzer_kernel_versions() -> list[KernelVersion]:
+    return [
+        KernelVersion(
+            "v6.1", 610, "code patching through a per-CPU vmalloc-area alias in init_mm, every MMU"
+        ),
+        KernelVersion(
+            "next-20221215",
+            615,
+            "c28c15b6d28a: temporary mm for Radix with the PTE pointer cached at CPU online",
+        ),
+        KernelVersion(
+            "v6.2", 620, "980411a4d1bb: temporary mm, PTE looked up and locked for every patch"
+        ),
+    ]
+
+
+@hookimpl
+def fuzzer_routines(config: RunConfig) -> list[Any]:
+    return [start_kernel, kernel_init, kernel_init_freeable, do_one_initcall, mark_readonly,
+            timer_interrupt]
+
+
+@hookimpl
+def fuzzer_machine_setup(machine: Machine) -> None:
+    machine.locks["text_mutex"] = Mutex("text_mutex")
+    machine.locks["cpu_hotplug_lock"] = RwSem("cpu_hotplug_lock")
+    for cpu in machine.cpus:
+        cpu.irqs_enabled = False
+
+
+@hookimpl
+def fuzzer_interrupt_sources(config: RunConfig) -> list[InterruptSource]:
+    return [InterruptSource("timer", timer_interrupt, doc="decrementer: the timer interrupt")]
+
+
+@hookimpl
+def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
+    return [
+        Invariant("locks released", _locks_released, when="end",
+                  doc="every spinlock, mutex and rwsem is free once all CPUs are done"),
+        Invariant("irqs restored", _irqs_restored, when="end",
+                  doc="every online idle CPU has interrupts enabled again"),
+    ]
+
+
+def _locks_released(m: Machine) -> str | None:
+    for name, lock in m.locks.items():
+        if getattr(lock, "owner", None) is not None or getattr(lock, "writer", None) is not None:
+            return f"{name} still held: {lock!r}"
+        if getattr(lock, "readers", 0):
+            return f"{name} still held by {lock.readers} readers"
+    for mm in m.mms.values():
+        for page in mm.pte_pages():
+            if page.ptl.owner is not None:
+                return f"PTE lock {page.ptl.name} still held by CPU {page.ptl.owner.n}"
+    return None
+
+
+def _irqs_restored(m: Machine) -> str | None:
+    for cpu in m.cpus:
+        if cpu.online and not cpu.irqs_enabled:
+            return f"CPU {cpu.n} finished with interrupts disabled"
+        if cpu.preempt_count:
+            return f"CPU {cpu.n} finished with preempt_count {cpu.preempt_count}"
+    return None
+
+
+@routine("timer_interrupt", "arch/powerpc/kernel/time.c")
+def timer_interrupt(cpu: Cpu) -> Gen:
+    """``timer_interrupt()`` (arch/powerpc/kernel/time.c, v6.1-v6.2): does no patching.
+
+    It only takes the CPU for a step: what matters is when it may arrive.
+    """
+    yield
+
+
+@routine("start_kernel", "init/main.c")
+def start_kernel(cpu: Cpu) -> Gen:
+    """``start_kernel()`` (init/main.c, v6.1/v6.2), the parts that matter here.
+
+    ``poking_init()`` runs right after ``mm_init`` (init/main.c:974 in v6.1),
+    with interrupts still off and only the boot CPU up; interrupts come on
+    later (``local_irq_enable``, :1040); then ``arch_call_rest_init`` starts
+    ``kernel_init`` as PID 1, which the machine runs as a task of its own
+    once this returns. (ftrace_init, :975, patches no text in this model.)
+    """
+    cpu.irqs_enabled = False
+    yield
+    yield from cpu.k.poking_init(cpu)
+    cpu.irqs_enabled = True
+    yield
+
+
+@routine("kernel_init", "init/main.c")
+def kernel_init(cpu: Cpu) -> Gen:
+    """``kernel_init()`` (init/main.c, v6.1/v6.2): kernel_init_freeable, then mark_readonly."""
+    yield from cpu.k.kernel_init_freeable(cpu)
+    yield from cpu.k.mark_readonly(cpu)
+    cpu.m.system_state = "SYSTEM_RUNNING"
+
+
+@routine("kernel_init_freeable", "init/main.c")
+def kernel_init_freeable(cpu: Cpu) -> Gen:
+    """``kernel_init_freeable()`` (init/main.c, v6.1/v6.2).
+
+    ``do_pre_smp_initcalls`` runs the early initcalls (``init_kprobes`` is an
+    early_initcall) before ``smp_init``; then ``do_basic_setup`` runs the rest.
+    The model brings no secondary CPU up here: ``smp_init``'s bring-ups are
+    the state machine's ``online`` steps, which may come at any later point.
+    """
+    for initcall in cpu.m.model.initcalls:
+        if initcall.level == "early":
+            yield from cpu.k.do_one_initcall(cpu, initcall)
+    for initcall in cpu.m.model.initcalls:
+        if initcall.level != "early":
+            yield from cpu.k.do_one_initcall(cpu, initcall)
+
+
+@routine("do_one_initcall", "init/main.c")
+def do_one_initcall(cpu: Cpu, initcall: Any) -> Gen:
+    """``do_one_initcall()`` (init/main.c): a failing initcall is only logged."""
+    ret = yield from initcall.routine(cpu)
+    if isinstance(ret, int) and ret < 0:
+        cpu.m.log.append(f"initcall {initcall.name} returned {ret}")
+    return ret
+
+
+@routine("mark_readonly", "init/main.c")
+def mark_readonly(cpu: Cpu) -> Gen:
+    """``mark_readonly()`` -> ``mark_rodata_ro()`` under STRICT_KERNEL_RWX: text becomes RO."""
+    if cpu.m.config.enabled("CONFIG_STRICT_KERNEL_RWX"):
+        cpu.m.rodata_ro = True
+    cpu.m.system_state = "SYSTEM_FREEING_INITMEM"
+    yield

@@ -1,0 +1,180 @@
+"""Locking primitives with lockdep- and might_sleep-style checks.
+
+Not replaceable routines: every model uses them as they are. Taking a lock is
+an interleaving point; a CPU that finds it held yields ``lock.busy`` and is
+not runnable until the lock is free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from fuzzer._errors import KernelWarning, LockdepSplat
+from fuzzer._mm import SpinLock
+from fuzzer._routines import routine
+
+if TYPE_CHECKING:
+    from fuzzer._machine import Cpu, Task
+
+Gen = Generator[Any, None, Any]
+
+
+@routine("_raw_spin_lock", "kernel/locking/spinlock.c")
+def spin_lock(cpu: Cpu, lock: SpinLock) -> Gen:
+    """``spin_lock()``: spins with preemption off until the lock is free."""
+    if lock.owner is cpu:
+        raise LockdepSplat(
+            f"BUG: spinlock recursion on CPU#{cpu.n}, {cpu.current.comm}/{cpu.current.pid}"
+            f" lock: {lock.name}",
+            at="kernel/locking/spinlock_debug.c:83",
+        )
+    cpu.preempt_count += 1
+    yield  # the atomic attempt is an interleaving point
+    while lock.owner is not None:
+        yield lock.busy
+    lock.owner = cpu
+
+
+@routine("_raw_spin_unlock", "kernel/locking/spinlock.c")
+def spin_unlock(cpu: Cpu, lock: SpinLock) -> Gen:
+    """``spin_unlock()``: lockdep's ``spin_bug`` when it is not held by this CPU."""
+    if lock.owner is None:
+        raise LockdepSplat(
+            f"BUG: spinlock already unlocked on CPU#{cpu.n}, lock: {lock.name}",
+            at="kernel/locking/spinlock_debug.c:95",
+        )
+    if lock.owner is not cpu:
+        raise LockdepSplat(
+            f"BUG: spinlock wrong CPU on CPU#{cpu.n}, lock: {lock.name}"
+            f" held by CPU#{lock.owner.n}",
+            at="kernel/locking/spinlock_debug.c:97",
+        )
+    lock.owner = None
+    cpu.preempt_count -= 1
+    yield
+
+
+def might_sleep(cpu: Cpu, at: str) -> None:
+    """``might_sleep()`` under CONFIG_DEBUG_ATOMIC_SLEEP: no sleeping in atomic context.
+
+    Like ``__might_resched`` it stays quiet while ``system_state`` is
+    SYSTEM_BOOTING (start_kernel runs with interrupts off and may allocate).
+    """
+    if cpu.m.system_state == "SYSTEM_BOOTING":
+        return
+    if not cpu.irqs_enabled or cpu.preempt_count or cpu.in_interrupt():
+        raise LockdepSplat(
+            f"BUG: sleeping function called from invalid context at {at}"
+            f" (in_atomic(): {int(cpu.preempt_count > 0)}, irqs_disabled():"
+            f" {int(not cpu.irqs_enabled)}, pid: {cpu.current.pid}, name: {cpu.current.comm})",
+            at=at,
+        )
+
+
+def lockdep_assert_irqs_disabled(cpu: Cpu, at: str) -> None:
+    """``lockdep_assert_irqs_disabled()``: a WARN when interrupts are on."""
+    if cpu.irqs_enabled:
+        raise KernelWarning(at, detail="lockdep_assert_irqs_disabled: IRQs are enabled")
+
+
+class Mutex:
+    """A sleeping lock owned by a task (``struct mutex``)."""
+
+    __slots__ = ("name", "owner")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.owner: Task | None = None
+
+    def busy(self) -> bool:
+        return self.owner is not None
+
+    def __repr__(self) -> str:
+        who = f"{self.owner.comm}/{self.owner.pid}" if self.owner else "unlocked"
+        return f"<mutex {self.name}: {who}>"
+
+
+@routine("mutex_lock", "kernel/locking/mutex.c")
+def mutex_lock(cpu: Cpu, lock: Mutex) -> Gen:
+    """``mutex_lock()``: may sleep; recursive locking is a lockdep splat."""
+    might_sleep(cpu, "kernel/locking/mutex.c:580")
+    me = cpu.current
+    if lock.owner is me:
+        raise LockdepSplat(
+            f"WARNING: possible recursive locking detected: {me.comm}/{me.pid} is trying to"
+            f" acquire lock {lock.name} while holding it",
+            at="kernel/locking/lockdep.c",
+        )
+    yield
+    while lock.owner is not None:
+        yield lock.busy
+    lock.owner = me
+
+
+@routine("mutex_unlock", "kernel/locking/mutex.c")
+def mutex_unlock(cpu: Cpu, lock: Mutex) -> Gen:
+    """``mutex_unlock()``: DEBUG_MUTEXES warns when the owner is not current."""
+    if lock.owner is not cpu.current:
+        raise KernelWarning(
+            "kernel/locking/mutex-debug.c:62",
+            detail=f"mutex {lock.name} released by a task that does not own it",
+        )
+    lock.owner = None
+    yield
+
+
+class RwSem:
+    """A reader-writer semaphore such as ``cpu_hotplug_lock`` (percpu_rw_semaphore)."""
+
+    __slots__ = ("name", "readers", "writer")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.readers = 0
+        self.writer: Task | None = None
+
+    def write_busy(self) -> bool:
+        return self.writer is not None or self.readers > 0
+
+    def read_busy(self) -> bool:
+        return self.writer is not None
+
+    def __repr__(self) -> str:
+        return f"<rwsem {self.name}: {self.readers} readers, writer {self.writer}>"
+
+
+@routine("percpu_down_read", "kernel/locking/percpu-rwsem.c", inlined=True)
+def down_read(cpu: Cpu, sem: RwSem) -> Gen:
+    """``cpus_read_lock()`` and friends."""
+    might_sleep(cpu, "include/linux/percpu-rwsem.h:49")
+    yield
+    while sem.writer is not None:
+        yield sem.read_busy
+    sem.readers += 1
+
+
+@routine("percpu_up_read", "kernel/locking/percpu-rwsem.c", inlined=True)
+def up_read(cpu: Cpu, sem: RwSem) -> Gen:
+    if sem.readers <= 0:
+        raise KernelWarning("include/linux/percpu-rwsem.h:101", detail=f"{sem.name}: up_read unbalanced")
+    sem.readers -= 1
+    yield
+
+
+@routine("percpu_down_write", "kernel/locking/percpu-rwsem.c")
+def down_write(cpu: Cpu, sem: RwSem) -> Gen:
+    """``cpus_write_lock()``."""
+    might_sleep(cpu, "kernel/locking/percpu-rwsem.c:222")
+    yield
+    while sem.writer is not None or sem.readers > 0:
+        yield sem.write_busy
+    sem.writer = cpu.current
+
+
+@routine("percpu_up_write", "kernel/locking/percpu-rwsem.c")
+def up_write(cpu: Cpu, sem: RwSem) -> Gen:
+    if sem.writer is None:
+        raise KernelWarning("kernel/locking/percpu-rwsem.c:268", detail=f"{sem.name}: up_write unbalanced")
+    sem.writer = None
+    yield

@@ -1,0 +1,587 @@
+"""The shared emulator: a multi-CPU POWER machine running the modelled kernel.
+
+Kernel routines are generators; each ``yield`` is a point where real hardware
+could interleave. A CPU holds a stack of activations (its task, then an
+interrupt handler on top when one arrives); advancing a CPU resumes its top
+generator to the next yield. A routine that must wait yields a zero-argument
+callable that returns True while it is still blocked (``yield lock.busy``).
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+from collections.abc import Callable, Generator, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from fuzzer._errors import (
+    Deadlock,
+    EndStateViolation,
+    Frame,
+    InvariantViolation,
+    KernelFailure,
+    Livelock,
+    ModelLimitation,
+    PluginError,
+)
+from fuzzer._mm import MM, Geometry, SpinLock
+from fuzzer._mmu import KERNEL_TEXT_END, MEMORY_SIZE, PAGE_OFFSET, VMALLOC_END, VMALLOC_START
+from fuzzer._routines import frame_of_code
+from fuzzer._steps import Step
+
+if TYPE_CHECKING:
+    from fuzzer._model import Model
+    from fuzzer._mmu import Mmu
+    from fuzzer._specs import InterruptSource, Operation
+
+Wait = Callable[[], bool]
+NOP = 0x6000_0000
+
+
+@attrs.define(eq=False)
+class Task:
+    """A ``task_struct``: what ``current`` is while an activation runs."""
+
+    pid: int
+    comm: str
+    mm: MM | None = None
+    """``current->mm``: None for kernel threads."""
+    active_mm: MM | None = None
+    """``current->active_mm``."""
+    result: Any = None
+
+
+@attrs.define(eq=False)
+class Activation:
+    """One running routine on a CPU's stack: a task, or an interrupt on top of one."""
+
+    gen: Generator[Any, None, Any]
+    task: Task
+    kind: str
+    """``task`` or ``irq``/``nmi``."""
+    label: str
+    saved_irqs: bool = False
+    saved_wait: Wait | None = None
+    on_done: Callable[[Any], None] | None = None
+
+
+class Cpu:
+    """One CPU: online state, interrupt state, the loaded mm, TLB, breakpoints, its stack."""
+
+    def __init__(self, machine: Machine, n: int) -> None:
+        self.m = machine
+        self.k = machine.k
+        self.n = n
+        self.online = False
+        self.irqs_enabled = False
+        """Interrupts soft-enabled (``local_irq_save`` clears it)."""
+        self.preempt_count = 0
+        """Spinlocks held and other atomic sections; sleeping here is a bug."""
+        self.irq_depth = 0
+        self.loaded_mm: MM | None = None
+        """The mm whose translations the CPU uses (what switch_mm_irqs_off loaded)."""
+        self.tlb: dict[Any, Any] = {}
+        """TLB contents; the key format belongs to the MMU plugin."""
+        self.hw: Any = None
+        """The MMU plugin's per-CPU hardware state (PID register, SLB, ...)."""
+        self.dawr: list[Any] = [None] * machine.nr_wp_slots
+        """Hardware breakpoint registers (DAWR/DAWRX), as loaded."""
+        self.current_brk: list[Any] = [None] * machine.nr_wp_slots
+        """``current_brk``: the breakpoints the kernel intends to be installed."""
+        self.percpu: dict[str, Any] = {}
+        """Kernel per-CPU variables by name (``cpu_patching_context``)."""
+        self.ext: dict[str, Any] = {}
+        """Plugins' own per-CPU state, by plugin name."""
+        self.stack: list[Activation] = []
+        self.wait: Wait | None = None
+        self.idle_task = Task(pid=0, comm=f"swapper/{n}", mm=None, active_mm=None)
+
+    def __repr__(self) -> str:
+        return f"<CPU {self.n}>"
+
+    @property
+    def current(self) -> Task:
+        """``current``: the task of the innermost task activation (or the idle task)."""
+        for act in reversed(self.stack):
+            if act.kind == "task":
+                return act.task
+        return self.idle_task
+
+    @property
+    def idle(self) -> bool:
+        return not self.stack
+
+    def runnable(self) -> bool:
+        return bool(self.stack) and (self.wait is None or not self.wait())
+
+    def in_interrupt(self) -> bool:
+        return self.irq_depth > 0
+
+    # Primitive state changes with no interleaving point of their own.
+
+    def local_irq_save(self) -> bool:
+        flags = self.irqs_enabled
+        self.irqs_enabled = False
+        return flags
+
+    def local_irq_restore(self, flags: bool) -> None:
+        self.irqs_enabled = flags
+
+    def trace(self) -> tuple[Frame, ...]:
+        """The modelled call trace of this CPU's suspended stack, innermost first."""
+        frames: list[Frame] = []
+        for act in reversed(self.stack):
+            frames.extend(suspended_frames(act.gen))
+        return tuple(frames)
+
+
+def suspended_frames(gen: Any) -> list[Frame]:
+    """Modelled frames of a suspended generator chain, innermost first."""
+    chain: list[Frame] = []
+    g = gen
+    while g is not None:
+        code = getattr(g, "gi_code", None)
+        if code is not None:
+            f = frame_of_code(code)
+            if f is not None:
+                chain.append(f)
+        g = getattr(g, "gi_yieldfrom", None)
+    chain.reverse()
+    return chain
+
+
+def traceback_frames(tb: TracebackType | None) -> list[Frame]:
+    """Modelled frames of a traceback, innermost first."""
+    frames = [frame_of_code(f.f_code) for f, _ in traceback.walk_tb(tb)]
+    out = [f for f in frames if f is not None]
+    out.reverse()
+    return out
+
+
+@attrs.define(eq=False)
+class CpuhpState:
+    """A registered ``CPUHP_AP_ONLINE_DYN`` state: name and callbacks."""
+
+    name: str
+    startup: Callable[..., Generator[Any, None, int]] | None
+    teardown: Callable[..., Generator[Any, None, int]] | None
+
+
+class Machine:
+    """One emulated machine: CPUs, physical memory, init_mm, the MMU and plugin state.
+
+    Built fresh for every example from a resolved :class:`fuzzer.Model`; a run
+    is a pure function of the model and the steps applied to it.
+    """
+
+    def __init__(self, model: Model, *, max_steps: int = 200_000) -> None:
+        self.model = model
+        self.run = model.run
+        self.config = model.run.config
+        self.k = model.routines
+        self.nr_wp_slots = int(self.config.values.get("CONFIG_PPC_NR_DAWR", 1) or 1)
+        self.max_steps = max_steps
+        self.nsteps = 0
+        self.steps: list[Step] = []
+        self.rng = random.Random(0)
+        self.mem: dict[int, int] = {}
+        """Physical memory, one 32-bit word per 4-byte-aligned physical address."""
+        self.pristine_text: dict[int, int] = {}
+        """Kernel text as built, before any patching (for the torn-fetch invariant)."""
+        self.text_writes: dict[int, set[int]] = {}
+        """Per physical text word, every value a patch was asked to write there."""
+        self.rodata_ro = False
+        """``mark_rodata_ro`` done: kernel text is read-only in the linear map."""
+        self.static_keys: dict[str, bool] = {}
+        self.system_state = "SYSTEM_BOOTING"
+        self.booted = False
+        self.hotplug_busy = False
+        self.cpuhp_states: list[CpuhpState] = []
+        self.mm_ids = 1
+        self.next_pid = 2
+        self.state: dict[str, Any] = {}
+        self.log: list[str] = []
+        self.failure: KernelFailure | None = None
+        self.cpus = [Cpu(self, n) for n in range(model.run.cpus)]
+        self.mmu: Mmu = model.mmu.factory(self)
+        self.geometry: Geometry = self.mmu.geometry(model.run.page_shift)
+        self.init_mm = MM("init_mm", 0, self.geometry, is_init=True)
+        self.mms: dict[int, MM] = {0: self.init_mm}
+        self.locks: dict[str, Any] = {}
+        self._step_checks = model.step_invariants
+        self._end_checks = model.end_invariants
+        self._observers: list[Callable[[Cpu], None]] = []
+        for plugin, setup in model.machine_setups:
+            try:
+                setup(machine=self)
+            except KernelFailure:
+                raise
+            except Exception as exc:
+                raise PluginError(plugin, "hook fuzzer_machine_setup", exc) from exc
+
+    # -- plugin state ------------------------------------------------------------
+
+    def attach(self, name: str, obj: Any) -> Any:
+        """Attach a plugin's own state object to this machine, under ``name``."""
+        if name in self.state:
+            raise ValueError(f"machine state {name!r} is attached twice")
+        self.state[name] = obj
+        return obj
+
+    def observe_steps(self, fn: Callable[[Cpu], None]) -> None:
+        """Call ``fn(cpu)`` after every emulated step (for tracing plugins; costs speed)."""
+        self._observers.append(fn)
+
+    # -- memory ----------------------------------------------------------------------
+
+    def new_mm(self, name: str) -> MM:
+        mm = MM(f"{name}#{self.mm_ids}", self.mm_ids, self.geometry)
+        self.mms[self.mm_ids] = mm
+        self.mm_ids += 1
+        return mm
+
+    def text_pa(self, va: int) -> int:
+        return va - PAGE_OFFSET
+
+    def is_kernel_text(self, va: int) -> bool:
+        return PAGE_OFFSET <= va < PAGE_OFFSET + KERNEL_TEXT_END
+
+    def translate(self, cpu: Cpu, va: int, write: bool) -> int | None:
+        """Physical address of a kernel-mode access by ``cpu``, or None for a fault."""
+        if va >= PAGE_OFFSET:
+            if va < PAGE_OFFSET + MEMORY_SIZE:
+                if write and self.rodata_ro and va < PAGE_OFFSET + KERNEL_TEXT_END:
+                    return None  # STRICT_KERNEL_RWX: text is read-only in the linear map
+                return va - PAGE_OFFSET
+            if VMALLOC_START <= va < VMALLOC_END:
+                return self.mmu.translate_vmalloc(cpu, va, write)
+            return None
+        return self.mmu.translate_user(cpu, va, write)
+
+    def store(self, cpu: Cpu, va: int, value: int, size: int = 4) -> bool:
+        """A kernel store of 4 or 8 bytes, single-copy atomic; False on a fault."""
+        pa = self.translate(cpu, va, True)
+        if pa is None:
+            return False
+        if size == 8:
+            hi, lo = (value >> 32) & 0xFFFF_FFFF, value & 0xFFFF_FFFF
+            # Little-endian: the first word in memory is the low half.
+            self._write_word(pa, lo)
+            self._write_word(pa + 4, hi)
+        else:
+            self._write_word(pa, value & 0xFFFF_FFFF)
+        return True
+
+    def _write_word(self, pa: int, value: int) -> None:
+        self.mem[pa] = value
+
+    def fetch(self, cpu: Cpu, va: int) -> int:
+        """Instruction fetch of one word: kernel text, or executable vmalloc (insn slots)."""
+        if PAGE_OFFSET <= va < PAGE_OFFSET + MEMORY_SIZE:
+            return self.mem.get(va - PAGE_OFFSET, NOP)
+        pa = self.translate(cpu, va, False)
+        if pa is None:
+            raise ModelLimitation(f"CPU {cpu.n} fetched from unmapped {va:#x}")
+        return self.mem.get(pa, NOP)
+
+    def write_text(self, va: int, words: Iterable[int]) -> None:
+        """Lay out kernel text at build time (before boot)."""
+        for i, w in enumerate(words):
+            pa = va - PAGE_OFFSET + 4 * i
+            self.mem[pa] = w
+            self.pristine_text[pa] = w
+
+    def expect_text(self, va: int, words: Iterable[int]) -> None:
+        """A patch is about to write ``words`` at ``va``: they are legitimate values there."""
+        for i, w in enumerate(words):
+            self.text_writes.setdefault(va - PAGE_OFFSET + 4 * i, set()).add(w)
+
+    def get_random_long(self) -> int:
+        """``get_random_long()``: from the seeded generator, so a run is reproducible."""
+        return self.rng.getrandbits(64)
+
+    # -- the scheduler -----------------------------------------------------------------
+
+    def push(
+        self,
+        cpu: Cpu,
+        gen: Generator[Any, None, Any],
+        task: Task,
+        *,
+        kind: str = "task",
+        label: str = "",
+        on_done: Callable[[Any], None] | None = None,
+    ) -> Activation:
+        act = Activation(gen, task, kind, label or task.comm, on_done=on_done)
+        if kind != "task":
+            act.saved_irqs = cpu.irqs_enabled
+            act.saved_wait = cpu.wait
+            cpu.irqs_enabled = False
+            cpu.irq_depth += 1
+        cpu.stack.append(act)
+        cpu.wait = None
+        return act
+
+    def new_task(self, comm: str, mm: MM | None = None) -> Task:
+        pid = self.next_pid
+        self.next_pid += 1
+        return Task(pid=pid, comm=comm, mm=mm, active_mm=mm or self.init_mm)
+
+    def advance(self, cpu: Cpu) -> None:
+        """Resume ``cpu``'s top activation to its next interleaving point."""
+        act = cpu.stack[-1]
+        try:
+            cpu.wait = act.gen.send(None)
+        except StopIteration as stop:
+            cpu.stack.pop()
+            if act.kind != "task":
+                cpu.irq_depth -= 1
+                cpu.irqs_enabled = act.saved_irqs
+                cpu.wait = act.saved_wait
+            else:
+                cpu.wait = None
+            act.task.result = stop.value
+            if act.on_done is not None:
+                act.on_done(stop.value)
+        except KernelFailure as failure:
+            self._annotate(failure, cpu, traceback_frames(failure.__traceback__) + _below(cpu))
+            raise
+        except (PluginError, ModelLimitation):
+            raise
+        except Exception as exc:
+            raise self._blame(exc) from exc
+        self.nsteps += 1
+        if self.nsteps > self.max_steps:
+            self._fail(Livelock(f"{self.max_steps} steps without the example ending"), cpu)
+        for check in self._step_checks:
+            msg = check.check(self)
+            if msg is not None:
+                self._fail(InvariantViolation(check.name, msg), cpu)
+        for obs in self._observers:
+            obs(cpu)
+
+    def _annotate(self, failure: KernelFailure, cpu: Cpu, frames: list[Frame]) -> None:
+        failure.cpu = cpu.n
+        failure.task = f"PID: {cpu.current.pid} Comm: {cpu.current.comm}"
+        failure.step_index = len(self.steps)
+        if not failure.trace:
+            failure.trace = tuple(frames)
+        failure.context.setdefault("irqs_enabled", cpu.irqs_enabled)
+        failure.context.setdefault("in_interrupt", cpu.in_interrupt())
+        self.failure = failure
+
+    def _fail(self, failure: KernelFailure, cpu: Cpu) -> None:
+        self._annotate(failure, cpu, list(cpu.trace()))
+        raise failure
+
+    def _blame(self, exc: BaseException) -> BaseException:
+        """A Python exception from model code: whose fault is it?"""
+        owner = self.model.plugin_of_traceback(exc.__traceback__)
+        if owner is not None:
+            plugin, where = owner
+            return PluginError(plugin, where, exc)
+        return exc
+
+    def runnable(self) -> list[Cpu]:
+        return [c for c in self.cpus if c.stack and (c.wait is None or not c.wait())]
+
+    def busy(self) -> list[Cpu]:
+        return [c for c in self.cpus if c.stack]
+
+    def _deadlock(self) -> None:
+        waiting = self.busy()
+        lines = []
+        for c in waiting:
+            w = getattr(c.wait, "__self__", c.wait)
+            where = c.trace()[0].function if c.trace() else "?"
+            lines.append(f"CPU {c.n} in {where} waits on {w!r}")
+        self._fail(Deadlock("; ".join(lines)), waiting[0])
+
+    def run_bytes(self, schedule: bytes) -> tuple[int, ...]:
+        """Advance CPUs by a block of schedule decisions; return the CPUs advanced.
+
+        Each byte picks one of the runnable CPUs (lowest number first, modulo
+        their count), so zero bytes -- what Hypothesis shrinks towards -- mean
+        "the first runnable CPU". Stops early when nothing is left to run.
+        """
+        done: list[int] = []
+        for b in schedule:
+            r = self.runnable()
+            if not r:
+                if self.busy():
+                    self._record_run(done)
+                    self._deadlock()
+                break
+            cpu = r[b % len(r)]
+            done.append(cpu.n)
+            try:
+                self.advance(cpu)
+            except BaseException:
+                self._record_run(done)
+                raise
+        self._record_run(done)
+        return tuple(done)
+
+    def _record_run(self, cpus: list[int]) -> None:
+        # Consecutive schedule blocks are one step: replaying them is the same.
+        if self.steps and self.steps[-1].action == "run":
+            cpus = list(self.steps[-1].cpus) + cpus
+            self.steps[-1] = Step("run", cpus=cpus)
+        elif cpus:
+            self.steps.append(Step("run", cpus=cpus))
+
+    def run_cpus(self, cpus: Iterable[int]) -> None:
+        """Replay a recorded schedule: advance each CPU in turn (skipping any that cannot run)."""
+        for n in cpus:
+            c = self.cpus[n]
+            if c.runnable():
+                self.advance(c)
+
+    def run_to_completion(self, cpus: list[Cpu] | None = None, bound: int = 100_000) -> None:
+        """Round-robin every runnable CPU until none has work: what the end of an example does."""
+        cpus = cpus if cpus is not None else self.cpus
+        for _ in range(bound):
+            moved = False
+            for c in cpus:
+                if c.stack and (c.wait is None or not c.wait()):
+                    self.advance(c)
+                    moved = True
+            if not moved:
+                if any(c.stack for c in cpus):
+                    self._deadlock()
+                return
+        busy = [c for c in cpus if c.stack]
+        self._fail(
+            Livelock(
+                f"CPUs {', '.join(str(c.n) for c in busy)} still running after {bound} rounds"
+            ),
+            busy[0],
+        )
+
+    # -- applying steps ------------------------------------------------------------------
+
+    def apply(self, step: Step) -> None:
+        """Apply one recorded step (replay)."""
+        if step.action == "boot":
+            self.boot(step.seed)
+        elif step.action == "online":
+            self.cpu_up(self._cpu(step))
+        elif step.action == "offline":
+            self.cpu_down(self._cpu(step))
+        elif step.action == "start":
+            self.start(self._cpu(step), self.model.operation(step.name), dict(step.args))
+        elif step.action == "irq":
+            self.interrupt(self._cpu(step), self.model.interrupt(step.name))
+        elif step.action == "run":
+            self._record_run(list(step.cpus))
+            self.run_cpus(step.cpus)
+        else:
+            raise ValueError(f"unknown step action {step.action!r}")
+
+    def _cpu(self, step: Step) -> Cpu:
+        if step.cpu is None or not 0 <= step.cpu < len(self.cpus):
+            raise ValueError(f"step {step.action} names CPU {step.cpu}, machine has {len(self.cpus)}")
+        return self.cpus[step.cpu]
+
+    def boot(self, seed: int) -> None:
+        """Boot CPU 0 (``start_kernel`` to the end of initcalls); only CPU 0 is online."""
+        self.steps.append(Step("boot", seed=seed))
+        self.rng = random.Random(seed)
+        cpu0 = self.cpus[0]
+        cpu0.online = True
+        cpu0.loaded_mm = self.init_mm
+        self.mmu.switch_context(cpu0, self.init_mm)
+        cpu0.idle_task.active_mm = self.init_mm
+        self.push(cpu0, self.k.start_kernel(cpu0), cpu0.idle_task, label="start_kernel")
+        self.run_to_completion([cpu0])
+        # rest_init: kernel_init runs as PID 1, still named after the idle task.
+        self.system_state = "SYSTEM_SCHEDULING"
+        init = Task(pid=1, comm="swapper/0", mm=None, active_mm=self.init_mm)
+        self.push(cpu0, self.k.kernel_init(cpu0), init, label="kernel_init")
+        self.run_to_completion([cpu0])
+        self.booted = True
+
+    # Preconditions, so the state machine only offers steps that make sense.
+
+    def can_online(self, cpu: Cpu) -> bool:
+        return self.booted and not cpu.online and not cpu.stack and not self.hotplug_busy
+
+    def can_offline(self, cpu: Cpu) -> bool:
+        # CPU 0 stays: the model's boot CPU runs no hotplug of its own.
+        return (
+            self.booted and cpu.n != 0 and cpu.online and not cpu.stack and not self.hotplug_busy
+        )
+
+    def can_start(self, cpu: Cpu) -> bool:
+        return self.booted and cpu.online and not cpu.stack
+
+    def can_interrupt(self, cpu: Cpu, source: InterruptSource) -> bool:
+        return self.booted and cpu.online and (source.nmi or cpu.irqs_enabled)
+
+    def cpu_up(self, cpu: Cpu) -> None:
+        if not self.can_online(cpu):
+            raise ValueError(f"CPU {cpu.n} cannot come online now")
+        self.steps.append(Step("online", cpu=cpu.n))
+        self.hotplug_busy = True
+        task = Task(pid=self.next_pid, comm=f"cpuhp/{cpu.n}", active_mm=self.init_mm)
+        self.next_pid += 1
+
+        def done(_: Any) -> None:
+            self.hotplug_busy = False
+
+        self.push(cpu, self.k.cpuhp_bringup_ap(cpu), task, label="cpu_up", on_done=done)
+
+    def cpu_down(self, cpu: Cpu) -> None:
+        if not self.can_offline(cpu):
+            raise ValueError(f"CPU {cpu.n} cannot go offline now")
+        self.steps.append(Step("offline", cpu=cpu.n))
+        self.hotplug_busy = True
+        task = Task(pid=self.next_pid, comm=f"cpuhp/{cpu.n}", active_mm=self.init_mm)
+        self.next_pid += 1
+
+        def done(_: Any) -> None:
+            self.hotplug_busy = False
+
+        self.push(cpu, self.k.cpuhp_teardown_ap(cpu), task, label="cpu_down", on_done=done)
+
+    def start(self, cpu: Cpu, op: Operation, args: dict[str, Any]) -> None:
+        if not self.can_start(cpu):
+            raise ValueError(f"CPU {cpu.n} cannot start {op.name} now")
+        self.steps.append(Step("start", cpu=cpu.n, name=op.name, args=args))
+        task = self.new_task(op.comm or op.name.rsplit(".", 1)[-1])
+        try:
+            gen = op.routine(cpu, **args)
+        except Exception as exc:
+            raise self._blame(exc) from exc
+        self.push(cpu, gen, task, label=op.name)
+
+    def interrupt(self, cpu: Cpu, source: InterruptSource) -> None:
+        if not self.can_interrupt(cpu, source):
+            raise ValueError(f"CPU {cpu.n} cannot take {source.name} now")
+        self.steps.append(Step("irq", cpu=cpu.n, name=source.name))
+        self.push(
+            cpu, source.handler(cpu), cpu.current, kind="nmi" if source.nmi else "irq",
+            label=source.name,
+        )
+
+    def finish(self) -> None:
+        """End of an example: every CPU runs to completion, then the end-state checks."""
+        self.run_to_completion()
+        for check in self._end_checks:
+            msg = check.check(self)
+            if msg is not None:
+                failure = EndStateViolation(check.name, msg)
+                failure.step_index = len(self.steps)
+                self.failure = failure
+                raise failure
+
+
+def _below(cpu: Cpu) -> list[Frame]:
+    """Frames of the activations under the top one (an interrupted task)."""
+    frames: list[Frame] = []
+    for act in reversed(cpu.stack[:-1]):
+        frames.extend(suspended_frames(act.gen))
+    return frames

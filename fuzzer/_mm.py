@@ -1,0 +1,209 @@
+"""Address spaces: mm structures, page tables with split PTE locks, PTEs."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+import attrs
+
+from fuzzer._errors import MemoryCorruption
+
+if TYPE_CHECKING:
+    from fuzzer._machine import Cpu
+
+
+class Prot(enum.IntFlag):
+    """PTE permission and state bits, MMU-neutral (each MMU maps them to its format)."""
+
+    PRESENT = 1
+    READ = 2
+    WRITE = 4
+    EXEC = 8
+    PRIVILEGED = 16
+    """Kernel-only access (radix EAA[0]): KUAP/AMR does not apply."""
+    ACCESSED = 32
+    DIRTY = 64
+    HASHPTE = 128
+    """Hash MMU: an HPTE for this PTE may be in the hashed page table."""
+
+
+PAGE_KERNEL = Prot.PRESENT | Prot.READ | Prot.WRITE | Prot.PRIVILEGED | Prot.ACCESSED | Prot.DIRTY
+PAGE_KERNEL_ROX = Prot.PRESENT | Prot.READ | Prot.EXEC | Prot.PRIVILEGED | Prot.ACCESSED
+
+
+@attrs.frozen
+class Pte:
+    """A present page-table entry: a page frame and its permissions."""
+
+    pfn: int
+    prot: Prot
+
+    def __repr__(self) -> str:
+        return f"Pte(pfn={self.pfn:#x}, {self.prot!s})"
+
+
+@attrs.frozen
+class Geometry:
+    """Page-table level split: index bits per level, top first (pgd, pud, pmd, pte)."""
+
+    page_shift: int
+    index_bits: tuple[int, int, int, int]
+
+    @property
+    def shifts(self) -> tuple[int, int, int, int]:
+        pte = self.page_shift
+        pmd = pte + self.index_bits[3]
+        pud = pmd + self.index_bits[2]
+        pgd = pud + self.index_bits[1]
+        return (pgd, pud, pmd, pte)
+
+    def indices(self, addr: int) -> tuple[int, int, int, int]:
+        s = self.shifts
+        b = self.index_bits
+        return (
+            (addr >> s[0]) & ((1 << b[0]) - 1),
+            (addr >> s[1]) & ((1 << b[1]) - 1),
+            (addr >> s[2]) & ((1 << b[2]) - 1),
+            (addr >> s[3]) & ((1 << b[3]) - 1),
+        )
+
+
+class SpinLock:
+    """A spinlock (``spinlock_t``): owner CPU or None. Split PTE locks are these."""
+
+    __slots__ = ("name", "owner")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.owner: Cpu | None = None
+
+    def busy(self) -> bool:
+        return self.owner is not None
+
+    def __repr__(self) -> str:
+        who = f"CPU {self.owner.n}" if self.owner is not None else "unlocked"
+        return f"<{self.name}: {who}>"
+
+
+@attrs.define(eq=False)
+class Table:
+    """An upper page-table level (PGD, PUD or PMD page): index -> next level."""
+
+    level: int
+    entries: dict[int, Table | PtePage] = attrs.Factory(dict)
+    freed: bool = False
+
+
+@attrs.define(eq=False)
+class PtePage:
+    """A PTE page with its split page-table lock (``ptlock_ptr(page)``)."""
+
+    ptl: SpinLock
+    entries: dict[int, Pte] = attrs.Factory(dict)
+    freed: bool = False
+
+
+@attrs.define(eq=False)
+class PtePtr:
+    """A ``pte_t *``: a PTE page and an index. Using it after the page is freed is a bug."""
+
+    page: PtePage
+    index: int
+    mm: MM
+    addr: int
+
+    def get(self) -> Pte | None:
+        if self.page.freed:
+            raise MemoryCorruption(
+                f"BUG: KASAN: use-after-free: PTE pointer for {self.addr:#x} in {self.mm.name}"
+                " points into a freed PTE page"
+            )
+        return self.page.entries.get(self.index)
+
+    def set(self, value: Pte | None) -> Pte | None:
+        if self.page.freed:
+            raise MemoryCorruption(
+                f"BUG: KASAN: use-after-free: store through PTE pointer for {self.addr:#x}"
+                f" in {self.mm.name} into a freed PTE page"
+            )
+        old = self.page.entries.get(self.index)
+        if value is None:
+            self.page.entries.pop(self.index, None)
+        else:
+            self.page.entries[self.index] = value
+        return old
+
+
+@attrs.define(eq=False)
+class MM:
+    """An ``mm_struct``: page tables, the context id (radix PID) and the CPU mask."""
+
+    name: str
+    context_id: int
+    geometry: Geometry
+    pgd: Table = attrs.Factory(lambda: Table(0))
+    cpumask: set[int] = attrs.Factory(set)
+    """``mm_cpumask``: CPUs that have loaded this mm (never shrunk on switch-away, as on powerpc)."""
+    users: int = 1
+    freed: bool = False
+    is_init: bool = False
+
+    def __repr__(self) -> str:
+        return f"<mm {self.name}>"
+
+    # Walkers used by the model's kernel routines (and by the MMU's hardware walk).
+
+    def walk(self, addr: int) -> tuple[list[Table], PtePage | None]:
+        """The tables on the way to ``addr`` and its PTE page, allocating nothing."""
+        idx = self.geometry.indices(addr)
+        path = [self.pgd]
+        node: Table | PtePage = self.pgd
+        for level in range(3):
+            assert isinstance(node, Table)
+            nxt = node.entries.get(idx[level])
+            if nxt is None:
+                return path, None
+            if isinstance(nxt, Table):
+                path.append(nxt)
+            node = nxt
+        assert isinstance(node, PtePage)
+        return path, node
+
+    def lookup(self, addr: int) -> Pte | None:
+        """The PTE mapping ``addr``, or None. What the hardware table walk reads."""
+        _, page = self.walk(addr)
+        if page is None:
+            return None
+        return page.entries.get(self.geometry.indices(addr)[3])
+
+    def pte_pages(self) -> list[PtePage]:
+        out: list[PtePage] = []
+
+        def rec(t: Table) -> None:
+            for e in t.entries.values():
+                if isinstance(e, Table):
+                    rec(e)
+                else:
+                    out.append(e)
+
+        rec(self.pgd)
+        return out
+
+    def mapped(self) -> dict[int, Pte]:
+        """Every present PTE, by virtual page address (for end-state checks)."""
+        out: dict[int, Pte] = {}
+        g = self.geometry
+        s = g.shifts
+
+        def rec(t: Table, base: int) -> None:
+            for i, e in t.entries.items():
+                a = base | (i << s[t.level])
+                if isinstance(e, Table):
+                    rec(e, a)
+                else:
+                    for j, pte in e.entries.items():
+                        out[a | (j << s[3])] = pte
+
+        rec(self.pgd, 0)
+        return out

@@ -1,0 +1,94 @@
+"""The hardware interface an MMU plugin implements; the kernel model calls only this."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fuzzer._mm import Geometry, Prot, PtePtr, Pte
+
+if TYPE_CHECKING:
+    from fuzzer._machine import Cpu, Machine
+    from fuzzer._mm import MM
+
+#: Kernel address layout (book3s64): the linear map, then vmalloc.
+PAGE_OFFSET = 0xC000_0000_0000_0000
+VMALLOC_START = 0xC008_0000_0000_0000
+VMALLOC_END = 0xC00A_0000_0000_0000
+#: Size of physical memory and of kernel text, as in the crash report's boot log
+#: ("Mapped 0x0000000000000000-0x0000000002760000 with 64.0 KiB pages (exec)").
+MEMORY_SIZE = 0x8000_0000
+KERNEL_TEXT_END = 0x0276_0000
+
+
+class Mmu:
+    """Base class of an MMU model: translation, page-table geometry, TLBs, barriers.
+
+    One instance per machine, built by ``MmuSpec.factory(machine)``. The kernel
+    model (code patching, mm code) calls these methods and never looks inside.
+    Subclasses keep their per-CPU hardware state in ``cpu.hw``.
+    """
+
+    name = "mmu"
+    radix = False
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+
+    # -- page tables ---------------------------------------------------------
+
+    def geometry(self, page_shift: int) -> Geometry:
+        raise NotImplementedError
+
+    def pte_stored(self, cpu: Cpu, ptr: PtePtr, old: Pte | None, new: Pte | None) -> None:
+        """The kernel stored a PTE (``__set_pte_at``, ``pte_update``). Default: nothing."""
+
+    # -- barriers and context ------------------------------------------------
+
+    def ptesync(self, cpu: Cpu) -> None:
+        """``ptesync``: order prior PTE stores before later translations and tlbie."""
+
+    def isync(self, cpu: Cpu) -> None:
+        """``isync``: context synchronisation."""
+
+    def sync(self, cpu: Cpu) -> None:
+        """``sync`` (hwsync)."""
+        self.ptesync(cpu)
+
+    def switch_context(self, cpu: Cpu, mm: MM) -> None:
+        """Load ``mm``'s translation context on ``cpu`` (radix: mtspr PID)."""
+        raise NotImplementedError
+
+    # -- translation ---------------------------------------------------------
+
+    def translate_user(self, cpu: Cpu, va: int, write: bool) -> int | None:
+        """Physical address for a user-region ``va`` in the loaded context, or None (fault)."""
+        raise NotImplementedError
+
+    def translate_vmalloc(self, cpu: Cpu, va: int, write: bool) -> int | None:
+        """Physical address for a vmalloc-region ``va`` (init_mm tables), or None."""
+        raise NotImplementedError
+
+    # -- invalidation ----------------------------------------------------------
+
+    def flush_kernel_range(self, cpu: Cpu, start: int, end: int) -> None:
+        """Invalidate kernel translations of [start, end) on every CPU (broadcast)."""
+        raise NotImplementedError
+
+    def flush_local_page(self, cpu: Cpu, mm: MM, va: int) -> None:
+        """Invalidate ``va`` in ``mm`` on this CPU only (radix ``tlbiel`` by VA and PID)."""
+        raise NotImplementedError
+
+    def cpu_offline(self, cpu: Cpu) -> None:
+        """The CPU went offline: its translation caches are gone."""
+        cpu.tlb.clear()
+
+    def translations_of(self, cpu: Cpu, mm: MM, va: int) -> bool:
+        """Whether ``cpu``'s TLB holds a translation of ``va`` in ``mm``."""
+        raise NotImplementedError
+
+
+def check_access(pte: Pte, write: bool) -> bool:
+    """Whether a kernel-mode access is allowed by ``pte``'s permissions."""
+    if not pte.prot & Prot.PRESENT:
+        return False
+    return not (write and not pte.prot & Prot.WRITE)

@@ -1,0 +1,127 @@
+"""The model of one run: every plugin's contribution, collected and resolved once."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from fuzzer._config import KernelVersion, RunConfig
+from fuzzer._errors import KernelFailure, PluginError, UsageError
+from fuzzer._routines import RoutineInfo, RoutineTable, resolve
+from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
+
+if TYPE_CHECKING:
+    from fuzzer._plugins import FuzzerPluginManager
+
+
+@attrs.define(eq=False)
+class Model:
+    """What every machine of a run is built from. Resolved once; read on every step."""
+
+    run: RunConfig
+    version: KernelVersion
+    mmu: MmuSpec
+    routines: RoutineTable
+    routine_infos: dict[str, RoutineInfo]
+    operations: tuple[Operation, ...]
+    interrupts: tuple[InterruptSource, ...]
+    step_invariants: tuple[Invariant, ...]
+    end_invariants: tuple[Invariant, ...]
+    initcalls: tuple[Initcall, ...]
+    machine_setups: tuple[tuple[str, Callable[..., Any]], ...]
+    plugin_modules: dict[str, str] = attrs.Factory(dict)
+    """Module name -> plugin name, to attribute a Python exception to a plugin."""
+
+    def operation(self, name: str) -> Operation:
+        for op in self.operations:
+            if op.name == name:
+                return op
+        known = ", ".join(o.name for o in self.operations) or "none"
+        raise UsageError(f"unknown operation {name!r}; loaded operations: {known}")
+
+    def interrupt(self, name: str) -> InterruptSource:
+        for src in self.interrupts:
+            if src.name == name:
+                return src
+        known = ", ".join(s.name for s in self.interrupts) or "none"
+        raise UsageError(f"unknown interrupt source {name!r}; loaded sources: {known}")
+
+    def plugin_of_traceback(self, tb: TracebackType | None) -> tuple[str, str] | None:
+        """The plugin whose code raised, and where; None when the innermost model
+        frame is the fuzzer's own (an internal error)."""
+        for frame, lineno in reversed(list(traceback.walk_tb(tb))):
+            mod = frame.f_globals.get("__name__", "")
+            plugin = self.plugin_modules.get(mod)
+            if plugin is not None:
+                fn = frame.f_code.co_name
+                return plugin, f"{fn} ({frame.f_code.co_filename}:{lineno})"
+            if mod == "fuzzer" or mod.startswith("fuzzer."):
+                return None
+        return None
+
+    @classmethod
+    def build(cls, pm: FuzzerPluginManager, run: RunConfig) -> Model:
+        """Collect every plugin's contribution for ``run``; errors name the plugin."""
+        routines: list[tuple[str, Any]] = []
+        for plugin, result in pm.call_each("fuzzer_routines", config=run):
+            routines.extend((plugin, fn) for fn in result or ())
+        versions = {v.name: v for v in pm.kernel_versions()}
+        table, infos = resolve(run.kernel, lambda v: versions[v].based_on, routines)
+
+        def collect(hook: str) -> list[Any]:
+            out: list[Any] = []
+            for _plugin, result in pm.call_each(hook, config=run):
+                out.extend(result or ())
+            return out
+
+        ops: list[Operation] = collect("fuzzer_operations")
+        irqs: list[InterruptSource] = collect("fuzzer_interrupt_sources")
+        invs: list[Invariant] = collect("fuzzer_invariants")
+        inits: list[Initcall] = collect("fuzzer_initcalls")
+        _unique("operation", [o.name for o in ops])
+        _unique("interrupt source", [s.name for s in irqs])
+        _unique("invariant", [i.name for i in invs])
+        for inv in invs:
+            if inv.when not in ("step", "end"):
+                raise UsageError(f"invariant {inv.name!r}: when must be 'step' or 'end'")
+        levels = {"early": 0}
+        inits.sort(key=lambda i: levels.get(i.level, 1))
+        mmu = pm.mmus()[run.mmu]
+        setups = tuple(
+            (pm.plugin_name(impl.plugin), impl.function)
+            for impl in reversed(pm.hook.fuzzer_machine_setup.get_hookimpls())
+        )
+        return cls(
+            run=run,
+            version=versions[run.kernel],
+            mmu=mmu,
+            routines=table,
+            routine_infos=infos,
+            operations=tuple(ops),
+            interrupts=tuple(irqs),
+            step_invariants=tuple(i for i in invs if i.when == "step"),
+            end_invariants=tuple(i for i in invs if i.when == "end"),
+            initcalls=tuple(inits),
+            machine_setups=setups,
+            plugin_modules=pm.plugin_modules(),
+        )
+
+
+def _unique(what: str, names: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise UsageError(f"{what} {n!r} is defined by two plugins")
+        seen.add(n)
+
+
+def is_kernel_failure(exc: BaseException) -> bool:
+    return isinstance(exc, KernelFailure)
+
+
+def is_plugin_error(exc: BaseException) -> bool:
+    return isinstance(exc, PluginError)

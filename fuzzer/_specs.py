@@ -1,0 +1,93 @@
+"""What plugins contribute through hooks: operations, interrupts, invariants, MMUs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+    from fuzzer._machine import Cpu, Machine
+    from fuzzer._routines import RoutineFn
+
+
+@attrs.frozen
+class Operation:
+    """Something a CPU can start in process context (register a kprobe, patch text).
+
+    ``routine`` is a generator function called as ``routine(cpu, **args)``;
+    it runs in a task of its own on that CPU, interleaved with everything else.
+    """
+
+    name: str
+    """Unique, dotted by plugin: ``kprobes.register``."""
+    routine: RoutineFn = attrs.field(repr=False)
+    """Generator function ``(cpu, **args)``."""
+    args: Mapping[str, SearchStrategy[Any]] = attrs.field(factory=dict, repr=False)
+    """Hypothesis strategy for each argument; values must be plain JSON values."""
+    doc: str = ""
+    """One line for ``python -m fuzzer plugins``."""
+    comm: str = ""
+    """Task name the operation runs as (``comm``); defaults to the operation name."""
+
+
+@attrs.frozen
+class InterruptSource:
+    """An interrupt that can arrive on a CPU between two steps.
+
+    Unless ``nmi`` is true it only arrives while the CPU has interrupts enabled.
+    """
+
+    name: str
+    handler: RoutineFn = attrs.field(repr=False)
+    """Generator function ``(cpu)`` run on top of whatever the CPU was doing."""
+    nmi: bool = False
+    """Ignores the interrupt soft mask (system reset, machine check)."""
+    doc: str = ""
+
+
+@attrs.frozen
+class Invariant:
+    """A property a correct kernel keeps.
+
+    ``check(machine)`` returns ``None`` when it holds, else a one-line
+    description of what broke. ``when="step"`` checks after every emulated
+    step, ``"end"`` once every CPU ran to completion. Keep step checks cheap:
+    the fuzzer's speed is the emulator's speed.
+    """
+
+    name: str
+    check: Callable[[Machine], str | None] = attrs.field(repr=False)
+    when: str = "step"
+    doc: str = ""
+
+
+@attrs.frozen
+class Initcall:
+    """A boot-time initcall (``early_initcall(init_kprobes)``)."""
+
+    name: str
+    routine: RoutineFn = attrs.field(repr=False)
+    """Generator function ``(cpu)``; a negative return is logged, as the kernel does."""
+    level: str = "device"
+    """``early`` runs before SMP bring-up (do_pre_smp_initcalls), others after."""
+
+
+@attrs.frozen
+class MmuSpec:
+    """An MMU model: owns translation, page-table geometry, TLBs and flushes."""
+
+    name: str
+    """What ``--mmu`` takes."""
+    factory: Callable[[Machine], Any] = attrs.field(repr=False)
+    """Builds the MMU hardware object for one machine (see :class:`fuzzer.Mmu`)."""
+    description: str = ""
+    radix: bool = False
+    """What the kernel's ``radix_enabled()`` returns with this MMU."""
+
+
+#: Signature of a per-CPU step observer (see ``fuzzer_machine_setup``).
+StepObserver = Callable[["Cpu"], None]

@@ -1,0 +1,1 @@
+"""The fuzzer's built-in plugins, installed as ``fuzzer_plugins``: radix, kprobes."""

@@ -1,0 +1,280 @@
+"""Radix MMU: page tables, the PID register, per-CPU TLBs, tlbiel/tlbie, ptesync and isync.
+
+Hardware rules the kernel must keep (Power ISA 3.1B Book III): a CPU must
+not translate through a PTE it stored until a ``ptesync`` orders the store;
+nor invalidate a translation with ``tlbiel``/``tlbie`` before its PTE
+update is ordered; and a PID change needs context synchronisation before
+(nothing translated since the last CSI) and after (``isync``) it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from fuzzer import (
+    HardwareViolation,
+    Geometry,
+    Mmu,
+    MmuSpec,
+    Pte,
+    PtePage,
+    PtePtr,
+    RunConfig,
+    SpinLock,
+    Table,
+    check_access,
+    hookimpl,
+    might_sleep,
+    routine,
+)
+
+if TYPE_CHECKING:
+    from fuzzer import MM, Cpu, Machine
+
+Gen = Generator[Any, None, Any]
+RADIX_TLB_C = "arch/powerpc/mm/book3s64/radix_tlb.c"
+RADIX_PGTABLE_C = "arch/powerpc/mm/book3s64/radix_pgtable.c"
+RADIX_H = "arch/powerpc/include/asm/book3s/64/radix.h"
+MMU_CONTEXT_C = "arch/powerpc/mm/book3s64/mmu_context.c"
+
+#: RADIX_{PGD,PUD,PMD,PTE}_INDEX_SIZE (asm/book3s/64/radix-{64k,4k}.h).
+INDEX_BITS = {16: (13, 9, 9, 5), 12: (13, 9, 9, 9)}
+
+
+@attrs.define
+class RadixCpu:
+    """Per-CPU radix hardware state."""
+
+    pid: int = 0
+    """The PID register (SPRN_PID)."""
+    csi_pending: bool = False
+    """PID written, no isync yet: translations now use an undefined context."""
+    translated_since_csi: bool = False
+    """A storage access was translated since the last context synchronisation."""
+    unordered: set[tuple[PtePage, int]] = attrs.Factory(set)
+    """PTE slots this CPU stored that no ptesync has ordered yet."""
+
+
+class RadixMmu(Mmu):
+    """Radix hardware: a TLB per CPU keyed by (PID, virtual page number)."""
+
+    name = "radix"
+    radix = True
+
+    def __init__(self, machine: Machine) -> None:
+        super().__init__(machine)
+        self.shift = machine.run.page_shift
+        for cpu in machine.cpus:
+            cpu.hw = RadixCpu()
+
+    def geometry(self, page_shift: int) -> Geometry:
+        return Geometry(page_shift, INDEX_BITS[page_shift])
+
+    def pte_stored(self, cpu: Cpu, ptr: PtePtr, old: Pte | None, new: Pte | None) -> None:
+        cpu.hw.unordered.add((ptr.page, ptr.index))
+
+    def ptesync(self, cpu: Cpu) -> None:
+        cpu.hw.unordered.clear()
+
+    def isync(self, cpu: Cpu) -> None:
+        hw = cpu.hw
+        hw.csi_pending = False
+        hw.translated_since_csi = False
+
+    def mtspr_pid(self, cpu: Cpu, pid: int) -> None:
+        hw = cpu.hw
+        if hw.translated_since_csi:
+            raise HardwareViolation(
+                "CSI before PID change",
+                f"CPU {cpu.n} wrote PID {pid} with translations since the last isync",
+            )
+        hw.pid = pid
+        hw.csi_pending = True
+
+    def switch_context(self, cpu: Cpu, mm: MM) -> None:
+        # Used outside modelled routines (boot, CPU bring-up): mtspr + isync.
+        cpu.hw.translated_since_csi = False
+        self.mtspr_pid(cpu, mm.context_id)
+        self.isync(cpu)
+
+    def _translate(self, cpu: Cpu, mm: MM | None, pid: int, va: int, write: bool) -> int | None:
+        hw = cpu.hw
+        if hw.csi_pending:
+            raise HardwareViolation(
+                "isync after PID change",
+                f"CPU {cpu.n} translated {va:#x} after writing PID {hw.pid} without an isync",
+            )
+        hw.translated_since_csi = True
+        key = (pid, va >> self.shift)
+        pte = cpu.tlb.get(key)
+        if pte is None:
+            if mm is None:
+                return None
+            _, page = mm.walk(va)
+            if page is None:
+                return None
+            idx = mm.geometry.indices(va)[3]
+            if (page, idx) in hw.unordered:
+                raise HardwareViolation(
+                    "ptesync before use",
+                    f"CPU {cpu.n} translated {va:#x} in {mm.name} through a PTE it stored"
+                    " without a ptesync since",
+                )
+            pte = page.entries.get(idx)
+            if pte is None:
+                return None
+            cpu.tlb[key] = pte
+        if not check_access(pte, write):
+            return None
+        return (pte.pfn << self.shift) | (va & ((1 << self.shift) - 1))
+
+    def translate_user(self, cpu: Cpu, va: int, write: bool) -> int | None:
+        pid = cpu.hw.pid
+        return self._translate(cpu, self.machine.mms.get(pid), pid, va, write)
+
+    def translate_vmalloc(self, cpu: Cpu, va: int, write: bool) -> int | None:
+        return self._translate(cpu, self.machine.init_mm, 0, va, write)
+
+    def _check_ordered(self, cpu: Cpu, mm: MM, va: int, what: str) -> None:
+        _, page = mm.walk(va)
+        if page is not None and (page, mm.geometry.indices(va)[3]) in cpu.hw.unordered:
+            raise HardwareViolation(
+                f"ptesync before {what}",
+                f"CPU {cpu.n} invalidated {va:#x} in {mm.name} before its PTE update was"
+                " ordered: the walker can reload the stale PTE",
+            )
+
+    def tlbiel_va(self, cpu: Cpu, mm: MM, va: int) -> None:
+        """``tlbiel`` for one VA and PID: this CPU's TLB only."""
+        self._check_ordered(cpu, mm, va, "tlbiel")
+        cpu.tlb.pop((mm.context_id, va >> self.shift), None)
+
+    def tlbie_pid(self, cpu: Cpu, pid: int) -> None:
+        """``tlbie`` RIC_FLUSH_ALL for a PID: every CPU's TLB (broadcast)."""
+        if cpu.hw.unordered:
+            raise HardwareViolation(
+                "ptesync before tlbie",
+                f"CPU {cpu.n} broadcast a TLB invalidation with PTE stores not yet ordered",
+            )
+        for c in self.machine.cpus:
+            for key in [k for k in c.tlb if k[0] == pid]:
+                del c.tlb[key]
+
+    def flush_kernel_range(self, cpu: Cpu, start: int, end: int) -> None:
+        self.tlbie_pid(cpu, 0)
+
+    def flush_local_page(self, cpu: Cpu, mm: MM, va: int) -> None:
+        self.tlbiel_va(cpu, mm, va)
+
+    def translations_of(self, cpu: Cpu, mm: MM, va: int) -> bool:
+        return (mm.context_id, va >> self.shift) in cpu.tlb
+
+
+@hookimpl
+def fuzzer_mmus() -> list[MmuSpec]:
+    return [MmuSpec("radix", RadixMmu, "POWER9/10 Radix MMU (radix_enabled())", radix=True)]
+
+
+@hookimpl
+def fuzzer_routines(config: RunConfig) -> list[Any]:
+    if config.mmu != "radix":
+        return []
+    return [
+        radix__pte_update,
+        radix__switch_mmu_context,
+        radix__flush_tlb_kernel_range,
+        radix__local_flush_tlb_page_psize,
+        radix__map_kernel_page,
+    ]
+
+
+@routine("pte_update", RADIX_H, symbol="radix__pte_update")
+def radix__pte_update(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, *, clear_all: bool,
+                      new: Pte | None = None, huge: bool = False) -> Gen:
+    """``radix__pte_update()`` (asm/book3s/64/radix.h:172, v6.1-v6.12).
+
+    The atomic update first (``__radix_pte_update``), then, for a non-huge
+    PTE, ``assert_pte_locked(mm, addr)``: the assert runs after the store.
+    """
+    yield  # ldarx/stdcx. loop
+    old = ptr.set(None if clear_all else new)
+    cpu.m.mmu.pte_stored(cpu, ptr, old, None if clear_all else new)
+    if not huge:
+        yield from cpu.k.assert_pte_locked(cpu, mm, addr)
+    return old
+
+
+@routine("switch_mmu_context", MMU_CONTEXT_C, symbol="radix__switch_mmu_context")
+def radix__switch_mmu_context(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
+    """``radix__switch_mmu_context()`` (book3s64/mmu_context.c:323): mtspr PID, then isync."""
+    mmu = cpu.m.mmu
+    assert isinstance(mmu, RadixMmu)
+    yield
+    mmu.mtspr_pid(cpu, next_mm.context_id)
+    yield
+    mmu.isync(cpu)
+
+
+@routine("flush_tlb_kernel_range", RADIX_TLB_C, symbol="radix__flush_tlb_kernel_range")
+def radix__flush_tlb_kernel_range(cpu: Cpu, start: int, end: int) -> Gen:
+    """``radix__flush_tlb_kernel_range()`` (radix_tlb.c, v6.1-v6.2).
+
+    With GTSE: ``_tlbie_pid(0, RIC_FLUSH_ALL)`` -- ptesync, then a broadcast
+    flush of everything PID 0 translates, on every CPU (not just the range).
+    """
+    mmu = cpu.m.mmu
+    assert isinstance(mmu, RadixMmu)
+    yield
+    mmu.ptesync(cpu)
+    yield
+    mmu.tlbie_pid(cpu, 0)
+    mmu.ptesync(cpu)
+
+
+@routine("local_flush_tlb_page_psize", RADIX_TLB_C, versions=("next-20221215", "v6.2"), symbol="radix__local_flush_tlb_page_psize")
+def radix__local_flush_tlb_page_psize(cpu: Cpu, mm: MM, va: int) -> Gen:
+    """``radix__local_flush_tlb_page_psize()`` (radix_tlb.c:613, 274d842fa1ef; v6.2).
+
+    ``_tlbiel_va(va, mm->context.id, psize, RIC_FLUSH_TLB)``: ptesync (orders
+    the PTE clear before the invalidation), ``tlbiel`` for this VA and PID on
+    this CPU only, ptesync.
+    """
+    mmu = cpu.m.mmu
+    assert isinstance(mmu, RadixMmu)
+    yield
+    mmu.ptesync(cpu)
+    yield
+    mmu.tlbiel_va(cpu, mm, va)
+    mmu.ptesync(cpu)
+
+
+@routine("map_kernel_page", RADIX_PGTABLE_C, symbol="radix__map_kernel_page")
+def radix__map_kernel_page(cpu: Cpu, ea: int, pfn: int, prot: Any) -> Gen:
+    """``radix__map_kernel_page()`` -> ``__map_kernel_page()`` (radix_pgtable.c, v6.1-v6.2).
+
+    Allocate the missing init_mm levels (GFP_KERNEL once slab is up), then
+    ``set_pte_at(&init_mm, ...)`` and a ptesync (ISA Book III 6.10): kernel
+    mappings must not fault spuriously.
+    """
+    m = cpu.m
+    mm = m.init_mm
+    idx = mm.geometry.indices(ea)
+    node: Table | PtePage = mm.pgd
+    for level in range(3):
+        assert isinstance(node, Table)
+        nxt = node.entries.get(idx[level])
+        if nxt is None:
+            might_sleep(cpu, "mm/page_alloc.c:5280")
+            yield
+            nxt = Table(level + 1) if level < 2 else PtePage(SpinLock(f"ptl(init_mm, {ea:#x})"))
+            node.entries[idx[level]] = nxt
+        node = nxt
+    assert isinstance(node, PtePage)
+    ptr = PtePtr(node, idx[3], mm, ea)
+    yield from cpu.k.set_pte_at(cpu, mm, ea, ptr, Pte(pfn, prot))
+    yield
+    m.mmu.ptesync(cpu)
+    return 0
