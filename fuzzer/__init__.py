@@ -29,10 +29,27 @@ from fuzzer._kernel.locking import (
     spin_unlock,
 )
 from fuzzer._machine import Cpu, Machine, Task
-from fuzzer._mm import MM, PAGE_KERNEL, PAGE_KERNEL_ROX, Geometry, Prot, Pte, PtePage, PtePtr, SpinLock, Table
+from fuzzer._mm import (
+    MM,
+    PAGE_KERNEL,
+    PAGE_KERNEL_ROX,
+    Geometry,
+    Prot,
+    Pte,
+    PtePage,
+    PtePtr,
+    SpinLock,
+    Table,
+)
 from fuzzer._mmu import KERNEL_TEXT_END, PAGE_OFFSET, VMALLOC_END, VMALLOC_START, Mmu, check_access
 from fuzzer._model import Model
-from fuzzer._plugins import AUTOLOAD_ENV, BUILTIN_PLUGINS, ENTRY_POINT_GROUP, FuzzerPluginManager, hookimpl
+from fuzzer._plugins import (
+    AUTOLOAD_ENV,
+    BUILTIN_PLUGINS,
+    ENTRY_POINT_GROUP,
+    FuzzerPluginManager,
+    hookimpl,
+)
 from fuzzer._routines import routine
 from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
 from fuzzer._steps import Step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+
 import attrs
 import hypothesis
 from hypothesis import HealthCheck, Phase, Verbosity

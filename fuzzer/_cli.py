@@ -57,7 +57,7 @@ def preparse_plugins(argv: Sequence[str]) -> list[str]:
 
 def _positive_int(text: str) -> int:
     try:
-        value = int(text, 0)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
     if value < 0:
@@ -105,7 +105,8 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
     run.add_argument("--cpus", type=_positive_int, default=4, metavar="N",
                      help="CPUs in the machine (default 4)")
     run.add_argument("--max-examples", type=_positive_int, default=DEFAULT_MAX_EXAMPLES,
-                     metavar="N", help=f"stop after N examples; 0 = no limit"
+                     metavar="N", help=f"stop once Hypothesis has generated N examples (it may run a"
+                     " few more distinct ones on the way); 0 = no limit"
                      f" (default {DEFAULT_MAX_EXAMPLES})")
     run.add_argument("--time-budget", type=_seconds, default=DEFAULT_TIME_BUDGET,
                      metavar="SECONDS", help=f"stop after this long; 0 = no limit"
@@ -125,7 +126,7 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
 
 
 def _add_plugin_options(pm: FuzzerPluginManager, run: argparse.ArgumentParser) -> None:
-    for impl in reversed(pm.hook.fuzzer_addoption.get_hookimpls()):
+    for impl in pm.impls("fuzzer_addoption"):
         name = pm.plugin_name(impl.plugin)
         group = run.add_argument_group(f"plugin {name}")
         kwargs = {"parser": group, "pluginmanager": pm}
@@ -302,6 +303,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     except KeyboardInterrupt:
         err.write("interrupted\n")
         return EXIT_INTERRUPTED
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
     except Exception:
         err.write("INTERNAL ERROR: the fuzzer itself failed (not a kernel finding):\n")
         err.write(traceback.format_exc())

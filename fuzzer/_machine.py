@@ -27,14 +27,14 @@ from fuzzer._errors import (
     ModelLimitation,
     PluginError,
 )
-from fuzzer._mm import MM, Geometry, SpinLock
+from fuzzer._mm import MM, Geometry
 from fuzzer._mmu import KERNEL_TEXT_END, MEMORY_SIZE, PAGE_OFFSET, VMALLOC_END, VMALLOC_START
 from fuzzer._routines import frame_of_code
 from fuzzer._steps import Step
 
 if TYPE_CHECKING:
-    from fuzzer._model import Model
     from fuzzer._mmu import Mmu
+    from fuzzer._model import Model
     from fuzzer._specs import InterruptSource, Operation
 
 Wait = Callable[[], bool]
@@ -356,12 +356,17 @@ class Machine:
         self.nsteps += 1
         if self.nsteps > self.max_steps:
             self._fail(Livelock(f"{self.max_steps} steps without the example ending"), cpu)
-        for check in self._step_checks:
-            msg = check.check(self)
-            if msg is not None:
-                self._fail(InvariantViolation(check.name, msg), cpu)
-        for obs in self._observers:
-            obs(cpu)
+        try:
+            for check in self._step_checks:
+                msg = check.check(self)
+                if msg is not None:
+                    self._fail(InvariantViolation(check.name, msg), cpu)
+            for obs in self._observers:
+                obs(cpu)
+        except KernelFailure:
+            raise
+        except Exception as exc:
+            raise self._blame(exc) from exc
 
     def _annotate(self, failure: KernelFailure, cpu: Cpu, frames: list[Frame]) -> None:
         failure.cpu = cpu.n
@@ -571,7 +576,10 @@ class Machine:
         """End of an example: every CPU runs to completion, then the end-state checks."""
         self.run_to_completion()
         for check in self._end_checks:
-            msg = check.check(self)
+            try:
+                msg = check.check(self)
+            except Exception as exc:
+                raise self._blame(exc) from exc
             if msg is not None:
                 failure = EndStateViolation(check.name, msg)
                 failure.step_index = len(self.steps)

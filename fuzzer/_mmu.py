@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fuzzer._mm import Geometry, Prot, PtePtr, Pte
+from fuzzer._mm import Geometry, Prot, Pte, PtePtr
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine

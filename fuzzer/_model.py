@@ -55,12 +55,19 @@ class Model:
         frame is the fuzzer's own (an internal error)."""
         for frame, lineno in reversed(list(traceback.walk_tb(tb))):
             mod = frame.f_globals.get("__name__", "")
-            plugin = self.plugin_modules.get(mod)
+            plugin = self.plugin_modules.get(mod) or self._package_plugin(mod)
             if plugin is not None:
                 fn = frame.f_code.co_name
                 return plugin, f"{fn} ({frame.f_code.co_filename}:{lineno})"
             if mod == "fuzzer" or mod.startswith("fuzzer."):
                 return None
+        return None
+
+    def _package_plugin(self, mod: str) -> str | None:
+        """The plugin a submodule belongs to (``pkg.ops`` of plugin module ``pkg``)."""
+        for pmod, plugin in self.plugin_modules.items():
+            if mod.startswith(pmod + "."):
+                return plugin
         return None
 
     @classmethod
@@ -93,7 +100,7 @@ class Model:
         mmu = pm.mmus()[run.mmu]
         setups = tuple(
             (pm.plugin_name(impl.plugin), impl.function)
-            for impl in reversed(pm.hook.fuzzer_machine_setup.get_hookimpls())
+            for impl in pm.impls("fuzzer_machine_setup")
         )
         return cls(
             run=run,

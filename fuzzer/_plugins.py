@@ -107,7 +107,7 @@ class FuzzerPluginManager(pluggy.PluginManager):
         try:
             self.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise UsageError(f"plugin {self._name_of(exc.plugin)!r}: {exc}") from None
+            raise UsageError(f"plugin {self._name_of(exc.plugin)!r}: {_one_line(exc)}") from None
 
     def _load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -132,7 +132,7 @@ class FuzzerPluginManager(pluggy.PluginManager):
         try:
             module = importlib.import_module(modname)
         except ModuleNotFoundError as exc:
-            if exc.name and modname.startswith(exc.name):
+            if exc.name and (exc.name == modname or modname.startswith(exc.name + ".")):
                 raise UsageError(
                     f"unknown plugin {name!r}: no module named {modname!r};"
                     f" built-in plugins: {', '.join(BUILTIN_PLUGINS)}"
@@ -148,9 +148,9 @@ class FuzzerPluginManager(pluggy.PluginManager):
         try:
             self.register(plugin, name)
         except pluggy.PluginValidationError as exc:
-            raise UsageError(f"plugin {name!r}: {exc}") from None
+            raise UsageError(f"plugin {name!r}: {_one_line(exc)}") from None
         except ValueError as exc:  # a plugin registered twice under two names
-            raise UsageError(f"plugin {name!r}: {exc}") from None
+            raise UsageError(f"plugin {name!r}: {_one_line(exc)}") from None
         self.origins[name] = origin
 
     def _name_of(self, plugin: Any) -> str:
@@ -176,14 +176,15 @@ class FuzzerPluginManager(pluggy.PluginManager):
     # -- calling hooks with blame --------------------------------------------------
 
     def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of ``hook``, in pluggy's order, blaming errors.
+        """Call every implementation of ``hook`` in registration order, blaming errors.
 
-        A plugin that raises is reported as that plugin's fault
-        (:class:`PluginError`), never as a kernel failure.
+        Registration order is: the kernel core, built-ins, entry points, ``-p``
+        (``tryfirst``/``trylast`` move an implementation to an end). A plugin
+        that raises is reported as that plugin's fault (:class:`PluginError`),
+        never as a kernel failure.
         """
         out: list[tuple[str, Any]] = []
-        caller = getattr(self.hook, hook)
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in self.impls(hook):
             name = self._name_of(impl.plugin)
             args = [kwargs[a] for a in impl.argnames]
             try:
@@ -197,6 +198,14 @@ class FuzzerPluginManager(pluggy.PluginManager):
             if result is not None:
                 out.append((name, result))
         return out
+
+    def impls(self, hook: str) -> list[Any]:
+        """Implementations of ``hook`` in registration order (tryfirst last in pluggy's list)."""
+        impls = getattr(self.hook, hook).get_hookimpls()
+        first = [i for i in impls if i.tryfirst]
+        last = [i for i in impls if i.trylast]
+        rest = [i for i in impls if not i.tryfirst and not i.trylast]
+        return [*reversed(first), *rest, *last]
 
     def config_options(self) -> list[ConfigOption]:
         if self._config_options is None:
@@ -247,3 +256,7 @@ class FuzzerPluginManager(pluggy.PluginManager):
                 continue
             where = getattr(plugin, "__file__", None) or repr(plugin)
             yield name, self.origins.get(name, "registered"), str(where), self.hooks_of(plugin)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -76,7 +76,7 @@ def routine(
 
 def info_of(fn: RoutineFn) -> RoutineInfo:
     try:
-        return fn.__fuzzer_routine__  # type: ignore[attr-defined,no-any-return]
+        return fn.__fuzzer_routine__  # type: ignore[attr-defined]
     except AttributeError:
         raise TypeError(f"{fn!r} is not declared with @fuzzer.routine") from None
 

@@ -34,10 +34,20 @@ class Stats:
     """What a campaign has done so far (read by the progress line)."""
 
     examples: int = 0
+    """Distinct examples run (Hypothesis replays some; those count once, as it counts them)."""
+    runs: int = 0
+    """State-machine runs, duplicates included."""
     emulated_steps: int = 0
     failures_seen: int = 0
     first_failure: KernelFailure | PluginError | None = None
     on_first_failure: Callable[[BaseException], None] | None = None
+    seen: set[int] = attrs.Factory(set)
+
+    def count(self, steps: list[Any], nsteps: int) -> None:
+        self.runs += 1
+        self.emulated_steps += nsteps
+        self.seen.add(hash(tuple(steps)))
+        self.examples = len(self.seen)
 
 
 def _guard(sm: Any, fn: Callable[[], Any]) -> Any:
@@ -45,7 +55,7 @@ def _guard(sm: Any, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except (KernelFailure, PluginError) as exc:
-        exc.steps = tuple(sm.machine.steps)
+        exc.steps = tuple(getattr(getattr(sm, "machine", None), "steps", ()))
         stats: Stats = sm.stats
         stats.failures_seen += 1
         if stats.first_failure is None:
@@ -62,7 +72,6 @@ def build_state_machine(model: Model, stats: Stats) -> type[RuleBasedStateMachin
     def __init__(self: Any) -> None:
         RuleBasedStateMachine.__init__(self)
         self.stats = stats
-        stats.examples += 1
         self.machine = _guard(self, lambda: Machine(model))
 
     def boot(self: Any, seed: int) -> None:
@@ -92,7 +101,7 @@ def build_state_machine(model: Model, stats: Stats) -> type[RuleBasedStateMachin
             if m.failure is None and m.booted:
                 _guard(self, m.finish)
         finally:
-            stats.emulated_steps += m.nsteps
+            stats.count(m.steps, m.nsteps)
 
     ns: dict[str, Any] = {
         "__init__": __init__,
@@ -125,7 +134,7 @@ def _op_rule(op: Operation, ncpus: int) -> Any:
         _guard(self, lambda: m.start(cpu, op, args))
 
     start.__name__ = "start_" + _ident(op.name)
-    strategies = {"cpu_index": st.integers(0, ncpus - 1), **op.args}
+    strategies: dict[str, Any] = {"cpu_index": st.integers(0, ncpus - 1), **op.args}
     return precondition(lambda self: any(self.machine.can_start(c) for c in self.machine.cpus))(
         rule(**strategies)(start)
     )

@@ -32,7 +32,7 @@ class Step:
     """The operation (``start``) or interrupt source (``irq``)."""
     args: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze_args)
     """Operation arguments as ``(name, value)`` pairs of plain JSON values."""
-    cpus: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    cpus: tuple[int, ...] = attrs.field(default=(), converter=lambda c: tuple(c))
     """``run``: the CPU advanced at each emulated step, in order."""
     seed: int = 0
     """``boot``: the seed of the kernel's own random numbers (get_random_long)."""

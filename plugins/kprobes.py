@@ -22,11 +22,11 @@ from fuzzer import (
     KernelFailure,
     Mutex,
     Operation,
+    Pte,
     PtePage,
     RunConfig,
     SpinLock,
     Table,
-    Pte,
     hookimpl,
     mutex_lock,
     mutex_unlock,
@@ -133,7 +133,7 @@ class KprobesState:
 
 
 def kstate(m: Machine) -> KprobesState:
-    return m.state["kprobes"]  # type: ignore[no-any-return]
+    return m.state["kprobes"]
 
 
 # ---------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer import (
-    HardwareViolation,
     Geometry,
+    HardwareViolation,
     Mmu,
     MmuSpec,
     Pte,
@@ -234,7 +234,12 @@ def radix__flush_tlb_kernel_range(cpu: Cpu, start: int, end: int) -> Gen:
     mmu.ptesync(cpu)
 
 
-@routine("local_flush_tlb_page_psize", RADIX_TLB_C, versions=("next-20221215", "v6.2"), symbol="radix__local_flush_tlb_page_psize")
+@routine(
+    "local_flush_tlb_page_psize",
+    RADIX_TLB_C,
+    versions=("next-20221215", "v6.2"),
+    symbol="radix__local_flush_tlb_page_psize",
+)
 def radix__local_flush_tlb_page_psize(cpu: Cpu, mm: MM, va: int) -> Gen:
     """``radix__local_flush_tlb_page_psize()`` (radix_tlb.c:613, 274d842fa1ef; v6.2).
 

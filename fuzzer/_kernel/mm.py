@@ -15,7 +15,7 @@ import attrs
 from fuzzer._config import RunConfig
 from fuzzer._errors import KernelBug, KernelWarning
 from fuzzer._kernel.locking import might_sleep, spin_lock, spin_unlock
-from fuzzer._mm import MM, PtePage, PtePtr, Pte, SpinLock, Table
+from fuzzer._mm import MM, Pte, PtePage, PtePtr, SpinLock, Table
 from fuzzer._mmu import VMALLOC_END, VMALLOC_START
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine

@@ -16,7 +16,7 @@ import attrs
 from fuzzer._config import RunConfig
 from fuzzer._errors import KernelBug, KernelWarning, ModelLimitation
 from fuzzer._kernel.locking import lockdep_assert_irqs_disabled
-from fuzzer._mm import MM, PAGE_KERNEL, PtePtr, Pte
+from fuzzer._mm import MM, PAGE_KERNEL, Pte, PtePtr
 from fuzzer._mmu import PAGE_OFFSET, VMALLOC_END, VMALLOC_START
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
@@ -67,7 +67,7 @@ def context(cpu: Cpu) -> PatchingContext:
     ctx = cpu.percpu.get("cpu_patching_context")
     if ctx is None:
         ctx = cpu.percpu["cpu_patching_context"] = PatchingContext()
-    return ctx  # type: ignore[no-any-return]
+    return ctx
 
 
 def mm_patch_enabled(m: Machine) -> bool:
@@ -637,7 +637,7 @@ def _patching_addrs(m: Machine) -> list[tuple[int, MM, int]]:
     out = []
     for c in m.cpus:
         ctx = c.percpu.get("cpu_patching_context")
-        if not _live_resources(ctx):
+        if ctx is None or not _live_resources(ctx):
             continue
         if ctx.mm is not None:
             out.append((c.n, ctx.mm, ctx.addr))

@@ -1,0 +1,17 @@
+"""Plausible mistakes in the v6.2 code-patching logic, one plugin each.
+
+Each module overrides one modelled routine with a variant that changes one
+step, the way a developer might while refactoring. Load one with
+``-p fuzzer_plugins.mistakes.<name>`` to see whether (and how fast) the
+fuzzer finds it; the test suite and the benchmarks use them as injected
+bugs. None is loaded by default.
+"""
+
+#: Module names of the mistakes, for tests and benchmarks.
+MISTAKES = (
+    "irqs_early",
+    "no_local_flush",
+    "missing_ptesync",
+    "shared_patching_mm",
+    "leak_on_offline",
+)

@@ -1,0 +1,175 @@
+"""The modelled kernel: the seed crash, the fixed versions, kprobes, hardware rules."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from fuzzer import PAGE_OFFSET, Step
+from fuzzer._cli import main
+from fuzzer._kernel.patching import context
+from fuzzer_plugins.kprobes import BREAKPOINT_INSTRUCTION, SYMBOLS, kstate, site_addr
+
+from modelkit import boot_steps, make_model, replay, search
+
+SEED_TRACE = [
+    "assert_pte_locked",
+    "radix__pte_update",
+    "pte_clear",
+    "__do_patch_instruction_mm",
+    "patch_instruction",
+    "arch_prepare_kprobe",
+    "register_kprobe",
+    "arch_init_kprobes",
+    "init_kprobes",
+    "do_one_initcall",
+    "kernel_init_freeable",
+    "kernel_init",
+]
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_seed_crash_is_found_by_search_and_shrunk_to_boot(seed, tmp_path):
+    report = tmp_path / "r.json"
+    code, out, _ = run_cli("run", "--kernel", "next-20221215", "--seed", str(seed),
+                           "--report-json", str(report))
+    assert code == 1
+    assert "kernel BUG at arch/powerpc/mm/pgtable.c:333!" in out
+    data = json.loads(report.read_text())
+    assert data["signature"] == {
+        "kind": "BUG", "function": "assert_pte_locked", "location": "arch/powerpc/mm/pgtable.c:333",
+    }
+    assert [f["function"] for f in data["trace"]] == SEED_TRACE
+    # Boot alone reproduces it, so nothing else is kept; its seed shrinks to 0.
+    assert data["steps"] == [{"action": "boot", "seed": 0}]
+    assert data["cpu"] == 0 and "Comm: swapper/0" in data["task"]
+
+
+def test_seed_crash_needs_debug_vm():
+    code, out, _ = run_cli("run", "--kernel", "next-20221215", "--config", "CONFIG_DEBUG_VM=n",
+                           "--seed", "1", "--max-examples", "150")
+    assert code == 0, out
+    assert "150 passed" in out or "passed, 0 failed" in out
+
+
+def test_seed_crash_replays_deterministically():
+    model = make_model("next-20221215")
+    _, first = replay(model, boot_steps())
+    _, second = replay(model, boot_steps())
+    assert first is not None and second is not None
+    assert [f.function for f in first.trace] == SEED_TRACE
+    assert first.signature == second.signature
+    assert first.detail == second.detail  # same random patching address
+
+
+@pytest.mark.parametrize("kernel", ["v6.1", "v6.2"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_fixed_versions_are_clean(kernel, seed):
+    outcome = search(make_model(kernel), seed=seed, max_examples=200)
+    assert outcome.status == "passed", outcome.failure and outcome.failure.message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["v6.1", "v6.2"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fixed_versions_are_clean_for_a_minute(kernel, seed):
+    outcome = search(make_model(kernel), seed=seed, max_examples=0, time_budget=60)
+    assert outcome.status == "passed", outcome.failure and outcome.failure.message
+
+
+def test_v62_boot_arms_the_trampoline_probe_through_the_temp_mm():
+    model = make_model("v6.2")
+    m, failure = replay(model, boot_steps())
+    assert failure is None
+    tramp = PAGE_OFFSET + SYMBOLS["__kretprobe_trampoline"].offset
+    assert m.fetch(m.cpus[0], tramp) == BREAKPOINT_INSTRUCTION
+    probe = kstate(m).table[tramp][0]
+    assert m.fetch(m.cpus[0], probe.insn_slot) == SYMBOLS["__kretprobe_trampoline"].words[0]
+    ctx = context(m.cpus[0])
+    assert ctx.mm is not None and ctx.area is None
+    assert ctx.mm.lookup(ctx.addr) is None  # unmapped after each patch
+    assert m.cpus[0].loaded_mm is m.init_mm
+
+
+def test_v61_patches_through_the_vmalloc_alias():
+    m, failure = replay(make_model("v6.1"), boot_steps())
+    assert failure is None
+    ctx = context(m.cpus[0])
+    assert ctx.mm is None and ctx.area is not None
+    assert m.init_mm.lookup(ctx.area.addr) is None
+    assert not any(k[0] == 0 and k[1] == ctx.area.addr >> 16 for k in m.cpus[0].tlb)
+
+
+def test_random_patching_address_is_per_cpu_and_in_bounds():
+    steps = [*boot_steps(7), Step("online", cpu=1), Step("run", cpus=[1] * 20)]
+    m, failure = replay(make_model("v6.2"), steps)
+    assert failure is None
+    a0, a1 = context(m.cpus[0]).addr, context(m.cpus[1]).addr
+    assert a0 != a1
+    for a in (a0, a1):
+        assert a % 0x10000 == 0 and 0x10000 <= a <= (1 << 47) - 2 * 0x10000
+
+
+def test_offline_frees_the_patching_mm():
+    steps = [*boot_steps(), Step("online", cpu=1), Step("run", cpus=[1] * 20),
+             Step("offline", cpu=1), Step("run", cpus=[1] * 20)]
+    m, failure = replay(make_model("v6.2"), steps)
+    assert failure is None
+    assert not m.cpus[1].online
+    mms = [mm for mm in m.mms.values() if mm.name.startswith("patching_mm")]
+    assert len(mms) == 2 and sum(mm.freed for mm in mms) == 1
+
+
+def _register(site: int, cpu: int = 0) -> list[Step]:
+    return [Step("start", cpu=cpu, name="kprobes.register", args={"site": site}),
+            Step("run", cpus=[cpu] * 200)]
+
+
+@pytest.mark.parametrize(
+    ("site", "accepted", "message"),
+    [
+        (0, True, None),
+        (2, False, "Attempt to register kprobe at an unaligned address"),
+        (6, False, "Cannot register a kprobe on the second word of prefixed instruction"),
+        (7, True, None),
+        (8, False, "Cannot register a kprobe on instructions that can't be single stepped"),
+    ],
+)
+def test_arch_prepare_kprobe_rejections(site, accepted, message):
+    m, failure = replay(make_model("v6.2"), [*boot_steps(), *_register(site)])
+    assert failure is None
+    addr = site_addr(site)
+    registered = site in kstate(m).user
+    assert registered is accepted
+    if accepted:
+        assert m.fetch(m.cpus[0], addr) == BREAKPOINT_INSTRUCTION
+    else:
+        assert message in m.log
+        if addr % 4 == 0:
+            assert m.fetch(m.cpus[0], addr) != BREAKPOINT_INSTRUCTION
+
+
+def test_probe_on_suffix_rejected_when_the_prefix_is_probed():
+    m, failure = replay(make_model("v6.2"), [*boot_steps(), *_register(5), *_register(6)])
+    assert failure is None
+    assert 5 in kstate(m).user and 6 not in kstate(m).user
+
+
+def test_hit_traps_into_the_probe_and_disarm_restores_text():
+    steps = [*boot_steps(), *_register(3),
+             Step("start", cpu=0, name="kprobes.hit", args={"site": 3}), Step("run", cpus=[0] * 20),
+             Step("start", cpu=0, name="kprobes.disable", args={"site": 3}),
+             Step("run", cpus=[0] * 200)]
+    m, failure = replay(make_model("v6.2"), steps)
+    assert failure is None
+    kp = kstate(m).user[3]
+    assert kp.hits == 1 and not kp.armed
+    assert m.fetch(m.cpus[0], site_addr(3)) == SYMBOLS["vfs_read"].words[0]
