@@ -102,8 +102,8 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
                      metavar="CONFIG_X=VALUE",
                      help="set a kernel config option (repeatable); the default is a debug config:"
                      " DEBUG_VM, STRICT_KERNEL_RWX, SMP on, 64K pages")
-    run.add_argument("--cpus", type=_positive_int, default=4, metavar="N",
-                     help="CPUs in the machine (default 4)")
+    run.add_argument("--cpus", type=_positive_int, default=None, metavar="N",
+                     help="CPUs in the machine (default 4; 1 with CONFIG_SMP=n)")
     run.add_argument("--max-examples", type=_positive_int, default=DEFAULT_MAX_EXAMPLES,
                      metavar="N", help=f"stop once Hypothesis has generated N examples (it may run a"
                      " few more distinct ones on the way); 0 = no limit"
@@ -145,13 +145,18 @@ def make_run_config(pm: FuzzerPluginManager, args: argparse.Namespace) -> RunCon
     mmus = pm.mmus()
     if args.mmu not in mmus:
         raise UsageError(f"unknown MMU {args.mmu!r}; loaded MMU plugins: {', '.join(sorted(mmus)) or 'none'}")
-    if not 1 <= args.cpus <= 64:
-        raise UsageError(f"--cpus must be between 1 and 64, not {args.cpus}")
     config = KernelConfig.build(pm.config_options(), args.config)
+    cpus = args.cpus
+    if cpus is None:
+        cpus = 4 if config.enabled("CONFIG_SMP") else 1
+    if not 1 <= cpus <= 64:
+        raise UsageError(f"--cpus must be between 1 and 64, not {cpus}")
+    if cpus > 1 and not config.enabled("CONFIG_SMP"):
+        raise UsageError(f"CONFIG_SMP=n models a uniprocessor kernel: use --cpus 1, not {cpus}")
     options = {k: v for k, v in vars(args).items()
                if k not in ("command", "plugins", "kernel", "mmu", "config", "cpus",
                             "max_examples", "time_budget", "seed", "report_json")}
-    run = RunConfig(kernel=args.kernel, mmu=args.mmu, config=config, cpus=args.cpus,
+    run = RunConfig(kernel=args.kernel, mmu=args.mmu, config=config, cpus=cpus,
                     options=options)
     pm.call_each("fuzzer_configure", config=run)
     return run

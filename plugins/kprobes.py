@@ -15,6 +15,7 @@ import attrs
 from hypothesis import strategies as st
 
 from fuzzer import (
+    PAGE_KERNEL,
     PAGE_KERNEL_ROX,
     PAGE_OFFSET,
     Initcall,
@@ -22,6 +23,7 @@ from fuzzer import (
     KernelFailure,
     Mutex,
     Operation,
+    Prot,
     Pte,
     PtePage,
     RunConfig,
@@ -180,9 +182,10 @@ def fuzzer_machine_setup(machine: Machine) -> None:
     st_ = machine.attach("kprobes", KprobesState())
     for sym in TEXT:
         machine.write_text(PAGE_OFFSET + sym.offset, sym.words)
-    # The insn-slot page: module_alloc'd (vmalloc space) and mapped read-only
-    # executable (set_memory_rox under STRICT_MODULE_RWX): patch_instruction
-    # is the only way to write it.
+    # The insn-slot page: module_alloc'd (vmalloc space), then made read-only
+    # executable by set_memory_rox when strict_module_rwx_enabled() (modelled
+    # as following STRICT_KERNEL_RWX): then patch_instruction is the only way
+    # to write it.
     page = machine.run.page_size
     va = machine.state.setdefault("vmalloc_next", 0)
     from fuzzer import VMALLOC_START
@@ -190,7 +193,8 @@ def fuzzer_machine_setup(machine: Machine) -> None:
     va = max(va, VMALLOC_START)
     machine.state["vmalloc_next"] = va + 2 * page
     pfn = 0x0300_0000 >> machine.run.page_shift  # a physical page past the kernel image
-    _map_kernel(machine, va, Pte(pfn, PAGE_KERNEL_ROX))
+    rox = machine.config.enabled("CONFIG_STRICT_KERNEL_RWX")
+    _map_kernel(machine, va, Pte(pfn, PAGE_KERNEL_ROX if rox else PAGE_KERNEL | Prot.EXEC))
     st_.slot_page = va
     st_.free_slots = [va + 64 * i for i in range(16)]
 

@@ -1,0 +1,58 @@
+"""Plausible mistakes injected into v6.2 by routine-replacing plugins are found by search.
+
+Each runs with the default budget, as a user would: ``-p <mistake> run --seed N``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from fuzzer._cli import main
+from fuzzer_plugins.mistakes import MISTAKES
+
+#: What each mistake is caught as: (failure kind, function or invariant).
+EXPECTED = {
+    "irqs_early": ("INVARIANT", "patch window"),
+    "no_local_flush": ("END-STATE", "patching mapping removed"),
+    "missing_ptesync": ("HARDWARE", "ptesync before use"),
+    "shared_patching_mm": None,  # several true consequences; any kernel failure will do
+    "leak_on_offline": ("END-STATE", "patching mm leak"),
+}
+#: Mistakes that boot alone cannot show: the search has to find the steps.
+NEEDS_SEARCH = {"shared_patching_mm": "online", "leak_on_offline": "offline"}
+
+
+def test_every_mistake_has_an_expectation():
+    assert set(EXPECTED) == set(MISTAKES)
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_mistake_is_caught_within_the_default_budget(mistake, seed, tmp_path):
+    report = tmp_path / "report.json"
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["-p", f"fuzzer_plugins.mistakes.{mistake}", "run", "--seed", str(seed),
+                 "--report-json", str(report)], out=out, err=err)
+    assert code == 1, out.getvalue() + err.getvalue()
+    data = json.loads(report.read_text())
+    if EXPECTED[mistake] is not None:
+        kind, where = EXPECTED[mistake]
+        assert (data["signature"]["kind"], data["signature"]["function"]) == (kind, where)
+    actions = [s["action"] for s in data["steps"]]
+    assert actions[0] == "boot"
+    if mistake in NEEDS_SEARCH:
+        assert NEEDS_SEARCH[mistake] in actions
+    else:
+        assert actions == ["boot"]  # shrunk: boot already shows it
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_mistakes_change_nothing_on_other_versions(mistake):
+    """The variants are v6.2-only overrides: v6.1 is untouched and stays clean."""
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["-p", f"fuzzer_plugins.mistakes.{mistake}", "run", "--kernel", "v6.1",
+                 "--seed", "1", "--max-examples", "100"], out=out, err=err)
+    assert code == 0, out.getvalue()
