@@ -30,7 +30,8 @@ class Outcome:
     status: str
     """``passed``, ``failed`` (a kernel failure), ``interrupted`` or ``error``."""
     failure: KernelFailure | None
-    """The verified, minimal kernel failure (``failed``)."""
+    """The verified, minimal kernel failure (``failed``); for ``interrupted``, one found
+    before the interrupt, replayed but not shrunk."""
     steps: tuple[Step, ...]
     """The minimal reproduction's steps (``failed``, or a plugin error's)."""
     error: BaseException | None
@@ -111,8 +112,16 @@ def run_campaign(
             if progress is not None:
                 progress(stats, time.monotonic() - started)
     except KeyboardInterrupt:
-        return Outcome("interrupted", None, (), None, stats.examples, stats.emulated_steps,
-                       time.monotonic() - started)
+        # Interrupted while shrinking: keep what was found, unshrunk, rather than lose it.
+        found_first = stats.first_failure
+        failure = None
+        steps: tuple[Step, ...] = ()
+        if isinstance(found_first, KernelFailure) and found_first.steps:
+            _, failure = replay(model, found_first.steps)
+            steps = tuple(failure.steps or ()) if failure is not None else ()
+        return Outcome("interrupted", failure, steps, None, stats.examples,
+                       stats.emulated_steps, time.monotonic() - started,
+                       first_at[0] if first_at else None)
     duration = time.monotonic() - started
     first = first_at[0] if first_at else None
     if isinstance(found, KernelFailure):

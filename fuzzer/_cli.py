@@ -263,7 +263,14 @@ def _report(outcome: Outcome, model: Model, args: argparse.Namespace, out: TextI
         _rule(f"1 failed: {failure.message} -- {stats}{first}", out)
         return EXIT_FAILURE
     if outcome.status == "interrupted":
-        _rule(f"interrupted: {stats}", out)
+        if outcome.failure is not None:
+            out.write("\n" + format_failure(outcome.failure, model, outcome.steps) + "\n\n")
+            out.write("(interrupted while shrinking: this reproduction is not minimal)\n")
+            if args.report_json:
+                write_json(args.report_json, failure_json(outcome.failure, model, outcome.steps))
+            _rule(f"interrupted, 1 failure found (not shrunk): {stats}", out)
+        else:
+            _rule(f"interrupted: {stats}", out)
         return EXIT_INTERRUPTED
     if outcome.status == "error":
         err = outcome.error

@@ -220,3 +220,42 @@ def test_max_examples_bounds_the_reported_examples(cli):
     # --max-examples is Hypothesis's max_examples: it stops generating after
     # that many, having run a few more distinct ones on the way.
     assert 20 <= int(passed.replace(",", "")) <= 40
+
+
+def test_ctrl_c_while_shrinking_keeps_the_failure(cli, monkeypatch):
+    """Nothing found is lost on Ctrl-C: a failure found before it is reported, unshrunk."""
+    import fuzzer._campaign as campaign
+
+    real = campaign.get_state_machine_test
+
+    def interrupting(factory, settings):
+        test = real(factory, settings=settings)
+
+        def run():
+            try:
+                test()
+            except Exception:
+                raise KeyboardInterrupt from None  # Ctrl-C during shrinking
+
+        return run
+
+    monkeypatch.setattr(campaign, "get_state_machine_test", interrupting)
+    res = cli("run", "--kernel", "next-20221215", "--seed", "1")
+    assert res.rc == 2
+    assert "kernel BUG at arch/powerpc/mm/pgtable.c:333!" in res.out
+    assert "interrupted while shrinking" in res.out
+
+
+def test_ctrl_c_with_nothing_found_exits_2(cli, monkeypatch):
+    import fuzzer._campaign as campaign
+
+    def interrupting(factory, settings):
+        def run():
+            raise KeyboardInterrupt
+
+        return run
+
+    monkeypatch.setattr(campaign, "get_state_machine_test", interrupting)
+    res = cli("run", "--seed", "1")
+    assert res.rc == 2
+    assert "interrupted" in res.out.splitlines()[-1]

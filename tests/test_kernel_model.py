@@ -173,3 +173,88 @@ def test_hit_traps_into_the_probe_and_disarm_restores_text():
     kp = kstate(m).user[3]
     assert kp.hits == 1 and not kp.armed
     assert m.fetch(m.cpus[0], site_addr(3)) == SYMBOLS["vfs_read"].words[0]
+
+
+def test_missing_isync_after_pid_change_is_detected():
+    from fuzzer import hookimpl, routine
+
+    from modelkit import plugin_module
+
+    @routine("switch_mmu_context", "arch/powerpc/mm/book3s64/mmu_context.c", override=True,
+             symbol="radix__switch_mmu_context")
+    def no_isync(cpu, prev, next_mm):
+        yield
+        cpu.m.mmu.mtspr_pid(cpu, next_mm.context_id)  # the isync that should follow is gone
+
+    plugin = plugin_module("no_isync", fuzzer_routines=hookimpl(lambda config: [no_isync]))
+    _, failure = replay(make_model("v6.2", extra=[plugin]), boot_steps())
+    assert failure is not None
+    assert failure.signature.kind == "HARDWARE"
+    assert failure.signature.function == "isync after PID change"
+
+
+def _drive(gen):
+    """Run a routine generator to completion outside the scheduler; return its value."""
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+@pytest.mark.parametrize("kernel", ["v6.1", "next-20221215", "v6.2"])
+def test_assert_pte_locked_checks_in_the_kernels_order(kernel):
+    from fuzzer import KernelBug
+    from fuzzer._machine import Machine
+
+    m = Machine(make_model(kernel))
+    cpu = m.cpus[0]
+    m.system_state = "SYSTEM_RUNNING"
+    cpu.irqs_enabled = True
+    mm = m.new_mm("patching_mm")
+    addr = 0x1234_0000
+    # init_mm is exempt.
+    assert _drive(cpu.k.assert_pte_locked(cpu, m.init_mm, addr)) is None
+    # Nothing at the pgd: BUG_ON(pgd_none) at line 318.
+    with pytest.raises(KernelBug) as bug:
+        _drive(cpu.k.assert_pte_locked(cpu, mm, addr))
+    assert bug.value.at == "arch/powerpc/mm/pgtable.c:318"
+    ptr, ptl = _drive(cpu.k.__get_locked_pte(cpu, mm, addr))
+    # Locked: fine.
+    assert _drive(cpu.k.assert_pte_locked(cpu, mm, addr)) is None
+    # Unlocked: the assert_spin_locked BUG at line 333, the crash's line.
+    _drive(cpu.k.pte_unmap_unlock(cpu, ptr, ptl))
+    with pytest.raises(KernelBug) as bug:
+        _drive(cpu.k.assert_pte_locked(cpu, mm, addr))
+    assert bug.value.at == "arch/powerpc/mm/pgtable.c:333"
+    # A pgd entry whose PUD page is empty: BUG_ON(pud_none) at line 322.
+    other = 0x4000_0000_0000  # another pgd entry than addr's
+    mm.pgd.entries[mm.geometry.indices(other)[0]] = type(mm.pgd)(1)
+    with pytest.raises(KernelBug) as bug:
+        _drive(cpu.k.assert_pte_locked(cpu, mm, other))
+    assert bug.value.at == "arch/powerpc/mm/pgtable.c:322"
+
+
+def test_assert_pte_locked_is_empty_without_debug_vm():
+    from fuzzer._machine import Machine
+
+    m = Machine(make_model("next-20221215", config=["CONFIG_DEBUG_VM=n"]))
+    cpu = m.cpus[0]
+    mm = m.new_mm("patching_mm")
+    assert _drive(cpu.k.assert_pte_locked(cpu, mm, 0x10000)) is None
+
+
+def test_jump_labels_patch_concurrently_with_kprobes():
+    """Two CPUs inside patch_instruction at once: each through its own patching mm."""
+    steps = [*boot_steps(), Step("online", cpu=1), Step("run", cpus=[1] * 30),
+             Step("start", cpu=0, name="kprobes.register", args={"site": 0}),
+             Step("start", cpu=1, name="jump_label.toggle", args={"key": 1}),
+             Step("run", cpus=[0, 1] * 150)]
+    m, failure = replay(make_model("v6.2"), steps)
+    assert failure is None
+    from fuzzer_plugins.jump_label import branch_to_target
+    from fuzzer_plugins.jump_label import site as jl_site
+
+    assert m.fetch(m.cpus[0], jl_site(1)) == branch_to_target(1)
+    assert m.fetch(m.cpus[0], site_addr(0)) == BREAKPOINT_INSTRUCTION
+    assert context(m.cpus[0]).mm is not context(m.cpus[1]).mm

@@ -625,7 +625,7 @@ def _patch_window(m: Machine) -> str | None:
         owners = _owner_of(m)
         owner = owners.get(id(mm))
         if owner is not None and owner != c.n:
-            return f"CPU {c.n} has CPU {owner}'s patching mm loaded"
+            return f"CPU {c.n} has loaded {mm.name}, the patching mm of CPU {owner}"
         if c.irqs_enabled:
             return f"CPU {c.n} has interrupts enabled while its patching mm is loaded"
         if any(d is not None for d in c.dawr):
