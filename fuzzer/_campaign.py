@@ -143,7 +143,3 @@ def run_campaign(
 
 def _batch_seed(seed: int, batch: int) -> int:
     return (seed * 1_000_003 + batch) & 0xFFFF_FFFF_FFFF
-
-
-def describe_steps(steps: Sequence[Step]) -> list[str]:
-    return [s.describe() for s in steps]

@@ -230,6 +230,10 @@ def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err:
     budget.append(f"{args.max_examples} examples" if args.max_examples else "no example limit")
     budget.append(f"{args.time_budget:g} s" if args.time_budget else "no time limit")
     out.write(f"budget: {' or '.join(budget)}\n")
+    overrides = [f"{name} ({info.plugin})" for name, info in model.routine_infos.items()
+                 if info.override]
+    if overrides:
+        out.write(f"routines replaced by plugins: {', '.join(sorted(overrides))}\n")
     for _, lines in pm.call_each("fuzzer_report_header", config=run):
         for line in lines:
             out.write(f"{line}\n")

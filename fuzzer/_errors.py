@@ -96,10 +96,6 @@ class KernelFailure(Exception):
         self.context: dict[str, Any] = {}
 
     @property
-    def headline(self) -> str:
-        return self.message
-
-    @property
     def signature(self) -> Signature:
         function = self.function or (self.trace[0].function if self.trace else "")
         return Signature(self.kind, function, self.at)

@@ -30,7 +30,7 @@ from fuzzer._errors import (
 from fuzzer._mm import MM, Geometry
 from fuzzer._mmu import KERNEL_TEXT_END, MEMORY_SIZE, PAGE_OFFSET, VMALLOC_END, VMALLOC_START
 from fuzzer._routines import frame_of_code
-from fuzzer._steps import Step
+from fuzzer._steps import ACTIONS, Step
 
 if TYPE_CHECKING:
     from fuzzer._mmu import Mmu
@@ -200,6 +200,7 @@ class Machine:
         self.booted = False
         self.hotplug_busy = False
         self.cpuhp_states: list[CpuhpState] = []
+        self.vmalloc_next = VMALLOC_START
         self.mm_ids = 1
         self.next_pid = 2
         self.state: dict[str, Any] = {}
@@ -243,11 +244,13 @@ class Machine:
         self.mm_ids += 1
         return mm
 
-    def text_pa(self, va: int) -> int:
-        return va - PAGE_OFFSET
-
-    def is_kernel_text(self, va: int) -> bool:
-        return PAGE_OFFSET <= va < PAGE_OFFSET + KERNEL_TEXT_END
+    def alloc_vmalloc(self, size: int) -> int | None:
+        """Kernel virtual space for a vmalloc/module_alloc range, with a guard page; None when full."""
+        addr = self.vmalloc_next
+        if addr + size > VMALLOC_END:
+            return None
+        self.vmalloc_next = addr + size + self.run.page_size
+        return addr
 
     def translate(self, cpu: Cpu, va: int, write: bool) -> int | None:
         """Physical address of a kernel-mode access by ``cpu``, or None for a fault."""
@@ -484,7 +487,7 @@ class Machine:
             self._record_run(list(step.cpus))
             self.run_cpus(step.cpus)
         else:
-            raise ValueError(f"unknown step action {step.action!r}")
+            raise ValueError(f"unknown step action {step.action!r}; known: {', '.join(ACTIONS)}")
 
     def _cpu(self, step: Step) -> Cpu:
         if step.cpu is None or not 0 <= step.cpu < len(self.cpus):

@@ -189,21 +189,3 @@ class MM:
 
         rec(self.pgd)
         return out
-
-    def mapped(self) -> dict[int, Pte]:
-        """Every present PTE, by virtual page address (for end-state checks)."""
-        out: dict[int, Pte] = {}
-        g = self.geometry
-        s = g.shifts
-
-        def rec(t: Table, base: int) -> None:
-            for i, e in t.entries.items():
-                a = base | (i << s[t.level])
-                if isinstance(e, Table):
-                    rec(e, a)
-                else:
-                    for j, pte in e.entries.items():
-                        out[a | (j << s[3])] = pte
-
-        rec(self.pgd, 0)
-        return out

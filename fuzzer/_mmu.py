@@ -69,14 +69,8 @@ class Mmu:
         raise NotImplementedError
 
     # -- invalidation ----------------------------------------------------------
-
-    def flush_kernel_range(self, cpu: Cpu, start: int, end: int) -> None:
-        """Invalidate kernel translations of [start, end) on every CPU (broadcast)."""
-        raise NotImplementedError
-
-    def flush_local_page(self, cpu: Cpu, mm: MM, va: int) -> None:
-        """Invalidate ``va`` in ``mm`` on this CPU only (radix ``tlbiel`` by VA and PID)."""
-        raise NotImplementedError
+    # The flushes themselves are the MMU plugin's routines (flush_tlb_kernel_range,
+    # local_flush_tlb_page_psize), built on its own instructions (tlbie, tlbiel).
 
     def cpu_offline(self, cpu: Cpu) -> None:
         """The CPU went offline: its translation caches are gone."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer._config import KernelVersion, RunConfig
-from fuzzer._errors import KernelFailure, PluginError, UsageError
+from fuzzer._errors import UsageError
 from fuzzer._routines import RoutineInfo, RoutineTable, resolve
 from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
 
@@ -124,11 +124,3 @@ def _unique(what: str, names: Iterable[str]) -> None:
         if n in seen:
             raise UsageError(f"{what} {n!r} is defined by two plugins")
         seen.add(n)
-
-
-def is_kernel_failure(exc: BaseException) -> bool:
-    return isinstance(exc, KernelFailure)
-
-
-def is_plugin_error(exc: BaseException) -> bool:
-    return isinstance(exc, PluginError)

@@ -10,7 +10,7 @@ import attrs
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
-    from fuzzer._machine import Cpu, Machine
+    from fuzzer._machine import Machine
     from fuzzer._routines import RoutineFn
 
 
@@ -87,7 +87,3 @@ class MmuSpec:
     description: str = ""
     radix: bool = False
     """What the kernel's ``radix_enabled()`` returns with this MMU."""
-
-
-#: Signature of a per-CPU step observer (see ``fuzzer_machine_setup``).
-StepObserver = Callable[["Cpu"], None]

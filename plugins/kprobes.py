@@ -21,6 +21,7 @@ from fuzzer import (
     Initcall,
     InvariantViolation,
     KernelFailure,
+    KernelWarning,
     Mutex,
     Operation,
     Prot,
@@ -29,6 +30,7 @@ from fuzzer import (
     RunConfig,
     SpinLock,
     Table,
+    UsageError,
     hookimpl,
     mutex_lock,
     mutex_unlock,
@@ -128,8 +130,6 @@ class KprobesState:
     """``kprobe_table``: probes by address (aggregated probes share one)."""
     user: dict[int, Kprobe] = attrs.Factory(dict)
     """Operations' own kprobes, by site index."""
-    slot_page: int = 0
-    """Virtual address of the executable insn-slot page (module_alloc)."""
     free_slots: list[int] = attrs.Factory(list)
     initialized: bool = False
 
@@ -163,8 +163,6 @@ def _sites(config: RunConfig) -> list[int]:
     for part in text.split(","):
         part = part.strip()
         if part not in names:
-            from fuzzer import UsageError
-
             raise UsageError(
                 f"--kprobe-sites: unknown site {part!r}; known: {', '.join(names)}"
             )
@@ -186,16 +184,11 @@ def fuzzer_machine_setup(machine: Machine) -> None:
     # executable by set_memory_rox when strict_module_rwx_enabled() (modelled
     # as following STRICT_KERNEL_RWX): then patch_instruction is the only way
     # to write it.
-    page = machine.run.page_size
-    va = machine.state.setdefault("vmalloc_next", 0)
-    from fuzzer import VMALLOC_START
-
-    va = max(va, VMALLOC_START)
-    machine.state["vmalloc_next"] = va + 2 * page
+    va = machine.alloc_vmalloc(machine.run.page_size)
+    assert va is not None
     pfn = 0x0300_0000 >> machine.run.page_shift  # a physical page past the kernel image
     rox = machine.config.enabled("CONFIG_STRICT_KERNEL_RWX")
     _map_kernel(machine, va, Pte(pfn, PAGE_KERNEL_ROX if rox else PAGE_KERNEL | Prot.EXEC))
-    st_.slot_page = va
     st_.free_slots = [va + 64 * i for i in range(16)]
 
 
@@ -421,8 +414,6 @@ def arch_prepare_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 @routine("arch_arm_kprobe", ARCH_KPROBES_C)
 def arch_arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """``arch_arm_kprobe()`` (kprobes.c:193 v6.1): ``WARN_ON_ONCE(patch_instruction(addr, trap))``."""
-    from fuzzer import KernelWarning
-
     err = yield from cpu.k.patch_instruction(cpu, kp.addr, BREAKPOINT_INSTRUCTION)
     if err:
         raise KernelWarning(f"{ARCH_KPROBES_C}:193", detail=f"patch_instruction returned {err}")
@@ -434,8 +425,6 @@ def arch_arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 @routine("arch_disarm_kprobe", ARCH_KPROBES_C)
 def arch_disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """``arch_disarm_kprobe()`` (kprobes.c:199 v6.1): patch the saved opcode back, WARN on error."""
-    from fuzzer import KernelWarning
-
     err = yield from cpu.k.patch_instruction(cpu, kp.addr, kp.opcode)
     if err:
         raise KernelWarning(f"{ARCH_KPROBES_C}:199", detail=f"patch_instruction returned {err}")

@@ -163,12 +163,6 @@ class RadixMmu(Mmu):
             for key in [k for k in c.tlb if k[0] == pid]:
                 del c.tlb[key]
 
-    def flush_kernel_range(self, cpu: Cpu, start: int, end: int) -> None:
-        self.tlbie_pid(cpu, 0)
-
-    def flush_local_page(self, cpu: Cpu, mm: MM, va: int) -> None:
-        self.tlbiel_va(cpu, mm, va)
-
     def translations_of(self, cpu: Cpu, mm: MM, va: int) -> bool:
         return (mm.context_id, va >> self.shift) in cpu.tlb
 

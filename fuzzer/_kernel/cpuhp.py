@@ -134,7 +134,3 @@ def _dead(cpu: Cpu) -> None:
     cpu.irqs_enabled = False
     cpu.m.mmu.cpu_offline(cpu)
     cpu.loaded_mm = None
-
-
-def online_cpus(m: Machine) -> list[Cpu]:
-    return [c for c in m.cpus if c.online]

@@ -16,7 +16,6 @@ from fuzzer._config import RunConfig
 from fuzzer._errors import KernelBug, KernelWarning
 from fuzzer._kernel.locking import might_sleep, spin_lock, spin_unlock
 from fuzzer._mm import MM, Pte, PtePage, PtePtr, SpinLock, Table
-from fuzzer._mmu import VMALLOC_END, VMALLOC_START
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 
@@ -250,12 +249,8 @@ def get_vm_area(cpu: Cpu, size: int) -> Gen:
     """``get_vm_area(size, VM_ALLOC)`` (mm/vmalloc.c): a fresh vmalloc range plus a guard page."""
     might_sleep(cpu, "mm/vmalloc.c:2481")
     yield
-    m = cpu.m
-    nxt = m.state.setdefault("vmalloc_next", VMALLOC_START)
-    m.state["vmalloc_next"] = nxt + size + m.run.page_size  # guard page
-    if nxt + size > VMALLOC_END:
-        return None
-    return VmArea(nxt, size)
+    addr = cpu.m.alloc_vmalloc(size)
+    return None if addr is None else VmArea(addr, size)
 
 
 @routine("free_vm_area", "mm/vmalloc.c")
@@ -269,8 +264,7 @@ def free_vm_area(cpu: Cpu, area: VmArea) -> Gen:
 @routine("virt_to_kpte", "arch/powerpc/include/asm/pgtable.h", inlined=True)
 def virt_to_kpte(cpu: Cpu, addr: int) -> Gen:
     """``virt_to_kpte()``: the init_mm PTE pointer for a kernel address, or None."""
-    if False:  # pragma: no cover - makes this a generator without an interleaving point
-        yield
+    yield from ()  # a routine, with no interleaving point of its own
     mm = cpu.m.init_mm
     _, page = mm.walk(addr)
     if page is None:
