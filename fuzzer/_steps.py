@@ -68,6 +68,90 @@ class Step:
             out["seed"] = self.seed
         return out
 
+    @classmethod
+    def from_json(cls, data: Any) -> Step:
+        """The inverse of :meth:`to_json`, validating every field.
+
+        Plain data in, a :class:`Step` out; nothing is imported or evaluated.
+        A bad field raises :class:`StepFormatError` naming it.
+        """
+        if not isinstance(data, dict):
+            raise StepFormatError("", f"expected an object, not {_kind(data)}")
+        action = data.get("action")
+        if action is None:
+            raise StepFormatError("action", "missing")
+        if action not in ACTIONS:
+            raise StepFormatError("action", f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
+        allowed = _FIELDS[action]
+        for key in data:
+            if key != "action" and key not in allowed:
+                raise StepFormatError(
+                    str(key), f"not a field of a {action!r} step; its fields: {', '.join(allowed)}"
+                )
+        for key in _REQUIRED[action]:
+            if key not in data:
+                raise StepFormatError(key, f"missing (a {action!r} step needs it)")
+        cpu = data.get("cpu")
+        if cpu is not None:
+            _check_count("cpu", cpu)
+        name = data.get("name", "")
+        if not isinstance(name, str) or (action in ("start", "irq") and not name):
+            raise StepFormatError("name", f"expected a non-empty string, not {name!r}")
+        args = data.get("args", {})
+        if not isinstance(args, dict):
+            raise StepFormatError("args", f"expected an object, not {_kind(args)}")
+        for key, value in args.items():
+            if value is not None and not isinstance(value, bool | int | float | str):
+                raise StepFormatError(f"args.{key}", f"expected a number, string, bool or null,"
+                                      f" not {_kind(value)}")
+        cpus = data.get("cpus", [])
+        if not isinstance(cpus, list):
+            raise StepFormatError("cpus", f"expected a list of CPU numbers, not {_kind(cpus)}")
+        for i, n in enumerate(cpus):
+            _check_count(f"cpus[{i}]", n)
+        seed = data.get("seed", 0)
+        _check_count("seed", seed)
+        return cls(action, cpu=cpu, name=name, args=args, cpus=cpus, seed=seed)
+
+
+class StepFormatError(ValueError):
+    """A recorded step that cannot be read back: ``field`` names the bad field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}" if field else problem)
+
+
+#: The fields each action may carry (besides ``action``), and those it must.
+_FIELDS = {
+    "boot": ("seed",),
+    "online": ("cpu",),
+    "offline": ("cpu",),
+    "start": ("cpu", "name", "args"),
+    "run": ("cpus",),
+    "irq": ("cpu", "name"),
+}
+_REQUIRED = {
+    "boot": ("seed",),
+    "online": ("cpu",),
+    "offline": ("cpu",),
+    "start": ("cpu", "name"),
+    "run": (),
+    "irq": ("cpu", "name"),
+}
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a bool",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _check_count(field: str, value: Any) -> None:
+    # bool is an int in Python but never a CPU number or a seed in a reproduction.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StepFormatError(field, f"expected a whole number 0 or more, not {value!r}")
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0xFFFF:
