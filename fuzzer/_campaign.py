@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import hypothesis
 from hypothesis import HealthCheck, Phase, Verbosity
 from hypothesis import settings as Settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import get_state_machine_test
 
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError
@@ -64,11 +68,18 @@ def run_campaign(
     time_budget: float,
     progress: Callable[[Stats, float], None] | None = None,
     on_first_failure: Callable[[BaseException], None] | None = None,
+    database: str | None = None,
 ) -> Outcome:
     """Search for a kernel failure; shrink and verify the first one found.
 
     ``max_examples`` and ``time_budget`` of 0 mean unbounded. The same seed
     gives the same batches, so the same outcome within the same budget.
+
+    ``database`` is a directory for Hypothesis's example database (None: off).
+    The first batch then replays the failures saved there for this model's
+    configuration before generating, and a failure found is saved there. The
+    replayed examples come first, so with a database the outcome is a function
+    of the seed *and* the database's content.
     """
     started = time.monotonic()
     first_at: list[float] = []
@@ -101,8 +112,15 @@ def run_campaign(
                 phases=(Phase.explicit, Phase.generate, Phase.target, Phase.shrink),
                 suppress_health_check=list(HealthCheck),
             )
+            if database is not None:
+                # Every batch saves what it finds; only the first replays what was saved.
+                reuse = (Phase.reuse,) if batch == 0 else ()
+                settings = Settings(settings, database=DirectoryBasedExampleDatabase(database),
+                                    phases=(*reuse, *settings.phases))
             test = get_state_machine_test(machine_cls, settings=settings)
             test = hypothesis.seed(_batch_seed(seed, batch))(test)
+            if settings.database is not None:
+                _use_database(test, settings, database_key(model))
             batch += 1
             try:
                 test()
@@ -139,6 +157,39 @@ def run_campaign(
         return Outcome("error", None, tuple(steps), found, stats.examples, stats.emulated_steps,
                        duration)
     return Outcome("passed", None, (), None, stats.examples, stats.emulated_steps, duration)
+
+
+def database_key(model: Model) -> bytes:
+    """A key for Hypothesis's database, distinct per model configuration.
+
+    Every configuration's state machine is the same function to Hypothesis,
+    so without this the failures saved for one kernel would be replayed on all.
+    """
+    run = model.run
+    ident: dict[str, Any] = {
+        "kernel": run.kernel, "mmu": run.mmu, "cpus": run.cpus,
+        "config": dict(run.config.values), "options": {k: repr(v) for k, v in run.options.items()},
+        "plugins": sorted(model.plugin_modules),
+        "operations": [o.name for o in model.operations],
+        "interrupts": [s.name for s in model.interrupts],
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest().encode()
+
+
+def _use_database(test: Any, settings: Settings, key: bytes) -> None:
+    """Give a seeded state-machine test its database back, under ``key``.
+
+    ``hypothesis.seed`` turns the database off (a seeded run should not depend
+    on it); here it is wanted, for the reuse phase only. Hypothesis has no
+    public way to do either, so this sets the attributes its own
+    ``@settings``/``@seed`` and pytest parametrisation set (checked against
+    Hypothesis 6.100-6.155); where they are gone, the database stays off.
+    """
+    inner = getattr(getattr(test, "hypothesis", None), "inner_test", None)
+    if inner is None or not hasattr(test, "_hypothesis_internal_use_settings"):
+        return  # pragma: no cover - a Hypothesis without these internals
+    inner._hypothesis_internal_add_digest = key
+    test._hypothesis_internal_use_settings = settings
 
 
 def _batch_seed(seed: int, batch: int) -> int:
