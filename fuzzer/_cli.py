@@ -1,9 +1,10 @@
-"""The command line: ``python -m fuzzer run`` and ``python -m fuzzer plugins``.
+"""The command line: ``python -m fuzzer run``, ``replay`` and ``plugins``.
 
 Exit codes (pytest's numbering where it applies):
 
-* 0 -- the campaign found nothing;
+* 0 -- the campaign found nothing; every replayed corpus entry gave its expected outcome;
 * 1 -- a kernel failure was found (reported, with a minimal reproduction);
+  a replayed entry's outcome differed from its expectation;
 * 2 -- interrupted (Ctrl-C);
 * 3 -- internal error, or a plugin raised (reported as that plugin's fault);
 * 4 -- usage error: a bad option, an unknown plugin, a broken plugin.
@@ -17,19 +18,30 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn, TextIO
 
-from fuzzer._campaign import Outcome, run_campaign
+import attrs
+
+from fuzzer._campaign import Outcome, replay, run_campaign
 from fuzzer._config import KernelConfig, RunConfig
-from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, UsageError
+from fuzzer._corpus import DEFAULT_DIR as DEFAULT_CORPUS
+from fuzzer._corpus import CorpusError, Entry, find, load, save
+from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, Signature, UsageError
 from fuzzer._model import Model
 from fuzzer._plugins import AUTOLOAD_ENV, FuzzerPluginManager
 from fuzzer._report import failure_json, format_failure, write_json
 from fuzzer._statemachine import Stats
+from fuzzer._steps import Step
 
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2, 3, 4
 DEFAULT_MAX_EXAMPLES = 1000
 DEFAULT_TIME_BUDGET = 60.0
+#: Hypothesis's example database when ``run`` has no ``--seed`` (relative to the working directory).
+DEFAULT_DB = os.path.join(".hypothesis", "fuzzer")
+#: ``run``'s own options; every other dest belongs to a plugin (``RunConfig.options``).
+HOST_DESTS = ("command", "plugins", "kernel", "mmu", "config", "cpus", "max_examples", "time_budget",
+              "seed", "report_json", "corpus", "db")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,9 +128,26 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
                      " (default: a fresh one, printed)")
     run.add_argument("--report-json", metavar="PATH", default=None,
                      help="also write the failure report as JSON to PATH")
+    run.add_argument("--corpus", metavar="DIR", default=DEFAULT_CORPUS,
+                     help="save a failure's minimal reproduction in DIR, unless an entry there"
+                     f" shows the same bug; 'none' to not save (default: {DEFAULT_CORPUS})")
+    run.add_argument("--db", metavar="PATH", default=None,
+                     help="Hypothesis's example database: failures saved there are tried first;"
+                     f" 'none' for no database (default: {DEFAULT_DB} without --seed; none with"
+                     " --seed, so a seed always gives the same result)")
     run.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                      help=plugin_help)
     _add_plugin_options(pm, run)
+    rep = sub.add_parser("replay", help="replay corpus entries; report those whose outcome differs"
+                         " from their expectation")
+    rep.add_argument("paths", nargs="*", metavar="PATH", default=[DEFAULT_CORPUS],
+                     help=f"corpus files or directories (default: {DEFAULT_CORPUS})")
+    rep.add_argument("--kernel", metavar="VERSION", default=None,
+                     help=f"replay on this kernel version instead of each entry's own: {', '.join(versions)}")
+    rep.add_argument("--expect-clean", action="store_true",
+                     help="expect every entry to run clean (does a fix make a crash pass?)")
+    rep.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
+                     help=plugin_help + "; loaded for every entry, besides the entry's own")
     plugins = sub.add_parser("plugins", help="list loaded plugins, their origin and hooks")
     plugins.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                          help=plugin_help)
@@ -153,9 +182,7 @@ def make_run_config(pm: FuzzerPluginManager, args: argparse.Namespace) -> RunCon
         raise UsageError(f"--cpus must be between 1 and 64, not {cpus}")
     if cpus > 1 and not config.enabled("CONFIG_SMP"):
         raise UsageError(f"CONFIG_SMP=n models a uniprocessor kernel: use --cpus 1, not {cpus}")
-    options = {k: v for k, v in vars(args).items()
-               if k not in ("command", "plugins", "kernel", "mmu", "config", "cpus",
-                            "max_examples", "time_budget", "seed", "report_json")}
+    options = {k: v for k, v in vars(args).items() if k not in HOST_DESTS}
     run = RunConfig(kernel=args.kernel, mmu=args.mmu, config=config, cpus=cpus,
                     options=options)
     pm.call_each("fuzzer_configure", config=run)
@@ -213,10 +240,18 @@ def cmd_plugins(pm: FuzzerPluginManager, out: TextIO) -> int:
     return EXIT_OK
 
 
-def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err: TextIO,
+            plugins: Sequence[str] = ()) -> int:
+    """``run``; ``plugins`` are the ``-p`` values, recorded in a saved corpus entry."""
     run = make_run_config(pm, args)
     model = Model.build(pm, run)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    # A seed the user chose must mean one outcome, whatever a database holds; a fresh
+    # seed is a fresh search anyway, so it may as well try the recent failures first.
+    db = args.db if args.db is not None else (None if args.seed is not None else DEFAULT_DB)
+    if db is not None and db.lower() == "none":
+        db = None
+    corpus = None if args.corpus.lower() == "none" else args.corpus
     _rule("fuzzer session starts", out)
     out.write(f"kernel: {run.kernel} ({model.version.description})\n")
     out.write(f"mmu: {run.mmu}, cpus: {run.cpus}, seed: {seed}"
@@ -230,6 +265,7 @@ def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err:
     budget.append(f"{args.max_examples} examples" if args.max_examples else "no example limit")
     budget.append(f"{args.time_budget:g} s" if args.time_budget else "no time limit")
     out.write(f"budget: {' or '.join(budget)}\n")
+    out.write(f"corpus: {corpus or 'not saved'}; example database: {db or 'none'}\n")
     overrides = [f"{name} ({info.plugin})" for name, info in model.routine_infos.items()
                  if info.override]
     if overrides:
@@ -246,12 +282,14 @@ def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err:
         time_budget=args.time_budget,
         progress=progress,
         on_first_failure=progress.found,
+        database=db,
     )
     progress.end()
-    return _report(outcome, model, args, out)
+    return _report(outcome, model, args, out, err, corpus=corpus, plugins=plugins)
 
 
-def _report(outcome: Outcome, model: Model, args: argparse.Namespace, out: TextIO) -> int:
+def _report(outcome: Outcome, model: Model, args: argparse.Namespace, out: TextIO, err: TextIO,
+            *, corpus: str | None = None, plugins: Sequence[str] = ()) -> int:
     speed = outcome.emulated_steps / outcome.duration if outcome.duration else 0.0
     stats = (f"{outcome.examples:,} examples, {outcome.emulated_steps:,} steps"
              f" ({speed:,.0f} steps/s) in {outcome.duration:.2f}s")
@@ -262,6 +300,8 @@ def _report(outcome: Outcome, model: Model, args: argparse.Namespace, out: TextI
         if args.report_json:
             write_json(args.report_json, failure_json(failure, model, outcome.steps))
             out.write(f"report written to {args.report_json}\n")
+        if corpus is not None:
+            _save_reproduction(corpus, failure, model, outcome.steps, plugins, out, err)
         first = (f", first found after {outcome.time_to_first_failure:.2f}s"
                  if outcome.time_to_first_failure is not None else "")
         _rule(f"1 failed: {failure.message} -- {stats}{first}", out)
@@ -277,11 +317,202 @@ def _report(outcome: Outcome, model: Model, args: argparse.Namespace, out: TextI
             _rule(f"interrupted: {stats}", out)
         return EXIT_INTERRUPTED
     if outcome.status == "error":
-        err = outcome.error
-        assert err is not None
-        raise err
+        error = outcome.error
+        assert error is not None
+        raise error
     _rule(f"{outcome.examples:,} passed, 0 failed: {stats}", out)
     return EXIT_OK
+
+
+def _save_reproduction(corpus: str, failure: KernelFailure, model: Model, steps: Sequence[Step],
+                       plugins: Sequence[str], out: TextIO, err: TextIO) -> None:
+    run = model.run
+    entry = Entry.from_failure(kernel=run.kernel, mmu=run.mmu, cpus=run.cpus, plugins=plugins,
+                               config=run.config.values, options=run.options, failure=failure,
+                               steps=steps)
+    try:
+        saved = save(entry, corpus)
+    except OSError as exc:
+        err.write(f"WARNING: reproduction not saved to the corpus: {exc}\n")
+        return
+    for skipped in saved.skipped:
+        err.write(f"WARNING: not a usable corpus entry (ignored): {skipped}\n")
+    if saved.new:
+        out.write(f"reproduction saved to {saved.path} (replay: python -m fuzzer replay {saved.path})\n")
+    else:
+        out.write(f"already in the corpus: {saved.path} shows the same failure\n")
+
+
+# ---------------------------------------------------------------------------
+# replay
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Replayed:
+    """What replaying one corpus entry gave, against what it should give."""
+
+    entry: Entry
+    model: Model
+    """The model it ran on (the entry's configuration, or another ``--kernel``)."""
+    expected: Signature | None
+    """The entry's expectation, or None ("clean") with ``--expect-clean``."""
+    failure: KernelFailure | None
+    """The kernel failure the steps gave, or None."""
+
+    @property
+    def actual(self) -> Signature | None:
+        return self.failure.signature if self.failure is not None else None
+
+    @property
+    def ok(self) -> bool:
+        return self.actual == self.expected
+
+    def outcome(self) -> str:
+        return str(self.actual) if self.actual is not None else "clean"
+
+    def describe_mismatch(self) -> str:
+        """The failure section: expected and actual, and the report or the steps."""
+        entry = self.entry
+        kernel = self.model.run.kernel
+        lines = [f"title:    {entry.title}", f"file:     {entry.path}"]
+        own = f" (the entry's: {entry.kernel})" if kernel != entry.kernel else ""
+        lines.append(f"kernel:   {kernel}{own}")
+        if entry.plugins:
+            lines.append(f"plugins:  -p {' -p '.join(entry.plugins)}")
+        if entry.fixed_by:
+            lines.append(f"fixed by: {entry.fixed_by}")
+        expected = str(self.expected) if self.expected is not None else "clean"
+        lines += [f"expected: {expected}", f"actual:   {self.outcome()}", ""]
+        if self.failure is not None:
+            lines.append(format_failure(self.failure, self.model, self.failure.steps or entry.steps))
+        else:
+            lines.append(f"The reproduction ran clean ({len(entry.steps)} step"
+                         f"{'s' if len(entry.steps) != 1 else ''}):")
+            lines += [f"  {i}. {step.describe()}" for i, step in enumerate(entry.steps, 1)]
+        return "\n".join(lines)
+
+
+def replay_entry(entry: Entry, *, kernel: str | None = None, expect_clean: bool = False,
+                 plugins: Sequence[str] = ()) -> Replayed:
+    """Replay one corpus entry on the model its configuration (or ``kernel``) gives.
+
+    Its plugins (and ``plugins``) load through a fresh plugin manager, as ``-p``
+    would; a field that does not fit the loaded plugins raises
+    :class:`CorpusError` naming it. Plugin errors propagate as in ``run``.
+    """
+    file = entry.path or entry.title
+    pm = FuzzerPluginManager()
+    try:
+        pm.load([*entry.plugins, *plugins])
+    except UsageError as exc:
+        raise CorpusError(file, "plugins", str(exc)) from None
+    versions = [v.name for v in pm.kernel_versions()]
+    kernel = kernel or entry.kernel
+    if kernel not in versions:
+        field = "kernel" if kernel == entry.kernel else "--kernel"
+        raise CorpusError(file, field,
+                          f"unknown kernel version {kernel!r}; choose from: {', '.join(versions)}")
+    mmus = pm.mmus()
+    if entry.mmu not in mmus:
+        raise CorpusError(file, "mmu", f"unknown MMU {entry.mmu!r}; loaded MMU plugins:"
+                          f" {', '.join(sorted(mmus)) or 'none'}")
+    known = {o.name: o for o in pm.config_options()}
+    assignments = []
+    for name, value in entry.config.items():
+        opt = known.get(name)
+        if opt is None:
+            raise CorpusError(file, f"config.{name}",
+                              f"unknown config option; known: {', '.join(sorted(known))}")
+        if type(value) is not type(opt.default):
+            raise CorpusError(file, f"config.{name}", f"expected a value like {opt.default!r}, not {value!r}")
+        text = ("y" if value else "n") if isinstance(value, bool) else str(value)
+        assignments.append(f"{name}={text}")
+    args = build_parser(pm).parse_args(["run"])
+    plugin_dests = sorted(k for k in vars(args) if k not in HOST_DESTS)
+    for key, value in entry.options.items():
+        if key not in plugin_dests:
+            raise CorpusError(file, f"options.{key}", f"unknown plugin option; the loaded plugins'"
+                              f" options: {', '.join(plugin_dests) or 'none'}")
+        setattr(args, key, value)
+    args.kernel, args.mmu, args.config, args.cpus = kernel, entry.mmu, assignments, entry.cpus
+    try:
+        run = make_run_config(pm, args)
+    except UsageError as exc:
+        raise CorpusError(file, "config", str(exc)) from None
+    model = Model.build(pm, run)
+    try:
+        _, failure = replay(model, entry.steps)
+    except (ValueError, UsageError) as exc:  # a step this model cannot take
+        raise CorpusError(file, "steps", str(exc)) from None
+    return Replayed(entry, model, None if expect_clean else entry.expect, failure)
+
+
+def cmd_replay(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    started = time.monotonic()
+    if args.kernel is not None:
+        versions = [v.name for v in pm.kernel_versions()]
+        if args.kernel not in versions:
+            raise UsageError(f"unknown kernel version {args.kernel!r}; choose from: {', '.join(versions)}")
+    paths = find(args.paths)
+    if not paths:
+        raise UsageError(f"no corpus entries (*.json) in {', '.join(args.paths)}")
+    _rule("corpus replay starts", out)
+    out.write(f"kernel: {args.kernel or 'each entry its own'};"
+              f" expectation: {'clean (--expect-clean)' if args.expect_clean else 'each entry its own'}\n")
+    out.write(f"collected {len(paths)} entr{'y' if len(paths) == 1 else 'ies'}\n\n")
+    failed: list[Replayed] = []
+    errors: list[tuple[Path, str]] = []
+    code = EXIT_OK
+    for path in paths:
+        try:
+            result = replay_entry(load(path), kernel=args.kernel, expect_clean=args.expect_clean,
+                                  plugins=args.plugins)
+        except UsageError as exc:
+            err.write(f"ERROR: {exc}\n")
+            out.write(f"{path} ERROR\n")
+            errors.append((path, str(exc)))
+            code = max(code, EXIT_USAGE) if code != EXIT_INTERNAL else code
+            continue
+        except PluginError as exc:
+            err.write(f"ERROR: {path}: {exc}\n")
+            err.write("This is the plugin's fault, not a kernel finding. Its traceback:\n")
+            err.write("".join(traceback.format_exception(exc.cause)))
+            out.write(f"{path} ERROR\n")
+            errors.append((path, str(exc)))
+            code = EXIT_INTERNAL
+            continue
+        status = "PASSED" if result.ok else "FAILED"
+        out.write(f"{path} {status}  ({result.outcome()})\n")
+        if not result.ok:
+            failed.append(result)
+            code = code or EXIT_FAILURE
+    out.write("\n")
+    if failed:
+        _rule("FAILURES", out)
+        for result in failed:
+            out.write(_underline(str(result.entry.path)) + "\n")
+            out.write(result.describe_mismatch() + "\n\n")
+    if failed or errors:
+        _rule("short test summary info", out)
+        for result in failed:
+            expected = str(result.expected) if result.expected is not None else "clean"
+            out.write(f"FAILED {result.entry.path} - expected {expected}, got {result.outcome()}\n")
+        for path, message in errors:
+            out.write(f"ERROR {path} - {message}\n")
+    passed = len(paths) - len(failed) - len(errors)
+    parts = [f"{len(failed)} failed"] if failed else []
+    parts.append(f"{passed} passed")
+    if errors:
+        parts.append(f"{len(errors)} error{'s' if len(errors) != 1 else ''}")
+    _rule(f"{', '.join(parts)} in {time.monotonic() - started:.2f}s", out)
+    return code
+
+
+def _underline(text: str) -> str:
+    width = 78
+    pad = max(width - len(text) - 2, 4)
+    return f"{'_' * (pad // 2)} {text} {'_' * (pad - pad // 2)}"
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
@@ -292,14 +523,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     err = err or sys.stderr
     try:
         pm = FuzzerPluginManager()
-        pm.load(preparse_plugins(argv))
+        requested = preparse_plugins(argv)
+        pm.load(requested)
         parser = build_parser(pm)
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("a command is required: run or plugins (see --help)")
+            raise UsageError("a command is required: run, replay or plugins (see --help)")
         if args.command == "plugins":
             return cmd_plugins(pm, out)
-        return cmd_run(pm, args, out, err)
+        if args.command == "replay":
+            args.plugins = requested  # global and subcommand -p alike
+            return cmd_replay(pm, args, out, err)
+        return cmd_run(pm, args, out, err, plugins=requested)
     except UsageError as exc:
         err.write(f"ERROR: {exc}\n")
         return EXIT_USAGE
