@@ -269,7 +269,7 @@ def load(path: str | os.PathLike[str]) -> Entry:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        hint = " (truncated?)" if exc.pos >= len(text.rstrip()) else ""
+        hint = " (truncated?)" if not text.rstrip().endswith("}") else ""
         raise CorpusError(path, _WHOLE, f"not valid JSON at line {exc.lineno} column {exc.colno}"
                           f"{hint}: {exc.msg}") from None
     return Entry.from_json(data, path)
