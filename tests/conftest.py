@@ -32,6 +32,12 @@ def _no_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(AUTOLOAD_ENV, "1")
 
 
+@pytest.fixture(autouse=True)
+def _own_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs save reproductions to ./corpus and examples to ./.hypothesis: never the checkout's."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def cli() -> Callable[..., Result]:
     """``cli("run", "--seed", "1")``: the command line in-process, output captured."""
