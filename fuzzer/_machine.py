@@ -27,7 +27,7 @@ from fuzzer._errors import (
     ModelLimitation,
     PluginError,
 )
-from fuzzer._mm import MM, Geometry
+from fuzzer._mm import MM, Geometry, Prot, Pte, PtePage, SpinLock, Table
 from fuzzer._mmu import KERNEL_TEXT_END, MEMORY_SIZE, PAGE_OFFSET, VMALLOC_END, VMALLOC_START
 from fuzzer._routines import frame_of_code
 from fuzzer._steps import ACTIONS, Step
@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 
 Wait = Callable[[], bool]
 NOP = 0x6000_0000
+#: Physical memory handed out for user pages starts here (past the kernel image).
+USER_MEMORY_START = 0x4000_0000
+#: Where a user task's stack page is mapped.
+USER_STACK_TOP = 0x7FFF_F000_0000
+USER_PAGE = Prot.PRESENT | Prot.READ | Prot.WRITE | Prot.ACCESSED | Prot.DIRTY
 
 
 @attrs.define(eq=False)
@@ -51,6 +56,8 @@ class Task:
     """``current->mm``: None for kernel threads."""
     active_mm: MM | None = None
     """``current->active_mm``."""
+    user_sp: int = 0
+    """The user stack pointer saved at kernel entry (``task_pt_regs(current)->gpr[1]``)."""
     result: Any = None
 
 
@@ -201,6 +208,7 @@ class Machine:
         self.hotplug_busy = False
         self.cpuhp_states: list[CpuhpState] = []
         self.vmalloc_next = VMALLOC_START
+        self.next_pfn = USER_MEMORY_START >> model.run.page_shift
         self.mm_ids = 1
         self.next_pid = 2
         self.state: dict[str, Any] = {}
@@ -324,6 +332,7 @@ class Machine:
             act.saved_wait = cpu.wait
             cpu.irqs_enabled = False
             cpu.irq_depth += 1
+            self.mmu.isync(cpu)  # taking an interrupt is context synchronising
         cpu.stack.append(act)
         cpu.wait = None
         return act
@@ -333,6 +342,48 @@ class Machine:
         self.next_pid += 1
         return Task(pid=pid, comm=comm, mm=mm, active_mm=mm or self.init_mm)
 
+    def new_user_task(self, comm: str) -> Task:
+        """A user process in a syscall: its own mm with a stack page mapped."""
+        mm = self.new_mm(f"{comm}_mm")
+        stack = USER_STACK_TOP - self.run.page_size
+        self.map_page(mm, stack, Pte(self.alloc_pfn(), USER_PAGE))
+        task = self.new_task(comm, mm)
+        task.user_sp = stack + self.run.page_size - 256
+        return task
+
+    def alloc_pfn(self) -> int:
+        pfn = self.next_pfn
+        self.next_pfn += 1
+        return pfn
+
+    def map_page(self, mm: MM, va: int, pte: Pte) -> None:
+        """Map a page outside any modelled routine (machine construction, process setup)."""
+        idx = mm.geometry.indices(va)
+        node: Any = mm.pgd
+        for level in range(3):
+            nxt = node.entries.get(idx[level])
+            if nxt is None:
+                nxt = Table(level + 1) if level < 2 else PtePage(SpinLock(f"ptl({mm.name}, {va:#x})"))
+                node.entries[idx[level]] = nxt
+            node = nxt
+        node.entries[idx[3]] = pte
+
+    def copy_from_user(self, cpu: Cpu, va: int) -> int | None:
+        """A kernel read of a user word (``copy_from_user_nofault``); None on a fault.
+
+        From interrupt or NMI context the loaded mm must be the task's own
+        (the x86 ``nmi_uaccess_okay`` lesson): otherwise the read goes through
+        whatever the loaded context maps there -- a patching mm maps kernel text.
+        """
+        if cpu.in_interrupt() and cpu.loaded_mm is not cpu.current.mm:
+            loaded = cpu.loaded_mm.name if cpu.loaded_mm is not None else "none"
+            raise InvariantViolation(
+                "uaccess under a foreign mm",
+                f"CPU {cpu.n} read user memory at {va:#x} from interrupt context with {loaded}"
+                f" loaded, not {cpu.current.comm}'s own mm",
+            )
+        pa = self.mmu.translate_user(cpu, va, False)
+        return None if pa is None else self.mem.get(pa & ~3, 0)
     def advance(self, cpu: Cpu) -> None:
         """Resume ``cpu``'s top activation to its next interleaving point."""
         act = cpu.stack[-1]
@@ -344,6 +395,7 @@ class Machine:
                 cpu.irq_depth -= 1
                 cpu.irqs_enabled = act.saved_irqs
                 cpu.wait = act.saved_wait
+                self.mmu.isync(cpu)  # and so is rfid, the return from it
             else:
                 cpu.wait = None
             act.task.result = stop.value
@@ -559,12 +611,23 @@ class Machine:
         if not self.can_start(cpu):
             raise ValueError(f"CPU {cpu.n} cannot start {op.name} now")
         self.steps.append(Step("start", cpu=cpu.n, name=op.name, args=args))
-        task = self.new_task(op.comm or op.name.rsplit(".", 1)[-1])
+        task = self.new_user_task(op.comm or op.name.rsplit(".", 1)[-1])
         try:
             gen = op.routine(cpu, **args)
         except Exception as exc:
             raise self._blame(exc) from exc
-        self.push(cpu, gen, task, label=op.name)
+        # The scheduler switched to this process: its mm is loaded while it runs
+        # in the kernel, and the CPU goes back to init_mm once it is done.
+        assert task.mm is not None
+        task.mm.cpumask.add(cpu.n)
+        cpu.loaded_mm = task.mm
+        self.mmu.switch_context(cpu, task.mm)
+
+        def done(_: Any) -> None:
+            cpu.loaded_mm = self.init_mm
+            self.mmu.switch_context(cpu, self.init_mm)
+
+        self.push(cpu, gen, task, label=op.name, on_done=done)
 
     def interrupt(self, cpu: Cpu, source: InterruptSource) -> None:
         if not self.can_interrupt(cpu, source):

@@ -1,1 +1,1 @@
-"""The fuzzer's built-in plugins, installed as ``fuzzer_plugins``: radix, kprobes, jump_label."""
+"""The fuzzer's built-in plugins, installed as ``fuzzer_plugins``: radix, kprobes, jump_label, interrupts."""

@@ -26,10 +26,7 @@ from fuzzer import (
     Operation,
     Prot,
     Pte,
-    PtePage,
     RunConfig,
-    SpinLock,
-    Table,
     UsageError,
     hookimpl,
     mutex_lock,
@@ -188,22 +185,8 @@ def fuzzer_machine_setup(machine: Machine) -> None:
     assert va is not None
     pfn = 0x0300_0000 >> machine.run.page_shift  # a physical page past the kernel image
     rox = machine.config.enabled("CONFIG_STRICT_KERNEL_RWX")
-    _map_kernel(machine, va, Pte(pfn, PAGE_KERNEL_ROX if rox else PAGE_KERNEL | Prot.EXEC))
+    machine.map_page(machine.init_mm, va, Pte(pfn, PAGE_KERNEL_ROX if rox else PAGE_KERNEL | Prot.EXEC))
     st_.free_slots = [va + 64 * i for i in range(16)]
-
-
-def _map_kernel(m: Machine, va: int, pte: Pte) -> None:
-    """Map a kernel page at build time (before boot), outside any modelled routine."""
-    mm = m.init_mm
-    idx = mm.geometry.indices(va)
-    node: Any = mm.pgd
-    for level in range(3):
-        nxt = node.entries.get(idx[level])
-        if nxt is None:
-            nxt = Table(level + 1) if level < 2 else PtePage(SpinLock(f"ptl(init_mm, {va:#x})"))
-            node.entries[idx[level]] = nxt
-        node = nxt
-    node.entries[idx[3]] = pte
 
 
 @hookimpl

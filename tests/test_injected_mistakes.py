@@ -20,9 +20,14 @@ EXPECTED = {
     "missing_ptesync": ("HARDWARE", "ptesync before use"),
     "shared_patching_mm": None,  # several true consequences; any kernel failure will do
     "leak_on_offline": ("END-STATE", "patching mm leak"),
+    "pmi_in_patch_window": ("INVARIANT", "uaccess under a foreign mm"),
 }
 #: Mistakes that boot alone cannot show: the search has to find the steps.
-NEEDS_SEARCH = {"shared_patching_mm": "online", "leak_on_offline": "offline"}
+NEEDS_SEARCH = {
+    "shared_patching_mm": "online",
+    "leak_on_offline": "offline",
+    "pmi_in_patch_window": "irq",
+}
 
 
 def test_every_mistake_has_an_expectation():

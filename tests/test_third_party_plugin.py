@@ -69,7 +69,7 @@ def test_canary_invariant_fires_above_the_option_limit(cli, canary, tmp_path):
     res = cli("-p", canary, "-p", "no:kprobes", *RUN, "--canary-limit", "2",
               "--report-json", str(report))
     assert res.rc == 1, res.err
-    assert f"plugins: boot, cpuhp, mm, patching, radix, jump_label, {canary}\n" in res.out
+    assert f"plugins: boot, cpuhp, mm, patching, radix, jump_label, interrupts, {canary}\n" in res.out
     assert "canary.poke" in re.search(r"^operations: (.*)$", res.out, re.M)[1]
     assert "invariant 'canary limit' violated: 3 pokes, limit 2" in res.out
     assert "Signature: INVARIANT in canary limit\n" in res.out
@@ -84,7 +84,8 @@ def test_canary_invariant_fires_above_the_option_limit(cli, canary, tmp_path):
 def test_canary_within_a_huge_limit_runs_clean(cli, canary):
     res = cli("-p", canary, *RUN, "--canary-limit", "1000000")
     assert res.rc == 0, res.out
-    assert f"plugins: boot, cpuhp, mm, patching, radix, kprobes, jump_label, {canary}\n" in res.out
+    builtins = "boot, cpuhp, mm, patching, radix, kprobes, jump_label, interrupts"
+    assert f"plugins: {builtins}, {canary}\n" in res.out
     assert "canary.poke" in re.search(r"^operations: (.*)$", res.out, re.M)[1]
     assert re.search(r"^=+ \d+ passed, 0 failed", res.out, re.M)
 

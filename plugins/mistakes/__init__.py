@@ -14,4 +14,5 @@ MISTAKES = (
     "missing_ptesync",
     "shared_patching_mm",
     "leak_on_offline",
+    "pmi_in_patch_window",
 )

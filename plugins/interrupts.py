@@ -1,0 +1,92 @@
+"""Interrupt sources beyond the timer: an IPI, a perf PMI, and an NMI (system reset).
+
+The timer lives in the kernel core. A maskable interrupt arrives at any
+interleaving point of a CPU whose interrupts are soft-enabled; the NMI-like
+system reset ignores the soft mask and can arrive anywhere, the patch window
+included.
+
+Simplification: the model treats the perf PMI as maskable by
+``local_irq_save``. On real ppc64 a PMI taken while interrupts are only
+soft-disabled is handled as an NMI (the PMU is not soft-masked by
+``local_irq_save``), and ``copy_from_user_nofault`` has no
+``nmi_uaccess_okay`` check on powerpc; the ``pmi_in_patch_window`` mistake
+plugin shows what the uaccess invariant says about that delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from fuzzer import InterruptSource, RunConfig, hookimpl, routine
+
+if TYPE_CHECKING:
+    from fuzzer import Cpu
+
+Gen = Generator[Any, None, Any]
+
+
+@hookimpl
+def fuzzer_routines(config: RunConfig) -> list[Any]:
+    return [smp_ipi_demux, perf_callchain_user_64, system_reset_exception]
+
+
+@hookimpl
+def fuzzer_interrupt_sources(config: RunConfig) -> list[InterruptSource]:
+    sources = [
+        InterruptSource("perf_pmi", perf_event_interrupt,
+                        doc="a perf sampling interrupt that walks the user stack of current"),
+        InterruptSource("system_reset", system_reset, nmi=True,
+                        doc="system reset / machine check: ignores the soft mask"),
+    ]
+    if config.enabled("CONFIG_SMP"):
+        sources.insert(0, InterruptSource("ipi", ipi, doc="an IPI (smp_call_function, reschedule)"))
+    return sources
+
+
+def ipi(cpu: Cpu) -> Gen:
+    yield from cpu.k.smp_ipi_demux(cpu)
+
+
+def perf_event_interrupt(cpu: Cpu) -> Gen:
+    yield from cpu.k.perf_callchain_user_64(cpu)
+
+
+def system_reset(cpu: Cpu) -> Gen:
+    yield from cpu.k.system_reset_exception(cpu)
+
+
+@routine("smp_ipi_demux", "arch/powerpc/kernel/smp.c")
+def smp_ipi_demux(cpu: Cpu) -> Gen:
+    """``smp_ipi_demux()`` (arch/powerpc/kernel/smp.c, v6.1-v6.2): runs queued IPI work.
+
+    The modelled kernel queues none, so it only takes the CPU for a step.
+    """
+    yield
+
+
+@routine("perf_callchain_user_64", "arch/powerpc/perf/callchain_64.c")
+def perf_callchain_user_64(cpu: Cpu) -> Gen:
+    """A PMI's user callchain (arch/powerpc/perf/callchain_64.c, v6.1-v6.2).
+
+    ``get_perf_callchain`` walks the user stack only for a task with an mm
+    (``task_pt_regs(current)``); each frame is ``read_user_stack_64`` ->
+    ``copy_from_user_nofault`` of the back chain and the saved LR.
+    """
+    task = cpu.current
+    yield
+    if task.mm is None or not task.user_sp:
+        return
+    sp = task.user_sp
+    for _ in range(2):
+        nxt = cpu.m.copy_from_user(cpu, sp)
+        yield
+        if not nxt:
+            return
+        sp = nxt
+
+
+@routine("system_reset_exception", "arch/powerpc/kernel/traps.c")
+def system_reset_exception(cpu: Cpu) -> Gen:
+    """``system_reset_exception()`` (arch/powerpc/kernel/traps.c): an NMI; touches no user memory."""
+    yield
