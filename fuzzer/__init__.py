@@ -28,7 +28,7 @@ from fuzzer._kernel.locking import (
     spin_lock,
     spin_unlock,
 )
-from fuzzer._machine import Cpu, Machine, Task
+from fuzzer._machine import Breakpoint, Cpu, Machine, Task
 from fuzzer._mm import (
     MM,
     PAGE_KERNEL,
@@ -65,6 +65,7 @@ __all__ = [
     "PAGE_OFFSET",
     "VMALLOC_END",
     "VMALLOC_START",
+    "Breakpoint",
     "ConfigOption",
     "Cpu",
     "Deadlock",

@@ -61,6 +61,27 @@ class Task:
     result: Any = None
 
 
+@attrs.frozen
+class Breakpoint:
+    """A data breakpoint (``struct arch_hw_breakpoint``) as DAWR/DAWRX hold it."""
+
+    addr: int
+    """Start of the watched range (an effective address)."""
+    length: int
+    """Bytes watched."""
+    kernel: bool = False
+    """DAWRX privilege bit for kernel mode: a perf event without exclude_kernel."""
+    user: bool = True
+    """DAWRX privilege bit for problem state (ptrace and perf user watchpoints)."""
+
+    def __repr__(self) -> str:
+        modes = "/".join(m for m, on in (("kernel", self.kernel), ("user", self.user)) if on)
+        return f"<brk {self.addr:#x}+{self.length} {modes}>"
+
+    def hits(self, va: int, size: int) -> bool:
+        return va < self.addr + self.length and self.addr < va + size
+
+
 @attrs.define(eq=False)
 class Activation:
     """One running routine on a CPU's stack: a task, or an interrupt on top of one."""
@@ -273,10 +294,31 @@ class Machine:
         return self.mmu.translate_user(cpu, va, write)
 
     def store(self, cpu: Cpu, va: int, value: int, size: int = 4) -> bool:
-        """A kernel store of 4 or 8 bytes, single-copy atomic; False on a fault."""
+        """A kernel store of 4 or 8 bytes, single-copy atomic; False on a fault.
+
+        A store through a patching mm (the patch itself) must find every DAWR
+        suspended: a watchpoint firing there is a failure, and so is any
+        breakpoint left live (temp mm loaded <=> breakpoints suspended).
+        """
         pa = self.translate(cpu, va, True)
         if pa is None:
             return False
+        mm = cpu.loaded_mm
+        if mm is not None and mm.is_patching:
+            for brk in cpu.dawr:
+                if brk is None:
+                    continue
+                if brk.kernel and brk.hits(va, size):
+                    raise InvariantViolation(
+                        "no watchpoint in the patch window",
+                        f"CPU {cpu.n}'s data breakpoint {brk.addr:#x}+{brk.length} fired on the"
+                        f" patching store to {va:#x} through {mm.name}",
+                    )
+                raise InvariantViolation(
+                    "breakpoints suspended in the patch window",
+                    f"CPU {cpu.n} stored through {mm.name} with DAWR {brk.addr:#x}+{brk.length}"
+                    " still live",
+                )
         if size == 8:
             hi, lo = (value >> 32) & 0xFFFF_FFFF, value & 0xFFFF_FFFF
             # Little-endian: the first word in memory is the low half.

@@ -152,6 +152,11 @@ class MM:
     def __repr__(self) -> str:
         return f"<mm {self.name}>"
 
+    @property
+    def is_patching(self) -> bool:
+        """A code-patching temporary mm (the model allocates mms only for that and for tasks)."""
+        return self.name.startswith("patching_mm")
+
     # Walkers used by the model's kernel routines (and by the MMU's hardware walk).
 
     def walk(self, addr: int) -> tuple[list[Table], PtePage | None]:

@@ -20,7 +20,7 @@ import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from fuzzer._errors import KernelFailure, PluginError
+from fuzzer._errors import KernelFailure, PluginError, UsageError
 from fuzzer._machine import Machine
 from fuzzer._model import Model
 from fuzzer._specs import InterruptSource, Operation
@@ -134,6 +134,12 @@ def _op_rule(op: Operation, ncpus: int) -> Any:
         _guard(self, lambda: m.start(cpu, op, args))
 
     start.__name__ = "start_" + _ident(op.name)
+    reserved = {"cpu_index", "target", "targets", "self"} & set(op.args)
+    if reserved:
+        raise UsageError(
+            f"operation {op.name!r}: argument name(s) {', '.join(sorted(reserved))} are reserved;"
+            " rename them"
+        )
     strategies: dict[str, Any] = {"cpu_index": st.integers(0, ncpus - 1), **op.args}
     return precondition(lambda self: any(self.machine.can_start(c) for c in self.machine.cpus))(
         rule(**strategies)(start)

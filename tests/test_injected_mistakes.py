@@ -21,12 +21,16 @@ EXPECTED = {
     "shared_patching_mm": None,  # several true consequences; any kernel failure will do
     "leak_on_offline": ("END-STATE", "patching mm leak"),
     "pmi_in_patch_window": ("INVARIANT", "uaccess under a foreign mm"),
+    "skip_suspend_breakpoints": ("INVARIANT", "breakpoints suspended in the patch window"),
+    "skip_restore_breakpoints": ("END-STATE", "breakpoints restored"),
 }
 #: Mistakes that boot alone cannot show: the search has to find the steps.
 NEEDS_SEARCH = {
     "shared_patching_mm": "online",
     "leak_on_offline": "offline",
     "pmi_in_patch_window": "irq",
+    "skip_suspend_breakpoints": "start",
+    "skip_restore_breakpoints": "start",
 }
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer._config import RunConfig
-from fuzzer._errors import KernelBug, KernelWarning, ModelLimitation
+from fuzzer._errors import HardwareViolation, KernelBug, KernelWarning, ModelLimitation
 from fuzzer._kernel.locking import lockdep_assert_irqs_disabled
 from fuzzer._mm import MM, PAGE_KERNEL, Pte, PtePtr
 from fuzzer._mmu import PAGE_OFFSET, VMALLOC_END, VMALLOC_START
@@ -106,7 +106,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
         __do_patch_instruction_v61, __do_patch_instruction,
         __do_patch_instruction_mm_next, __do_patch_instruction_mm,
         start_using_temp_mm, stop_using_temp_mm,
-        suspend_breakpoints, restore_breakpoints,
+        suspend_breakpoints, restore_breakpoints, set_hw_breakpoint,
     ]
 
 
@@ -561,19 +561,36 @@ def stop_using_temp_mm(cpu: Cpu, temp_mm: MM, orig_mm: MM) -> Gen:
 def suspend_breakpoints(cpu: Cpu) -> Gen:
     """``suspend_breakpoints()`` (arch/powerpc/kernel/process.c, from the temp-mm series).
 
-    Writes zeroed breakpoints to every DAWR slot; ``current_brk`` is left alone.
+    ``set_hw_breakpoint(i, &null_brk)`` for every slot: the hardware is
+    cleared, ``current_brk`` (what should be installed) is left alone.
     """
-    yield
     for i in range(len(cpu.dawr)):
-        cpu.dawr[i] = None
+        yield from cpu.k.set_hw_breakpoint(cpu, i, None)
 
 
 @routine("restore_breakpoints", PROCESS_C, versions=TEMP_MM)
 def restore_breakpoints(cpu: Cpu) -> Gen:
-    """``restore_breakpoints()`` (arch/powerpc/kernel/process.c): rewrite DAWRs from ``current_brk``."""
-    yield
+    """``restore_breakpoints()`` (arch/powerpc/kernel/process.c): ``set_hw_breakpoint(i,
+    this_cpu_ptr(&current_brk[i]))`` for every slot."""
     for i in range(len(cpu.dawr)):
-        cpu.dawr[i] = cpu.current_brk[i]
+        yield from cpu.k.set_hw_breakpoint(cpu, i, cpu.current_brk[i])
+
+
+@routine("set_hw_breakpoint", PROCESS_C)
+def set_hw_breakpoint(cpu: Cpu, nr: int, brk: Any) -> Gen:
+    """``set_hw_breakpoint()`` (arch/powerpc/kernel/process.c): program DAWR/DAWRX slot ``nr``.
+
+    The architecture does not allow a DAWR range across a 512-byte boundary
+    (3190ecbfeeb2): callers must have validated it.
+    """
+    yield  # mtspr DAWR, DAWRX
+    if brk is not None and brk.addr >> 9 != (brk.addr + brk.length - 1) >> 9:
+        raise HardwareViolation(
+            "DAWR within 512 bytes",
+            f"CPU {cpu.n} programmed DAWR{nr} with {brk.addr:#x}+{brk.length}, which crosses a"
+            " 512-byte boundary",
+        )
+    cpu.dawr[nr] = brk
 
 
 # ---------------------------------------------------------------------------
@@ -591,7 +608,7 @@ def fuzzer_machine_setup(machine: Machine) -> None:
 def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
     return [
         Invariant("patch window", _patch_window,
-                  doc="a loaded patching mm means IRQs off and breakpoints suspended, on its own CPU only"),
+                  doc="a loaded patching mm means IRQs off, on its own CPU only"),
         Invariant("patching mapping private", _mapping_private,
                   doc="no CPU but its owner holds a translation of a patching address"),
         Invariant("patching mapping removed", _nothing_left_mapped, when="end",
@@ -620,7 +637,7 @@ def _owner_of(m: Machine) -> dict[int, int]:
 def _patch_window(m: Machine) -> str | None:
     for c in m.cpus:
         mm = c.loaded_mm
-        if mm is None or mm.is_init or mm.name[:11] != "patching_mm":
+        if mm is None or not mm.is_patching:
             continue
         owners = _owner_of(m)
         owner = owners.get(id(mm))
@@ -628,8 +645,6 @@ def _patch_window(m: Machine) -> str | None:
             return f"CPU {c.n} has loaded {mm.name}, the patching mm of CPU {owner}"
         if c.irqs_enabled:
             return f"CPU {c.n} has interrupts enabled while its patching mm is loaded"
-        if any(d is not None for d in c.dawr):
-            return f"CPU {c.n} has hardware breakpoints live while its patching mm is loaded"
     return None
 
 
@@ -689,7 +704,7 @@ def _contexts_match_cpus(m: Machine) -> str | None:
 def _no_leaks(m: Machine) -> str | None:
     in_use = {id(mm) for _, mm, _ in _patching_addrs(m)}
     for mm in m.mms.values():
-        if mm.name.startswith("patching_mm") and not mm.freed and id(mm) not in in_use:
+        if mm.is_patching and not mm.freed and id(mm) not in in_use:
             return f"{mm.name} is neither used by a CPU nor freed"
         if mm.freed and any(not p.freed for p in mm.pte_pages()):
             return f"{mm.name} was freed with live page tables"

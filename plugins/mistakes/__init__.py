@@ -15,4 +15,6 @@ MISTAKES = (
     "shared_patching_mm",
     "leak_on_offline",
     "pmi_in_patch_window",
+    "skip_suspend_breakpoints",
+    "skip_restore_breakpoints",
 )

@@ -11,6 +11,7 @@ fuzzer_plugins.interrupts.)
 from __future__ import annotations
 
 from fuzzer import InterruptSource, RunConfig, hookimpl
+
 from ..interrupts import perf_event_interrupt
 
 
