@@ -44,6 +44,8 @@ class Outcome:
     emulated_steps: int
     duration: float
     time_to_first_failure: float | None = None
+    examples_to_first_failure: int | None = None
+    """Which example first failed (1 = the first one run); shrinking runs more after it."""
 
 
 def replay(model: Model, steps: Sequence[Step]) -> tuple[Machine, KernelFailure | None]:
@@ -83,9 +85,11 @@ def run_campaign(
     """
     started = time.monotonic()
     first_at: list[float] = []
+    first_example: list[int] = []
 
     def first_failure(exc: BaseException) -> None:
         first_at.append(time.monotonic() - started)
+        first_example.append(stats.examples + 1)
         if on_first_failure is not None:
             on_first_failure(exc)
 
@@ -151,7 +155,8 @@ def run_campaign(
                 " the model is not deterministic"
             )
         return Outcome("failed", verified, tuple(verified.steps or steps), None, stats.examples,
-                       stats.emulated_steps, duration, first)
+                       stats.emulated_steps, duration, first,
+                       first_example[0] if first_example else None)
     if found is not None:
         steps = getattr(found, "steps", None) or ()
         return Outcome("error", None, tuple(steps), found, stats.examples, stats.emulated_steps,

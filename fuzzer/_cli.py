@@ -303,6 +303,7 @@ def _report(outcome: Outcome, model: Model, args: argparse.Namespace, out: TextI
         if corpus is not None:
             _save_reproduction(corpus, failure, model, outcome.steps, plugins, out, err)
         first = (f", first found after {outcome.time_to_first_failure:.2f}s"
+                 f" (example {outcome.examples_to_first_failure})"
                  if outcome.time_to_first_failure is not None else "")
         _rule(f"1 failed: {failure.message} -- {stats}{first}", out)
         return EXIT_FAILURE

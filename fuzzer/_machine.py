@@ -649,7 +649,7 @@ class Machine:
 
         self.push(cpu, self.k.cpuhp_teardown_ap(cpu), task, label="cpu_down", on_done=done)
 
-    def start(self, cpu: Cpu, op: Operation, args: dict[str, Any]) -> None:
+    def start(self, cpu: Cpu, op: Operation, args: dict[str, Any]) -> Task:
         if not self.can_start(cpu):
             raise ValueError(f"CPU {cpu.n} cannot start {op.name} now")
         self.steps.append(Step("start", cpu=cpu.n, name=op.name, args=args))
@@ -670,6 +670,7 @@ class Machine:
             self.mmu.switch_context(cpu, self.init_mm)
 
         self.push(cpu, gen, task, label=op.name, on_done=done)
+        return task
 
     def interrupt(self, cpu: Cpu, source: InterruptSource) -> None:
         if not self.can_interrupt(cpu, source):

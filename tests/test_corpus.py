@@ -343,12 +343,13 @@ def test_database_replays_recent_failures_first(cli, tmp_path):
     argv = ("-p", plugin, "run", "--db", str(tmp_path / "db"), "--corpus", "none")
     first = cli(*argv, "--seed", "1")
     assert first.rc == 1
-    examples = int(re.search(r"-- ([\d,]+) examples", first.out)[1].replace(",", ""))
+    examples = int(re.search(r"first found after [\d.]+s \(example ([\d,]+)\)", first.out)[1]
+                   .replace(",", ""))
     assert examples > 1
     assert (tmp_path / "db").is_dir()
     again = cli(*argv, "--seed", "2")
     assert again.rc == 1
-    assert re.search(r"-- 1 examples", again.out), again.out
+    assert re.search(r"first found after [\d.]+s \(example 1\)", again.out), again.out
 
 
 def test_a_seed_alone_uses_no_database(cli, tmp_path):

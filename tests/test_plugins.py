@@ -13,7 +13,7 @@ import pytest
 from fuzzer import AUTOLOAD_ENV
 
 ESSENTIAL = ("boot", "cpuhp", "mm", "patching")
-BUILTIN = ("radix", "kprobes", "jump_label", "interrupts", "breakpoints")
+BUILTIN = ("radix", "hash", "kprobes", "jump_label", "interrupts", "breakpoints")
 ALL = (*ESSENTIAL, *BUILTIN)
 
 # A quick run: one example, kprobes off so nothing but boot is fuzzed.
@@ -68,7 +68,7 @@ def test_plugins_listing_shows_hooks_versions_and_mmus(cli):
     )
     assert "fuzzer_kernel_versions" in plugins["boot"][2]
     assert "kernel versions: v6.1, next-20221215, v6.2\n" in res.out
-    assert "MMUs: radix\n" in res.out
+    assert "MMUs: hash, radix\n" in res.out
 
 
 def test_p_plugin_is_listed_with_origin_and_hooks(cli, make_plugin):
@@ -125,12 +125,15 @@ def test_blocking_essential_plugin_is_usage_error(cli, name):
     assert res.rc == 4
     line = one_error_line(res.err)
     assert repr(name) in line
-    assert "blockable built-ins: radix, kprobes" in line
+    assert f"blockable built-ins: {', '.join(BUILTIN)}" in line
 
 
 def test_blocking_the_only_mmu_is_a_usage_error_at_run(cli):
     assert cli("-p", "no:radix", "plugins").rc == 0
     res = cli("-p", "no:radix", *QUICK_RUN)
+    assert res.rc == 4
+    assert "unknown MMU 'radix'; loaded MMU plugins: hash" in one_error_line(res.err)
+    res = cli("-p", "no:radix", "-p", "no:hash", *QUICK_RUN)
     assert res.rc == 4
     assert "unknown MMU 'radix'; loaded MMU plugins: none" in one_error_line(res.err)
 
@@ -145,7 +148,7 @@ def test_unknown_plugin(cli):
     assert res.rc == 4
     line = one_error_line(res.err)
     assert "'doesnotexist'" in line
-    assert "built-in plugins: radix, kprobes" in line
+    assert f"built-in plugins: {', '.join(BUILTIN)}" in line
 
 
 def test_p_without_a_name(cli):

@@ -17,4 +17,5 @@ MISTAKES = (
     "pmi_in_patch_window",
     "skip_suspend_breakpoints",
     "skip_restore_breakpoints",
+    "hash_no_hpte_flush",
 )

@@ -1,0 +1,282 @@
+"""Hash MMU: a global hashed page table of HPTE groups, per-CPU SLBs and TLBs.
+
+Follows arch/powerpc/mm/book3s64/hash_utils.c, hash_pgtable.c, hash_tlb.c,
+slb.c and asm/book3s/64/hash.h at v6.1-v6.2. On Hash the kernel never uses
+the temporary mm (``mm_patch_enabled()`` needs Radix): code patching takes
+the vmalloc-area alias path at every modelled version.
+
+Simplifications, none of which can hide a missing PTE lock, flush or
+ordering in the patching path: 256M segments only; the HPT has a few groups
+of eight slots with one hash function (a full group evicts its oldest
+entry, flushing it as the kernel does); a translation fault runs
+``hash_page`` atomically (the kernel's own fault path takes H_PAGE_BUSY on
+the PTE, which nothing in the model races with); the SLB holds the loaded
+context's user segments and is refilled on a miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from fuzzer import (
+    Geometry,
+    Invariant,
+    Mmu,
+    MmuSpec,
+    Prot,
+    Pte,
+    PtePage,
+    PtePtr,
+    RunConfig,
+    SpinLock,
+    Table,
+    check_access,
+    hookimpl,
+    might_sleep,
+    routine,
+)
+
+if TYPE_CHECKING:
+    from fuzzer import MM, Cpu, Machine
+
+Gen = Generator[Any, None, Any]
+HASH_H = "arch/powerpc/include/asm/book3s/64/hash.h"
+HASH_PGTABLE_C = "arch/powerpc/mm/book3s64/hash_pgtable.c"
+HASH_TLB_C = "arch/powerpc/mm/book3s64/hash_tlb.c"
+SLB_C = "arch/powerpc/mm/book3s64/slb.c"
+TLBFLUSH_H = "arch/powerpc/include/asm/book3s/64/tlbflush.h"
+
+#: H_{PGD,PUD,PMD,PTE}_INDEX_SIZE (asm/book3s/64/hash-{64k,4k}.h).
+INDEX_BITS = {16: (8, 10, 10, 8), 12: (9, 9, 7, 9)}
+SID_SHIFT = 28
+HPTEG_SLOTS = 8
+HPTE_GROUPS = 64
+
+
+@attrs.frozen
+class Hpte:
+    """One hashed page-table entry: which virtual page of which segment, and where."""
+
+    vsid: tuple[int, int]
+    vpn: int
+    pfn: int
+    prot: Prot
+
+
+@attrs.define
+class HashCpu:
+    """Per-CPU hash hardware state."""
+
+    context: MM | None = None
+    """The mm whose user segments this CPU's SLB maps (``copy_mm_to_paca``)."""
+    slb: dict[int, tuple[int, int]] = attrs.Factory(dict)
+    """ESID -> VSID."""
+
+
+class HashMmu(Mmu):
+    """Hash hardware: the HPT is global, SLBs and TLBs per CPU, tlbie broadcast."""
+
+    name = "hash"
+    radix = False
+
+    def __init__(self, machine: Machine) -> None:
+        super().__init__(machine)
+        self.shift = machine.run.page_shift
+        self.hpt: dict[int, list[Hpte]] = {}
+        self.inserted = 0
+        """HPTEs hash_page has inserted (for tests and statistics)."""
+        for cpu in machine.cpus:
+            cpu.hw = HashCpu()
+
+    def geometry(self, page_shift: int) -> Geometry:
+        return Geometry(page_shift, INDEX_BITS[page_shift])
+
+    def switch_context(self, cpu: Cpu, mm: MM) -> None:
+        # switch_slb: drop the old context's user segments, load the new one.
+        hw = cpu.hw
+        hw.context = mm
+        hw.slb.clear()
+
+    @staticmethod
+    def vsid(mm: MM, esid: int) -> tuple[int, int]:
+        return (mm.context_id, esid)
+
+    def _group(self, vsid: tuple[int, int], vpn: int) -> int:
+        return hash((vsid, vpn)) % HPTE_GROUPS
+
+    def find(self, vsid: tuple[int, int], vpn: int) -> Hpte | None:
+        for h in self.hpt.get(self._group(vsid, vpn), ()):
+            if h.vsid == vsid and h.vpn == vpn:
+                return h
+        return None
+
+    def _translate(self, cpu: Cpu, mm: MM, va: int, write: bool, user: bool) -> int | None:
+        esid = va >> SID_SHIFT
+        if user:
+            vsid = cpu.hw.slb.get(esid)
+            if vsid is None:  # SLB miss: slb_allocate_user
+                vsid = cpu.hw.slb[esid] = self.vsid(mm, esid)
+        else:
+            vsid = self.vsid(mm, esid)  # kernel segments are bolted
+        vpn = va >> self.shift
+        key = (vsid, vpn)
+        hpte = cpu.tlb.get(key)
+        if hpte is None:
+            hpte = self.find(vsid, vpn)
+            if hpte is None:
+                hpte = self.hash_page(cpu, mm, va, vsid, vpn)
+                if hpte is None:
+                    return None
+            cpu.tlb[key] = hpte
+        if not check_access(Pte(hpte.pfn, hpte.prot), write):
+            return None
+        return (hpte.pfn << self.shift) | (va & ((1 << self.shift) - 1))
+
+    def hash_page(self, cpu: Cpu, mm: MM, va: int, vsid: tuple[int, int], vpn: int) -> Hpte | None:
+        """``hash_page_mm()`` -> ``__hash_page_64K()``: insert an HPTE for a present PTE.
+
+        Marks the Linux PTE H_PAGE_HASHPTE, so that clearing it flushes the HPTE.
+        """
+        _, page = mm.walk(va)
+        if page is None:
+            return None
+        idx = mm.geometry.indices(va)[3]
+        pte = page.entries.get(idx)
+        if pte is None:
+            return None
+        page.entries[idx] = Pte(pte.pfn, pte.prot | Prot.HASHPTE)
+        hpte = Hpte(vsid, vpn, pte.pfn, pte.prot)
+        group = self.hpt.setdefault(self._group(vsid, vpn), [])
+        if len(group) >= HPTEG_SLOTS:
+            victim = group.pop(0)
+            self._tlbie(victim.vsid, victim.vpn)
+        group.append(hpte)
+        self.inserted += 1
+        return hpte
+
+    def _tlbie(self, vsid: tuple[int, int], vpn: int, only: Cpu | None = None) -> None:
+        for c in self.machine.cpus if only is None else [only]:
+            c.tlb.pop((vsid, vpn), None)
+
+    def flush_hash_page(self, cpu: Cpu, mm: MM, va: int, local: bool) -> None:
+        """``flush_hash_page()``: invalidate the HPTE and its TLB entries (tlbiel or tlbie)."""
+        vsid, vpn = self.vsid(mm, va >> SID_SHIFT), va >> self.shift
+        group = self.hpt.get(self._group(vsid, vpn), [])
+        group[:] = [h for h in group if not (h.vsid == vsid and h.vpn == vpn)]
+        self._tlbie(vsid, vpn, only=cpu if local else None)
+
+    def translate_user(self, cpu: Cpu, va: int, write: bool) -> int | None:
+        mm = cpu.hw.context
+        return None if mm is None else self._translate(cpu, mm, va, write, True)
+
+    def translate_vmalloc(self, cpu: Cpu, va: int, write: bool) -> int | None:
+        return self._translate(cpu, self.machine.init_mm, va, write, False)
+
+    def translations_of(self, cpu: Cpu, mm: MM, va: int) -> bool:
+        return (self.vsid(mm, va >> SID_SHIFT), va >> self.shift) in cpu.tlb
+
+    def hptes(self) -> list[Hpte]:
+        return [h for group in self.hpt.values() for h in group]
+
+
+@hookimpl
+def fuzzer_mmus() -> list[MmuSpec]:
+    return [MmuSpec("hash", HashMmu, "POWER Hash MMU (HPT, SLB): patching uses the vmalloc alias")]
+
+
+@hookimpl
+def fuzzer_routines(config: RunConfig) -> list[Any]:
+    if config.mmu != "hash":
+        return []
+    return [hash__pte_update, switch_slb, hash__flush_tlb_kernel_range, hash__map_kernel_page]
+
+
+@hookimpl
+def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
+    if config.mmu != "hash":
+        return []
+    return [Invariant("HPTEs match Linux PTEs", _hptes_match, when="end",
+                      doc="every HPTE maps a present Linux PTE marked H_PAGE_HASHPTE")]
+
+
+def _hptes_match(m: Machine) -> str | None:
+    mmu = m.mmu
+    assert isinstance(mmu, HashMmu)
+    by_id = m.mms
+    for h in mmu.hptes():
+        mm = by_id.get(h.vsid[0])
+        va = h.vpn << mmu.shift
+        pte = mm.lookup(va) if mm is not None and not mm.freed else None
+        if pte is None or pte.pfn != h.pfn:
+            name = mm.name if mm is not None else f"context {h.vsid[0]}"
+            return f"a stale HPTE still maps {va:#x} of {name} to pfn {h.pfn:#x}"
+    return None
+
+
+@routine("pte_update", HASH_H, symbol="hash__pte_update")
+def hash__pte_update(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, *, clear_all: bool,
+                     new: Pte | None = None, huge: bool = False) -> Gen:
+    """``hash__pte_update()`` (asm/book3s/64/hash.h:150 v6.1).
+
+    The atomic update (spinning while H_PAGE_BUSY), then for a non-huge PTE
+    ``assert_pte_locked(mm, addr)``, then, if the old PTE had an HPTE
+    (H_PAGE_HASHPTE), ``hpte_need_flush`` -> ``flush_hash_page``: local when
+    the mm is thread-local, global otherwise (always for init_mm).
+    """
+    yield  # ldarx/stdcx. loop
+    old = ptr.set(None if clear_all else new)
+    if not huge:
+        yield from cpu.k.assert_pte_locked(cpu, mm, addr)
+    if old is not None and old.prot & Prot.HASHPTE:
+        yield  # hpte_need_flush
+        mmu = cpu.m.mmu
+        assert isinstance(mmu, HashMmu)
+        local = not mm.is_init and mm.cpumask == {cpu.n}
+        mmu.flush_hash_page(cpu, mm, addr, local)
+    return old
+
+
+@routine("switch_mmu_context", SLB_C, symbol="switch_slb")
+def switch_slb(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
+    """``switch_mmu_context()`` on Hash -> ``switch_slb()`` (book3s64/slb.c, v6.1-v6.2).
+
+    Flush the user SLB entries and load the new context (``copy_mm_to_paca``).
+    """
+    yield
+    cpu.m.mmu.switch_context(cpu, next_mm)
+
+
+@routine("flush_tlb_kernel_range", TLBFLUSH_H, symbol="flush_tlb_kernel_range")
+def hash__flush_tlb_kernel_range(cpu: Cpu, start: int, end: int) -> Gen:
+    """``flush_tlb_kernel_range()`` (asm/book3s/64/tlbflush.h): nothing on Hash.
+
+    Only Radix flushes here; on Hash ``pte_clear`` already flushed the HPTE.
+    """
+    yield from ()
+
+
+@routine("map_kernel_page", HASH_PGTABLE_C, symbol="hash__map_kernel_page")
+def hash__map_kernel_page(cpu: Cpu, ea: int, pfn: int, prot: Any) -> Gen:
+    """``hash__map_kernel_page()`` (book3s64/hash_pgtable.c, v6.1-v6.2), slab available.
+
+    Allocate the missing init_mm levels, ``set_pte_at(&init_mm, ...)``,
+    ``smp_wmb()``; the HPTE is inserted by the first fault.
+    """
+    mm = cpu.m.init_mm
+    idx = mm.geometry.indices(ea)
+    node: Table | PtePage = mm.pgd
+    for level in range(3):
+        assert isinstance(node, Table)
+        nxt = node.entries.get(idx[level])
+        if nxt is None:
+            might_sleep(cpu, "mm/page_alloc.c:5280")
+            yield
+            nxt = Table(level + 1) if level < 2 else PtePage(SpinLock(f"ptl(init_mm, {ea:#x})"))
+            node.entries[idx[level]] = nxt
+        node = nxt
+    assert isinstance(node, PtePage)
+    yield from cpu.k.set_pte_at(cpu, mm, ea, PtePtr(node, idx[3], mm, ea), Pte(pfn, prot))
+    return 0
