@@ -244,6 +244,7 @@ class Machine:
         self._step_checks = model.step_invariants
         self._end_checks = model.end_invariants
         self._observers: list[Callable[[Cpu], None]] = []
+        self._entry_hooks: list[Callable[[Cpu], None]] = []
         for plugin, setup in model.machine_setups:
             try:
                 setup(machine=self)
@@ -260,6 +261,19 @@ class Machine:
             raise ValueError(f"machine state {name!r} is attached twice")
         self.state[name] = obj
         return obj
+
+    def on_exception_entry(self, fn: Callable[[Cpu], None]) -> None:
+        """Call ``fn(cpu)`` whenever a CPU runs the exception entry code.
+
+        That is every interrupt delivered, and every fault an MMU takes (a
+        hash fault on the patching alias). Plugins that model code in the
+        entry path (patched mitigation sequences) check what it executes.
+        """
+        self._entry_hooks.append(fn)
+
+    def exception_entry(self, cpu: Cpu) -> None:
+        for fn in self._entry_hooks:
+            fn(cpu)
 
     def observe_steps(self, fn: Callable[[Cpu], None]) -> None:
         """Call ``fn(cpu)`` after every emulated step (for tracing plugins; costs speed)."""
@@ -375,6 +389,7 @@ class Machine:
             cpu.irqs_enabled = False
             cpu.irq_depth += 1
             self.mmu.isync(cpu)  # taking an interrupt is context synchronising
+            self.exception_entry(cpu)
         cpu.stack.append(act)
         cpu.wait = None
         return act

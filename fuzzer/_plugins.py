@@ -19,7 +19,9 @@ from fuzzer._specs import MmuSpec
 #: The modelled kernel core, always loaded: it cannot be blocked with ``-p no:``.
 ESSENTIAL_PLUGINS = ("boot", "cpuhp", "mm", "patching")
 #: Built-in plugins, loaded by the same mechanism as third-party ones.
-BUILTIN_PLUGINS = ("radix", "hash", "kprobes", "jump_label", "interrupts", "breakpoints")
+BUILTIN_PLUGINS = (
+    "radix", "hash", "kprobes", "jump_label", "fixups", "interrupts", "breakpoints",
+)
 #: Third-party plugins register under this entry-point group.
 ENTRY_POINT_GROUP = "fuzzer"
 #: Set (to anything but empty) to skip entry-point plugins; ``-p`` still loads.

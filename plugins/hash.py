@@ -139,7 +139,10 @@ class HashMmu(Mmu):
         """``hash_page_mm()`` -> ``__hash_page_64K()``: insert an HPTE for a present PTE.
 
         Marks the Linux PTE H_PAGE_HASHPTE, so that clearing it flushes the HPTE.
+        The fault runs the exception entry code first (49b39ec248af: a hash
+        fault on the patching alias executes whatever the entry code holds).
         """
+        self.machine.exception_entry(cpu)
         _, page = mm.walk(va)
         if page is None:
             return None

@@ -18,4 +18,5 @@ MISTAKES = (
     "skip_suspend_breakpoints",
     "skip_restore_breakpoints",
     "hash_no_hpte_flush",
+    "unsafe_sequence_order",
 )

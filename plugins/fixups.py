@@ -1,0 +1,166 @@
+"""Multi-instruction patching: a mitigation sequence in the exception entry, toggled at runtime.
+
+Like the entry-flush and STF-barrier fixups (arch/powerpc/lib/feature-fixups.c),
+the kernel patches a sequence of instructions in exception entry code one
+``patch_instruction`` at a time. Any CPU taking an exception runs that code,
+and so does the patching CPU itself when the store to the patching alias
+takes a hash fault (49b39ec248af, 5b48ba2fbd77; aec86b052df6 for other
+CPUs). Every intermediate state must therefore be safe to execute.
+
+The modelled sequence is the fallback flush's shape: ``mflr r10;
+bl flush_fallback; mtlr r10`` when enabled, three nops when disabled. A
+state is unsafe when the ``bl`` can run without LR saved and restored
+around it, or ``mtlr r10`` can run without the ``mflr r10`` that set r10.
+The model's patch orders keep every intermediate state safe: enable the
+save, then the restore, then the branch; disable the branch first, then
+the restore, then the save. (This follows the rule those commits state; the
+exact order in v6.2's feature-fixups.c was not checked line by line.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from hypothesis import strategies as st
+
+from fuzzer import (
+    PAGE_OFFSET,
+    InvariantViolation,
+    Mutex,
+    Operation,
+    RunConfig,
+    hookimpl,
+    mutex_lock,
+    mutex_unlock,
+    routine,
+)
+from fuzzer._kernel.locking import down_read, up_read
+
+if TYPE_CHECKING:
+    from fuzzer import Cpu, Machine
+
+Gen = Generator[Any, None, Any]
+FEATURE_FIXUPS_C = "arch/powerpc/lib/feature-fixups.c"
+NOP = 0x6000_0000
+MFLR_R10 = 0x7D48_02A6
+MTLR_R10 = 0x7D48_03A6
+#: The sequence's place in the exception entry text.
+SEQUENCE_AT = PAGE_OFFSET + 0x0000_4000
+BL_FALLBACK = 0x4800_0001 | 0x0100  # bl .+0x100 (flush_fallback)
+OLD = (NOP, NOP, NOP)
+NEW = (MFLR_R10, BL_FALLBACK, MTLR_R10)
+#: ftrace call sites (``bl ftrace_caller`` when tracing, nop otherwise), one per function.
+FTRACE_SITES_AT = PAGE_OFFSET + 0x0010_0800
+FTRACE_SITES = 6
+FTRACE_STRIDE = 0x40
+BL_FTRACE_CALLER = 0x4800_0001 | 0x0200
+#: Patch orders (word indices) that keep every intermediate state safe.
+ENABLE_ORDER = (0, 2, 1)
+DISABLE_ORDER = (1, 2, 0)
+
+
+def unsafe(words: tuple[int, ...]) -> str | None:
+    """Why executing ``words`` (the sequence, first to last) would crash, or None."""
+    saved = words[0] == MFLR_R10
+    if words[1] == BL_FALLBACK and not (saved and words[2] == MTLR_R10):
+        return "bl clobbers LR with no mflr/mtlr around it"
+    if words[2] == MTLR_R10 and not saved:
+        return "mtlr r10 restores LR from an r10 nothing saved"
+    if any(w not in (o, n) for w, o, n in zip(words, OLD, NEW, strict=True)):
+        return "a word that is neither the old nor the new instruction"
+    return None
+
+
+def read_sequence(m: Machine, cpu: Cpu) -> tuple[int, ...]:
+    return tuple(m.fetch(cpu, SEQUENCE_AT + 4 * i) for i in range(len(OLD)))
+
+
+@hookimpl
+def fuzzer_machine_setup(machine: Machine) -> None:
+    machine.write_text(SEQUENCE_AT, OLD)
+    for i in range(FTRACE_SITES):
+        machine.write_text(FTRACE_SITES_AT + FTRACE_STRIDE * i, [NOP])
+    machine.attach("fixups", {"mutex": Mutex("fixups_mutex"), "enabled": False,
+                              "tracing": False})
+
+    def execute_entry(cpu: Cpu) -> None:
+        words = read_sequence(machine, cpu)
+        why = unsafe(words)
+        if why is not None:
+            raise InvariantViolation(
+                "patched sequence safe at every step",
+                f"CPU {cpu.n} ran the exception entry sequence in an intermediate state"
+                f" ({', '.join(f'{w:#010x}' for w in words)}): {why}",
+            )
+
+    machine.on_exception_entry(execute_entry)
+
+
+@hookimpl
+def fuzzer_routines(config: RunConfig) -> list[Any]:
+    return [do_entry_flush_fixups, ftrace_replace_code]
+
+
+@hookimpl
+def fuzzer_operations(config: RunConfig) -> list[Operation]:
+    return [
+        Operation("fixups.entry_flush", op_toggle, {"enable": st.booleans()},
+                  doc="debugfs entry_flush: patch the exception-entry flush sequence", comm="bash"),
+        Operation("ftrace.toggle", op_ftrace, {"enable": st.booleans()},
+                  doc="enable or disable function tracing: bulk-patch every call site",
+                  comm="bash"),
+    ]
+
+
+@routine("ftrace_replace_code", "arch/powerpc/kernel/trace/ftrace.c")
+def ftrace_replace_code(cpu: Cpu, enable: bool) -> Gen:
+    """``ftrace_replace_code()`` (arch/powerpc/kernel/trace/ftrace.c, v6.1-v6.2).
+
+    Bulk patching without stop_machine: one ``patch_instruction`` per call
+    site, each with its own IRQ-off window, map, write, unmap and local
+    flush. Each site is one instruction, so every intermediate state is a
+    mix of traced and untraced functions, all safe.
+    """
+    new = BL_FTRACE_CALLER if enable else NOP
+    for i in range(FTRACE_SITES):
+        yield from cpu.k.patch_instruction(cpu, FTRACE_SITES_AT + FTRACE_STRIDE * i, new)
+
+
+@routine("do_entry_flush_fixups", FEATURE_FIXUPS_C)
+def do_entry_flush_fixups(cpu: Cpu, enable: bool) -> Gen:
+    """``do_entry_flush_fixups()`` (arch/powerpc/lib/feature-fixups.c, after 49b39ec248af).
+
+    Patch the sequence one instruction at a time, each with its own
+    ``patch_instruction`` (its own IRQ-off window, map, store, unmap, flush),
+    in an order whose every intermediate state is safe to execute.
+    """
+    target = NEW if enable else OLD
+    for i in ENABLE_ORDER if enable else DISABLE_ORDER:
+        yield from cpu.k.patch_instruction(cpu, SEQUENCE_AT + 4 * i, target[i])
+
+
+def op_ftrace(cpu: Cpu, enable: bool) -> Gen:
+    """ftrace_startup/ftrace_shutdown: under ``ftrace_lock`` and ``text_mutex``."""
+    m = cpu.m
+    s = m.state["fixups"]
+    yield from down_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from mutex_lock(cpu, m.locks["text_mutex"])
+    if s["tracing"] != enable:
+        yield from cpu.k.ftrace_replace_code(cpu, enable)
+        s["tracing"] = enable
+    yield from mutex_unlock(cpu, m.locks["text_mutex"])
+    yield from up_read(cpu, m.locks["cpu_hotplug_lock"])
+
+
+def op_toggle(cpu: Cpu, enable: bool) -> Gen:
+    """The debugfs write: under ``cpus_read_lock`` and the fixups mutex, patch if the state changes."""
+    m = cpu.m
+    s = m.state["fixups"]
+    yield from down_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from mutex_lock(cpu, s["mutex"])
+    if s["enabled"] != enable:
+        yield from cpu.k.do_entry_flush_fixups(cpu, enable)
+        s["enabled"] = enable
+    yield from mutex_unlock(cpu, s["mutex"])
+    yield from up_read(cpu, m.locks["cpu_hotplug_lock"])
