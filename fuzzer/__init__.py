@@ -28,6 +28,7 @@ from fuzzer._kernel.locking import (
     spin_lock,
     spin_unlock,
 )
+from fuzzer._kernel.mm import pte_alloc
 from fuzzer._machine import Breakpoint, Cpu, Machine, Task
 from fuzzer._mm import (
     MM,
@@ -112,6 +113,7 @@ __all__ = [
     "might_sleep",
     "mutex_lock",
     "mutex_unlock",
+    "pte_alloc",
     "routine",
     "spin_lock",
     "spin_unlock",

@@ -28,14 +28,11 @@ from fuzzer import (
     MmuSpec,
     Prot,
     Pte,
-    PtePage,
     PtePtr,
     RunConfig,
-    SpinLock,
-    Table,
     check_access,
     hookimpl,
-    might_sleep,
+    pte_alloc,
     routine,
 )
 
@@ -269,17 +266,6 @@ def hash__map_kernel_page(cpu: Cpu, ea: int, pfn: int, prot: Any) -> Gen:
     ``smp_wmb()``; the HPTE is inserted by the first fault.
     """
     mm = cpu.m.init_mm
-    idx = mm.geometry.indices(ea)
-    node: Table | PtePage = mm.pgd
-    for level in range(3):
-        assert isinstance(node, Table)
-        nxt = node.entries.get(idx[level])
-        if nxt is None:
-            might_sleep(cpu, "mm/page_alloc.c:5280")
-            yield
-            nxt = Table(level + 1) if level < 2 else PtePage(SpinLock(f"ptl(init_mm, {ea:#x})"))
-            node.entries[idx[level]] = nxt
-        node = nxt
-    assert isinstance(node, PtePage)
-    yield from cpu.k.set_pte_at(cpu, mm, ea, PtePtr(node, idx[3], mm, ea), Pte(pfn, prot))
+    ptr = yield from pte_alloc(cpu, mm, ea)
+    yield from cpu.k.set_pte_at(cpu, mm, ea, ptr, Pte(pfn, prot))
     return 0

@@ -23,11 +23,9 @@ from fuzzer import (
     PtePage,
     PtePtr,
     RunConfig,
-    SpinLock,
-    Table,
     check_access,
     hookimpl,
-    might_sleep,
+    pte_alloc,
     routine,
 )
 
@@ -260,19 +258,7 @@ def radix__map_kernel_page(cpu: Cpu, ea: int, pfn: int, prot: Any) -> Gen:
     """
     m = cpu.m
     mm = m.init_mm
-    idx = mm.geometry.indices(ea)
-    node: Table | PtePage = mm.pgd
-    for level in range(3):
-        assert isinstance(node, Table)
-        nxt = node.entries.get(idx[level])
-        if nxt is None:
-            might_sleep(cpu, "mm/page_alloc.c:5280")
-            yield
-            nxt = Table(level + 1) if level < 2 else PtePage(SpinLock(f"ptl(init_mm, {ea:#x})"))
-            node.entries[idx[level]] = nxt
-        node = nxt
-    assert isinstance(node, PtePage)
-    ptr = PtePtr(node, idx[3], mm, ea)
+    ptr = yield from pte_alloc(cpu, mm, ea)
     yield from cpu.k.set_pte_at(cpu, mm, ea, ptr, Pte(pfn, prot))
     yield
     m.mmu.ptesync(cpu)

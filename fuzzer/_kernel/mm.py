@@ -93,9 +93,23 @@ def get_locked_pte(cpu: Cpu, mm: MM, addr: int) -> Gen:
     sleep, which is why patching pre-allocates at CPU online), then takes the
     PTE page's split lock. Returns ``(pte pointer, ptl)``.
     """
+    ptr = yield from pte_alloc(cpu, mm, addr)
+    yield from spin_lock(cpu, ptr.page.ptl)
+    return ptr, ptr.page.ptl
+
+
+@routine("walk_to_pmd", "mm/memory.c", inlined=True)
+def pte_alloc(cpu: Cpu, mm: MM, addr: int) -> Gen:
+    """``walk_to_pmd()`` + ``__pte_alloc()`` (mm/memory.c; ``pud_alloc``/``pmd_alloc``).
+
+    Walk to ``addr``'s PTE page, allocating each missing level (GFP_KERNEL:
+    may sleep, so never with IRQs off or a spinlock held). Returns the PTE
+    pointer, taking no lock. The MMUs' ``map_kernel_page`` use it for init_mm.
+    """
     idx = mm.geometry.indices(addr)
-    node = mm.pgd
+    node: Table | PtePage = mm.pgd
     for level in range(3):
+        assert isinstance(node, Table)
         nxt = node.entries.get(idx[level])
         if nxt is None:
             might_sleep(cpu, "mm/page_alloc.c:5280")
@@ -105,13 +119,9 @@ def get_locked_pte(cpu: Cpu, mm: MM, addr: int) -> Gen:
             else:
                 nxt = PtePage(SpinLock(f"ptl({mm.name}, {addr >> mm.geometry.shifts[2]:#x})"))
             node.entries[idx[level]] = nxt
-        if level < 2:
-            assert isinstance(nxt, Table)
-            node = nxt
-    page = nxt
-    assert isinstance(page, PtePage)
-    yield from spin_lock(cpu, page.ptl)
-    return PtePtr(page, idx[3], mm, addr), page.ptl
+        node = nxt
+    assert isinstance(node, PtePage)
+    return PtePtr(node, idx[3], mm, addr)
 
 
 @routine("pte_unmap_unlock", "include/linux/mm.h", inlined=True)
