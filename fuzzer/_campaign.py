@@ -12,7 +12,7 @@ import attrs
 import hypothesis
 from hypothesis import HealthCheck, Phase, Verbosity
 from hypothesis import settings as Settings
-from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 from hypothesis.stateful import get_state_machine_test
 
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError
@@ -46,6 +46,10 @@ class Outcome:
     time_to_first_failure: float | None = None
     examples_to_first_failure: int | None = None
     """Which example first failed (1 = the first one run); shrinking runs more after it."""
+    routines: frozenset[str] = frozenset()
+    """Modelled routines the campaign's examples entered (the cheap routine signal)."""
+    distinct_failures: int = 0
+    """Distinct kernel failure signatures seen, shrinking included."""
 
 
 def replay(model: Model, steps: Sequence[Step]) -> tuple[Machine, KernelFailure | None]:
@@ -70,18 +74,26 @@ def run_campaign(
     time_budget: float,
     progress: Callable[[Stats, float], None] | None = None,
     on_first_failure: Callable[[BaseException], None] | None = None,
-    database: str | None = None,
+    database: str | ExampleDatabase | None = None,
+    guide: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Search for a kernel failure; shrink and verify the first one found.
 
     ``max_examples`` and ``time_budget`` of 0 mean unbounded. The same seed
     gives the same batches, so the same outcome within the same budget.
 
-    ``database`` is a directory for Hypothesis's example database (None: off).
+    ``database`` is a directory for Hypothesis's example database, or a
+    database object (a ``RedisExampleDatabase``); None: off.
     The first batch then replays the failures saved there for this model's
     configuration before generating, and a failure found is saved there. The
     replayed examples come first, so with a database the outcome is a function
     of the seed *and* the database's content.
+
+    ``guide`` reports each example's routine count to ``hypothesis.target``
+    (see :func:`build_state_machine`). ``should_stop`` is asked between
+    batches; True ends the campaign as ``passed`` with what it ran (another
+    worker found a failure).
     """
     started = time.monotonic()
     first_at: list[float] = []
@@ -94,7 +106,9 @@ def run_campaign(
             on_first_failure(exc)
 
     stats = Stats(on_first_failure=first_failure)
-    machine_cls = build_state_machine(model, stats)
+    machine_cls = build_state_machine(model, stats, guide=guide)
+    if isinstance(database, str):
+        database = DirectoryBasedExampleDatabase(database)
     batch = 0
     found: BaseException | None = None
     try:
@@ -103,6 +117,8 @@ def run_campaign(
             if max_examples and stats.examples >= max_examples:
                 break
             if time_budget and elapsed >= time_budget:
+                break
+            if should_stop is not None and should_stop():
                 break
             n = BATCH if not max_examples else min(BATCH, max_examples - stats.examples)
             settings = Settings(
@@ -119,8 +135,7 @@ def run_campaign(
             if database is not None:
                 # Every batch saves what it finds; only the first replays what was saved.
                 reuse = (Phase.reuse,) if batch == 0 else ()
-                settings = Settings(settings, database=DirectoryBasedExampleDatabase(database),
-                                    phases=(*reuse, *settings.phases))
+                settings = Settings(settings, database=database, phases=(*reuse, *settings.phases))
             test = get_state_machine_test(machine_cls, settings=settings)
             test = hypothesis.seed(_batch_seed(seed, batch))(test)
             if settings.database is not None:
@@ -143,7 +158,8 @@ def run_campaign(
             steps = tuple(failure.steps or ()) if failure is not None else ()
         return Outcome("interrupted", failure, steps, None, stats.examples,
                        stats.emulated_steps, time.monotonic() - started,
-                       first_at[0] if first_at else None)
+                       first_at[0] if first_at else None, routines=frozenset(stats.routines),
+                       distinct_failures=len(stats.signatures))
     duration = time.monotonic() - started
     first = first_at[0] if first_at else None
     if isinstance(found, KernelFailure):
@@ -156,12 +172,14 @@ def run_campaign(
             )
         return Outcome("failed", verified, tuple(verified.steps or steps), None, stats.examples,
                        stats.emulated_steps, duration, first,
-                       first_example[0] if first_example else None)
+                       first_example[0] if first_example else None,
+                       routines=frozenset(stats.routines), distinct_failures=len(stats.signatures))
     if found is not None:
         steps = getattr(found, "steps", None) or ()
         return Outcome("error", None, tuple(steps), found, stats.examples, stats.emulated_steps,
-                       duration)
-    return Outcome("passed", None, (), None, stats.examples, stats.emulated_steps, duration)
+                       duration, routines=frozenset(stats.routines))
+    return Outcome("passed", None, (), None, stats.examples, stats.emulated_steps, duration,
+                   routines=frozenset(stats.routines), distinct_failures=len(stats.signatures))
 
 
 def database_key(model: Model) -> bytes:

@@ -17,10 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import hypothesis
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from fuzzer._errors import KernelFailure, PluginError, UsageError
+from fuzzer._coverage import RoutineRecorder
+from fuzzer._errors import KernelFailure, PluginError, Signature, UsageError
 from fuzzer._machine import Machine
 from fuzzer._model import Model
 from fuzzer._specs import InterruptSource, Operation
@@ -39,6 +41,10 @@ class Stats:
     failures_seen: int = 0
     first_failure: KernelFailure | PluginError | None = None
     on_first_failure: Callable[[BaseException], None] | None = None
+    signatures: set[Signature] = attrs.Factory(set)
+    """Distinct kernel failures seen (shrinking meets others on its way)."""
+    routines: set[str] = attrs.Factory(set)
+    """Modelled routines any example entered (the cheap routine signal)."""
 
     def count(self, nsteps: int) -> None:
         self.examples += 1
@@ -53,6 +59,8 @@ def _guard(sm: Any, fn: Callable[[], Any]) -> Any:
         exc.steps = tuple(getattr(getattr(sm, "machine", None), "steps", ()))
         stats: Stats = sm.stats
         stats.failures_seen += 1
+        if isinstance(exc, KernelFailure):
+            stats.signatures.add(exc.signature)
         if stats.first_failure is None:
             stats.first_failure = exc
             if stats.on_first_failure is not None:
@@ -60,14 +68,28 @@ def _guard(sm: Any, fn: Callable[[], Any]) -> Any:
         raise
 
 
-def build_state_machine(model: Model, stats: Stats) -> type[RuleBasedStateMachine]:
-    """A RuleBasedStateMachine class for ``model``, one rule per operation."""
+#: The ``hypothesis.target`` label of guided runs.
+TARGET_LABEL = "modelled routines entered"
+
+
+def build_state_machine(model: Model, stats: Stats, *, guide: bool = False) -> type[RuleBasedStateMachine]:
+    """A RuleBasedStateMachine class for ``model``, one rule per operation.
+
+    Every example's routines are recorded into ``stats.routines``. With
+    ``guide``, each example also reports how many distinct routines it
+    entered to ``hypothesis.target``, so Hypothesis's targeted phase prefers
+    examples that reach more of the model.
+    """
     ncpus = model.run.cpus
+    recorder = RoutineRecorder(model.routines, model.routine_infos)
+    recorder.reached = stats.routines
+    recorded = attrs.evolve(model, routines=recorder.table)
 
     def __init__(self: Any) -> None:
         RuleBasedStateMachine.__init__(self)
         self.stats = stats
-        self.machine = _guard(self, lambda: Machine(model))
+        recorder.example.clear()
+        self.machine = _guard(self, lambda: Machine(recorded))
 
     def boot(self: Any, seed: int) -> None:
         _guard(self, lambda: self.machine.boot(seed))
@@ -97,6 +119,9 @@ def build_state_machine(model: Model, stats: Stats) -> type[RuleBasedStateMachin
                 _guard(self, m.finish)
         finally:
             stats.count(m.nsteps)
+            entered = recorder.end_example()
+            if guide:
+                hypothesis.target(float(entered), label=TARGET_LABEL)
 
     ns: dict[str, Any] = {
         "__init__": __init__,
