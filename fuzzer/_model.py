@@ -95,7 +95,7 @@ class Model:
         for inv in invs:
             if inv.when not in ("step", "end"):
                 raise UsageError(f"invariant {inv.name!r}: when must be 'step' or 'end'")
-        levels = {"early": 0}
+        levels = {"start_kernel": -1, "early": 0}
         inits.sort(key=lambda i: levels.get(i.level, 1))
         mmu = pm.mmus()[run.mmu]
         setups = tuple(

@@ -113,8 +113,8 @@ def resolve(
     ``candidates`` are ``(plugin name, function)`` pairs from every plugin's
     ``fuzzer_routines``. A version-specific definition beats an every-version
     one; a version without its own definition falls back along ``based_on``.
-    An ``override`` beats the default. Two definitions at the same rank are
-    an error naming both plugins.
+    An ``override`` beats the default. Defaults (or overrides) of one routine
+    from two plugins, or two at the same rank, are an error naming both.
     """
     by_name: dict[str, list[RoutineInfo]] = {}
     for plugin, fn in candidates:
@@ -132,6 +132,7 @@ def resolve(
     for name, infos in by_name.items():
         best: RoutineInfo | None = None
         best_rank: tuple[int, int] | None = None
+        owners: dict[bool, RoutineInfo] = {}
         for info in infos:
             if info.versions is None:
                 vrank = len(chain)
@@ -140,6 +141,16 @@ def resolve(
                 if not hits:
                     continue
                 vrank = hits[0]
+            # Each kind of definition (default, override) of one routine belongs to one
+            # plugin: another plugin's default would otherwise be shadowed silently.
+            other = owners.setdefault(info.override, info)
+            if other.plugin != info.plugin:
+                kind = "overridden" if info.override else "defined"
+                raise UsageError(
+                    f"routine {name!r} is {kind} by two plugins for kernel {version}:"
+                    f" {other.plugin!r} and {info.plugin!r}"
+                    + ("" if info.override else " (use override=True to replace a routine)")
+                )
             rank = (0 if info.override else 1, vrank)
             if best_rank is None or rank < best_rank:
                 best, best_rank = info, rank

@@ -73,7 +73,8 @@ class Initcall:
     routine: RoutineFn = attrs.field(repr=False)
     """Generator function ``(cpu)``; a negative return is logged, as the kernel does."""
     level: str = "device"
-    """``early`` runs before SMP bring-up (do_pre_smp_initcalls), others after."""
+    """``early`` runs before SMP bring-up (do_pre_smp_initcalls), others after;
+    ``start_kernel`` is called by start_kernel itself right after poking_init."""
 
 
 @attrs.frozen

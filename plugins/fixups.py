@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from fuzzer import (
     PAGE_OFFSET,
+    Initcall,
     InvariantViolation,
     Mutex,
     Operation,
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 Gen = Generator[Any, None, Any]
 FEATURE_FIXUPS_C = "arch/powerpc/lib/feature-fixups.c"
+EINVAL = 22
+MFLR_R0 = 0x7C08_02A6
 NOP = 0x6000_0000
 MFLR_R10 = 0x7D48_02A6
 MTLR_R10 = 0x7D48_03A6
@@ -80,7 +83,9 @@ def read_sequence(m: Machine, cpu: Cpu) -> tuple[int, ...]:
 def fuzzer_machine_setup(machine: Machine) -> None:
     machine.write_text(SEQUENCE_AT, OLD)
     for i in range(FTRACE_SITES):
-        machine.write_text(FTRACE_SITES_AT + FTRACE_STRIDE * i, [NOP])
+        # The two nops of -fpatchable-function-entry: ftrace_init_nop makes
+        # the first an 'mflr r0' (v6.12); the second is the call site.
+        machine.write_text(FTRACE_SITES_AT + FTRACE_STRIDE * i - 4, [NOP, NOP])
     machine.attach("fixups", {"mutex": Mutex("fixups_mutex"), "enabled": False,
                               "tracing": False})
 
@@ -99,7 +104,49 @@ def fuzzer_machine_setup(machine: Machine) -> None:
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    return [do_entry_flush_fixups, ftrace_replace_code]
+    return [do_entry_flush_fixups, ftrace_replace_code, ftrace_init, ftrace_init_nop]
+
+
+@hookimpl
+def fuzzer_initcalls(config: RunConfig) -> list[Initcall]:
+    # In 6.12 ftrace's boot-time patching runs in start_kernel, before any
+    # initcall; the earlier modelled versions patch nothing there.
+    if config.kernel == "v6.12":
+        return [Initcall("ftrace_init", ftrace_init_call, level="start_kernel")]
+    return []
+
+
+def ftrace_init_call(cpu: Cpu) -> Gen:
+    return (yield from cpu.k.ftrace_init(cpu))
+
+
+@routine("ftrace_init", "kernel/trace/ftrace.c", versions=("v6.12",))
+def ftrace_init(cpu: Cpu) -> Gen:
+    """``ftrace_init()`` (kernel/trace/ftrace.c, v6.12), from start_kernel (init/main.c:937).
+
+    ``ftrace_process_locs`` -> ``ftrace_update_code`` -> ``ftrace_nop_initialize``
+    for every call site (all inlined): one ``ftrace_init_nop`` each.
+    """
+    for i in range(FTRACE_SITES):
+        ret = yield from cpu.k.ftrace_init_nop(cpu, FTRACE_SITES_AT + FTRACE_STRIDE * i)
+        if ret:
+            return ret
+    return 0
+
+
+@routine("ftrace_init_nop", "arch/powerpc/kernel/trace/ftrace.c", versions=("v6.12",))
+def ftrace_init_nop(cpu: Cpu, ip: int) -> Gen:
+    """``ftrace_init_nop()`` (arch/powerpc/kernel/trace/ftrace.c:228, v6.12).
+
+    With patchable function entries: expect nops at ``ip - 4`` and ``ip``
+    (-EINVAL otherwise), then ``ftrace_modify_code(ip - 4, nop, mflr r0)``,
+    i.e. ``patch_instruction`` -- the first patch after poking_init in 6.12.
+    """
+    m = cpu.m
+    yield
+    if m.fetch(cpu, ip - 4) != NOP or m.fetch(cpu, ip) != NOP:
+        return -EINVAL
+    return (yield from cpu.k.patch_instruction(cpu, ip - 4, MFLR_R0))
 
 
 @hookimpl

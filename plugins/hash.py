@@ -216,7 +216,7 @@ def _hptes_match(m: Machine) -> str | None:
     return None
 
 
-@routine("pte_update", HASH_H, symbol="hash__pte_update")
+@routine("pte_update", HASH_H, symbol="hash__pte_update", inlined=True)
 def hash__pte_update(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, *, clear_all: bool,
                      new: Pte | None = None, huge: bool = False) -> Gen:
     """``hash__pte_update()`` (asm/book3s/64/hash.h:150 v6.1).

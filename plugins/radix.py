@@ -183,7 +183,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
     ]
 
 
-@routine("pte_update", RADIX_H, symbol="radix__pte_update")
+@routine("pte_update", RADIX_H, symbol="radix__pte_update", inlined=True)
 def radix__pte_update(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, *, clear_all: bool,
                       new: Pte | None = None, huge: bool = False) -> Gen:
     """``radix__pte_update()`` (asm/book3s/64/radix.h:172, v6.1-v6.12).
@@ -229,7 +229,7 @@ def radix__flush_tlb_kernel_range(cpu: Cpu, start: int, end: int) -> Gen:
 @routine(
     "local_flush_tlb_page_psize",
     RADIX_TLB_C,
-    versions=("next-20221215", "v6.2"),
+    versions=("next-20221215", "v6.2", "v6.12"),
     symbol="radix__local_flush_tlb_page_psize",
 )
 def radix__local_flush_tlb_page_psize(cpu: Cpu, mm: MM, va: int) -> Gen:

@@ -38,7 +38,7 @@ def without_timings(out: str) -> str:
 # ---------------------------------------------------------------------------
 
 USAGE_ERRORS = {
-    "unknown kernel": (["run", "--kernel", "v5.0"], ["'v5.0'", "v6.1, next-20221215, v6.2"]),
+    "unknown kernel": (["run", "--kernel", "v5.0"], ["'v5.0'", "v6.1, next-20221215, v6.2, v6.12"]),
     "unknown mmu": (["run", "--mmu", "foo"], ["'foo'", "radix"]),
     "unknown config option": (
         ["run", "--config", "CONFIG_NOPE=y"],
@@ -92,7 +92,7 @@ def test_usage_error(cli, argv, expected):
 def test_help_lists_exit_codes_and_choices(capsys):
     assert main(["run", "--help"]) == 0
     text = capsys.readouterr().out
-    assert "v6.1, next-20221215, v6.2" in text
+    assert "v6.1, next-20221215, v6.2, v6.12" in " ".join(text.split())
     assert "--kprobe-sites" in text  # plugin options are in the run command's help
     assert main(["--help"]) == 0
     assert "4 usage error" in capsys.readouterr().out
@@ -118,7 +118,7 @@ def test_default_run_finds_nothing(cli):
     res = cli(*RUN, "--seed", "1")
     assert res.rc == 0, res.err
     assert res.out.startswith("=" * 27 + " fuzzer session starts " + "=" * 28 + "\n")
-    assert "\nkernel: v6.2 (" in res.out
+    assert "\nkernel: v6.12 (" in res.out  # the newest modelled version
     assert "\nmmu: radix, cpus: 4, seed: 1 (rerun with --seed 1)\n" in res.out
     assert "\nconfig: CONFIG_DEBUG_VM=y " in res.out
     assert "\nbudget: 20 examples or 5 s\n" in res.out

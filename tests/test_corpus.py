@@ -323,7 +323,7 @@ def test_run_saves_a_new_failure_once(cli, tmp_path):
 
 def test_run_records_the_plugins_an_entry_needs(cli, tmp_path):
     plugin = "fuzzer_plugins.mistakes.irqs_early"
-    res = cli("-p", plugin, "run", "--seed", "1", "--corpus", str(tmp_path))
+    res = cli("-p", plugin, "run", "--kernel", "v6.2", "--seed", "1", "--corpus", str(tmp_path))
     assert res.rc == 1
     (path,) = tmp_path.glob("*.json")
     assert load(path).plugins == (plugin,)
@@ -340,7 +340,7 @@ def test_run_with_corpus_none_saves_nothing(cli, tmp_path):
 
 def test_database_replays_recent_failures_first(cli, tmp_path):
     plugin = "fuzzer_plugins.mistakes.leak_on_offline"  # needs a search, not just a boot
-    argv = ("-p", plugin, "run", "--db", str(tmp_path / "db"), "--corpus", "none")
+    argv = ("-p", plugin, "run", "--kernel", "v6.2", "--db", str(tmp_path / "db"), "--corpus", "none")
     first = cli(*argv, "--seed", "1")
     assert first.rc == 1
     examples = int(re.search(r"first found after [\d.]+s \(example ([\d,]+)\)", first.out)[1]

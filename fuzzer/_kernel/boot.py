@@ -48,6 +48,10 @@ def fuzzer_kernel_versions() -> list[KernelVersion]:
         KernelVersion(
             "v6.2", 620, "980411a4d1bb: temporary mm, PTE looked up and locked for every patch"
         ),
+        KernelVersion(
+            "v6.12", 6120, "linux-source-6.12 (6.12.117): patch_mem, patch_instructions;"
+            " ftrace patches at boot, before kprobes"
+        ),
     ]
 
 
@@ -124,6 +128,11 @@ def start_kernel(cpu: Cpu) -> Gen:
     cpu.irqs_enabled = False
     yield
     yield from cpu.k.poking_init(cpu)
+    # Initcalls of level "start_kernel" are the calls start_kernel makes itself
+    # right after poking_init (v6.12: ftrace_init, init/main.c:937).
+    for call in cpu.m.model.initcalls:
+        if call.level == "start_kernel":
+            yield from call.routine(cpu)
     cpu.irqs_enabled = True
     yield
 
@@ -149,7 +158,7 @@ def kernel_init_freeable(cpu: Cpu) -> Gen:
         if initcall.level == "early":
             yield from cpu.k.do_one_initcall(cpu, initcall)
     for initcall in cpu.m.model.initcalls:
-        if initcall.level != "early":
+        if initcall.level not in ("early", "start_kernel"):
             yield from cpu.k.do_one_initcall(cpu, initcall)
 
 

@@ -46,6 +46,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
         set_pte_at,
         pte_clear,
         assert_pte_locked,
+        assert_pte_locked_612,
         free_pgd_range,
         switch_mm_irqs_off,
         get_vm_area,
@@ -196,6 +197,41 @@ def assert_pte_locked(cpu: Cpu, mm: MM, addr: int) -> Gen:
     if page.ptl.owner is None:
         raise KernelBug(
             f"{PGTABLE_C}:{lines['locked']}",
+            detail=f"assert_spin_locked({page.ptl.name}): PTE lock for {addr:#x} not held",
+        )
+
+
+@routine("assert_pte_locked", PGTABLE_C, versions=("v6.12",))
+def assert_pte_locked_612(cpu: Cpu, mm: MM, addr: int) -> Gen:
+    """``assert_pte_locked()`` (arch/powerpc/mm/pgtable.c:375, v6.12).
+
+    Hugh Dickins' shape: init_mm returns; BUG on a none pgd (387), p4d
+    (389) or pud (391); return on a none pmd (399); ``pte_offset_map_nolock``
+    and ``BUG_ON(!pte)`` (402, no PTE table there); ``assert_spin_locked(ptl)``
+    at line 403 -- the line of the real 6.12 boot crash; ``pte_unmap``.
+    """
+    if not cpu.m.config.enabled("CONFIG_DEBUG_VM"):
+        return
+    yield
+    if mm.is_init:
+        return
+    idx = mm.geometry.indices(addr)
+    pud = mm.pgd.entries.get(idx[0])
+    if pud is None:
+        raise KernelBug(f"{PGTABLE_C}:387", detail="pgd_none")
+    assert isinstance(pud, Table)
+    pmd = pud.entries.get(idx[1])
+    if pmd is None:
+        raise KernelBug(f"{PGTABLE_C}:391", detail="pud_none")
+    assert isinstance(pmd, Table)
+    page = pmd.entries.get(idx[2])
+    if page is None:
+        return
+    if not isinstance(page, PtePage) or page.freed:
+        raise KernelBug(f"{PGTABLE_C}:402", detail="pte_offset_map_nolock returned NULL")
+    if page.ptl.owner is None:
+        raise KernelBug(
+            f"{PGTABLE_C}:403",
             detail=f"assert_spin_locked({page.ptl.name}): PTE lock for {addr:#x} not held",
         )
 

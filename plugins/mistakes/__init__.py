@@ -19,4 +19,5 @@ MISTAKES = (
     "skip_restore_breakpoints",
     "hash_no_hpte_flush",
     "unsafe_sequence_order",
+    "cached_pte",
 )
