@@ -27,12 +27,17 @@ from fuzzer._campaign import Outcome, replay, run_campaign
 from fuzzer._config import KernelConfig, RunConfig
 from fuzzer._corpus import DEFAULT_DIR as DEFAULT_CORPUS
 from fuzzer._corpus import CorpusError, Entry, find, load, save
+from fuzzer._coverage import DEFAULT_DIR as DEFAULT_COVERAGE_DIR
+from fuzzer._coverage import CoverageSession, CoverageSummary, measured_files
+from fuzzer._database import check_spec, is_redis, open_database
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, Signature, UsageError
 from fuzzer._model import Model
 from fuzzer._plugins import AUTOLOAD_ENV, FuzzerPluginManager
 from fuzzer._report import failure_json, format_failure, write_json
 from fuzzer._statemachine import Stats
+from fuzzer._stats import StatsLog, check_plot_path
 from fuzzer._steps import Step
+from fuzzer._workers import WorkerSpec, run_workers, split_examples, worker_seed
 
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2, 3, 4
 DEFAULT_MAX_EXAMPLES = 1000
@@ -41,7 +46,8 @@ DEFAULT_TIME_BUDGET = 60.0
 DEFAULT_DB = os.path.join(".hypothesis", "fuzzer")
 #: ``run``'s own options; every other dest belongs to a plugin (``RunConfig.options``).
 HOST_DESTS = ("command", "plugins", "kernel", "mmu", "config", "cpus", "max_examples", "time_budget",
-              "seed", "report_json", "corpus", "db")
+              "seed", "report_json", "corpus", "db", "workers", "coverage", "coverage_dir", "stats",
+              "stats_plot", "guide")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,8 +139,28 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
                      f" shows the same bug; 'none' to not save (default: {DEFAULT_CORPUS})")
     run.add_argument("--db", metavar="PATH", default=None,
                      help="Hypothesis's example database: failures saved there are tried first;"
-                     f" 'none' for no database (default: {DEFAULT_DB} without --seed; none with"
+                     " a directory, redis://HOST:PORT[/DB] to share one between machines (the redis"
+                     f" extra), or 'none' (default: {DEFAULT_DB} without --seed; none with"
                      " --seed, so a seed always gives the same result)")
+    run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                     help="run N worker processes sharing the corpus and the example database;"
+                     " each gets its own seed (derived from --seed) and a share of --max-examples"
+                     " (default 1)")
+    run.add_argument("--coverage", action="store_true",
+                     help="measure the modelled kernel and plugins with coverage.py (branches; about"
+                     " 2.5x slower): write its data and an HTML report to --coverage-dir and name"
+                     " the modelled routines never reached")
+    run.add_argument("--coverage-dir", metavar="DIR", default=DEFAULT_COVERAGE_DIR,
+                     help=f"where --coverage writes .coverage and html/ (default: {DEFAULT_COVERAGE_DIR})")
+    run.add_argument("--stats", metavar="PATH", default=None,
+                     help="write campaign statistics over time to PATH as JSON lines: time, examples,"
+                     " steps, steps/s, distinct failures, modelled routines reached")
+    run.add_argument("--stats-plot", metavar="PATH", default=None,
+                     help="plot routines reached and distinct failures over time to PATH (.png or"
+                     " .svg; needs matplotlib, the plot extra)")
+    run.add_argument("--guide", action="store_true",
+                     help="feed each example's count of distinct modelled routines to"
+                     " hypothesis.target (see the README for whether it helps)")
     run.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                      help=plugin_help)
     _add_plugin_options(pm, run)
@@ -252,6 +278,15 @@ def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err:
     if db is not None and db.lower() == "none":
         db = None
     corpus = None if args.corpus.lower() == "none" else args.corpus
+    if args.workers < 1:
+        raise UsageError(f"--workers must be 1 or more, not {args.workers}")
+    if args.stats_plot is not None:
+        check_plot_path(args.stats_plot)
+    database = None
+    if db is not None:
+        check_spec(db)
+        if is_redis(db):
+            database = open_database(db)  # an unreachable server is a usage error, now
     _rule("fuzzer session starts", out)
     out.write(f"kernel: {run.kernel} ({model.version.description})\n")
     out.write(f"mmu: {run.mmu}, cpus: {run.cpus}, seed: {seed}"
@@ -266,6 +301,13 @@ def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err:
     budget.append(f"{args.time_budget:g} s" if args.time_budget else "no time limit")
     out.write(f"budget: {' or '.join(budget)}\n")
     out.write(f"corpus: {corpus or 'not saved'}; example database: {db or 'none'}\n")
+    if args.workers > 1:
+        out.write(f"workers: {args.workers} processes, seeds"
+                  f" {', '.join(str(worker_seed(seed, i)) for i in range(args.workers))}\n")
+    if args.coverage:
+        out.write(f"coverage: coverage.py (branches) of the modelled kernel -> {args.coverage_dir}\n")
+    if args.guide:
+        out.write("guidance: hypothesis.target on the distinct modelled routines each example enters\n")
     overrides = [f"{name} ({info.plugin})" for name, info in model.routine_infos.items()
                  if info.override]
     if overrides:
@@ -275,21 +317,82 @@ def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err:
             out.write(f"{line}\n")
     out.flush()
     progress = Progress(err)
-    outcome = run_campaign(
-        model,
-        seed=seed,
-        max_examples=args.max_examples,
-        time_budget=args.time_budget,
-        progress=progress,
-        on_first_failure=progress.found,
-        database=db,
-    )
-    progress.end()
-    return _report(outcome, model, args, out, err, corpus=corpus, plugins=plugins)
+    log = StatsLog(args.stats, len(model.routine_infos))
+
+    def report_progress(stats: Stats, elapsed: float) -> None:
+        progress(stats, elapsed)
+        log.sample(stats, elapsed)
+
+    include = measured_files(model.routine_infos.values(), model.plugin_modules)
+    try:
+        if args.workers == 1:
+            session = CoverageSession(args.coverage_dir, include) if args.coverage else None
+            if session is not None:
+                session.start()
+            try:
+                outcome = run_campaign(
+                    model,
+                    seed=seed,
+                    max_examples=args.max_examples,
+                    time_budget=args.time_budget,
+                    progress=report_progress,
+                    on_first_failure=progress.found,
+                    database=database if database is not None else db,
+                    guide=args.guide,
+                )
+            finally:
+                if session is not None:
+                    session.stop()
+        else:
+            session = CoverageSession(args.coverage_dir, include) if args.coverage else None
+            shares = split_examples(args.max_examples, args.workers)
+            specs = [WorkerSpec(index=i, plugins=tuple(plugins), args=args, seed=worker_seed(seed, i),
+                                max_examples=shares[i], time_budget=args.time_budget, database=db,
+                                guide=args.guide,
+                                coverage_dir=args.coverage_dir if args.coverage else None,
+                                coverage_include=tuple(include))
+                     for i in range(args.workers)]
+            outcome = run_workers(model, specs, progress=report_progress, on_first_failure=progress.found)
+            if session is not None:
+                session.combine()
+        progress.end()
+        log.end(outcome.duration, outcome.examples, outcome.emulated_steps, outcome.distinct_failures,
+                len(outcome.routines))
+    finally:
+        log.close()
+    notes = []
+    if session is not None:
+        notes += _coverage_notes(session.report(model.routine_infos))
+    if args.stats:
+        notes.append(f"statistics written to {args.stats} ({len(log.samples)} samples)")
+    if args.stats_plot:
+        log.plot(args.stats_plot, f"{run.kernel}, {run.mmu}, seed {seed}"
+                 + (f", {args.workers} workers" if args.workers > 1 else ""))
+        notes.append(f"plot of coverage and failures over time written to {args.stats_plot}")
+    return _report(outcome, model, args, out, err, corpus=corpus, plugins=plugins, notes=notes)
+
+
+def _coverage_notes(summary: CoverageSummary) -> list[str]:
+    reached = summary.routines - len(summary.unreached)
+    lines = [f"coverage: {summary.percent:.1f}% of the modelled kernel's statements and branches;"
+             f" {reached} of {summary.routines} modelled routines reached",
+             f"coverage report: {summary.html} (data: {summary.directory / '.coverage'})"]
+    if summary.unreached:
+        lines.append(f"never reached ({len(summary.unreached)}): {', '.join(summary.unreached)}")
+    else:
+        lines.append("never reached: none")
+    return lines
 
 
 def _report(outcome: Outcome, model: Model, args: argparse.Namespace, out: TextIO, err: TextIO,
-            *, corpus: str | None = None, plugins: Sequence[str] = ()) -> int:
+            *, corpus: str | None = None, plugins: Sequence[str] = (),
+            notes: Sequence[str] = ()) -> int:
+    """Print the outcome, then ``notes`` (coverage, statistics), then the summary line."""
+    def summary(text: str) -> None:
+        for note in notes:
+            out.write(f"{note}\n")
+        _rule(text, out)
+
     speed = outcome.emulated_steps / outcome.duration if outcome.duration else 0.0
     stats = (f"{outcome.examples:,} examples, {outcome.emulated_steps:,} steps"
              f" ({speed:,.0f} steps/s) in {outcome.duration:.2f}s")
@@ -305,7 +408,7 @@ def _report(outcome: Outcome, model: Model, args: argparse.Namespace, out: TextI
         first = (f", first found after {outcome.time_to_first_failure:.2f}s"
                  f" (example {outcome.examples_to_first_failure})"
                  if outcome.time_to_first_failure is not None else "")
-        _rule(f"1 failed: {failure.message} -- {stats}{first}", out)
+        summary(f"1 failed: {failure.message} -- {stats}{first}")
         return EXIT_FAILURE
     if outcome.status == "interrupted":
         if outcome.failure is not None:
@@ -313,15 +416,15 @@ def _report(outcome: Outcome, model: Model, args: argparse.Namespace, out: TextI
             out.write("(interrupted while shrinking: this reproduction is not minimal)\n")
             if args.report_json:
                 write_json(args.report_json, failure_json(outcome.failure, model, outcome.steps))
-            _rule(f"interrupted, 1 failure found (not shrunk): {stats}", out)
+            summary(f"interrupted, 1 failure found (not shrunk): {stats}")
         else:
-            _rule(f"interrupted: {stats}", out)
+            summary(f"interrupted: {stats}")
         return EXIT_INTERRUPTED
     if outcome.status == "error":
         error = outcome.error
         assert error is not None
         raise error
-    _rule(f"{outcome.examples:,} passed, 0 failed: {stats}", out)
+    summary(f"{outcome.examples:,} passed, 0 failed: {stats}")
     return EXIT_OK
 
 

@@ -57,6 +57,7 @@ def _guard(sm: Any, fn: Callable[[], Any]) -> Any:
         return fn()
     except (KernelFailure, PluginError) as exc:
         exc.steps = tuple(getattr(getattr(sm, "machine", None), "steps", ()))
+        sm.failed = True
         stats: Stats = sm.stats
         stats.failures_seen += 1
         if isinstance(exc, KernelFailure):
@@ -115,7 +116,9 @@ def build_state_machine(model: Model, stats: Stats, *, guide: bool = False) -> t
         if m is None:
             return
         try:
-            if m.failure is None and m.booted:
+            # Not after a failure: one raised outside the scheduler (an exception-entry
+            # check) leaves ``m.failure`` unset, and finishing would report a second one.
+            if m.failure is None and m.booted and not getattr(self, "failed", False):
                 _guard(self, m.finish)
         finally:
             stats.count(m.nsteps)
