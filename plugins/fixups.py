@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Any
 from hypothesis import strategies as st
 
 from fuzzer import (
+    PAGE_KERNEL_ROX,
     PAGE_OFFSET,
     Initcall,
     InvariantViolation,
     Mutex,
     Operation,
+    Pte,
     RunConfig,
     hookimpl,
     mutex_lock,
@@ -86,8 +88,15 @@ def fuzzer_machine_setup(machine: Machine) -> None:
         # The two nops of -fpatchable-function-entry: ftrace_init_nop makes
         # the first an 'mflr r0' (v6.12); the second is the call site.
         machine.write_text(FTRACE_SITES_AT + FTRACE_STRIDE * i - 4, [NOP, NOP])
+    # A BPF prog pack: two pages of module_alloc'd memory, read-only and
+    # executable, written only through patch_instructions (v6.12).
+    pack = machine.alloc_vmalloc(2 * machine.run.page_size)
+    assert pack is not None
+    for i in range(2):
+        machine.map_page(machine.init_mm, pack + i * machine.run.page_size,
+                         Pte(machine.alloc_pfn(), PAGE_KERNEL_ROX))
     machine.attach("fixups", {"mutex": Mutex("fixups_mutex"), "enabled": False,
-                              "tracing": False})
+                              "tracing": False, "bpf_pack": pack})
 
     def execute_entry(cpu: Cpu) -> None:
         words = read_sequence(machine, cpu)
@@ -104,7 +113,8 @@ def fuzzer_machine_setup(machine: Machine) -> None:
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    return [do_entry_flush_fixups, ftrace_replace_code, ftrace_init, ftrace_init_nop]
+    return [do_entry_flush_fixups, ftrace_replace_code, ftrace_init, ftrace_init_nop,
+            bpf_arch_text_copy, bpf_arch_text_invalidate]
 
 
 @hookimpl
@@ -157,7 +167,58 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
         Operation("ftrace.toggle", op_ftrace, {"enable": st.booleans()},
                   doc="enable or disable function tracing: bulk-patch every call site",
                   comm="bash"),
+        *([Operation("bpf.load", op_bpf, {"slot": st.integers(0, 3), "nwords": st.integers(1, 24)},
+                     doc="JIT a BPF program into the prog pack, then free it (patch_instructions)",
+                     comm="bpftool")] if config.kernel == "v6.12" else []),
     ]
+
+
+BPF_TRAP = 0x7FE0_0008  #: what bpf_arch_text_invalidate fills a freed program with
+
+
+def _bpf_slot(m: Machine, slot: int) -> int:
+    """Program slots of the pack; slot 3 straddles the boundary between its two pages."""
+    page = m.run.page_size
+    return m.state["fixups"]["bpf_pack"] + (page - 32 if slot == 3 else slot * 256)
+
+
+@routine("bpf_arch_text_copy", "arch/powerpc/net/bpf_jit_comp.c", versions=("v6.12",))
+def bpf_arch_text_copy(cpu: Cpu, dst: int, code: tuple[int, ...]) -> Gen:
+    """``bpf_arch_text_copy()`` (arch/powerpc/net/bpf_jit_comp.c, v6.12): under
+    ``text_mutex``, ``patch_instructions(dst, src, len, false)``."""
+    m = cpu.m
+    yield from mutex_lock(cpu, m.locks["text_mutex"])
+    err = yield from cpu.k.patch_instructions(cpu, dst, code, False, len(code))
+    yield from mutex_unlock(cpu, m.locks["text_mutex"])
+    return err
+
+
+@routine("bpf_arch_text_invalidate", "arch/powerpc/net/bpf_jit_comp.c", versions=("v6.12",))
+def bpf_arch_text_invalidate(cpu: Cpu, dst: int, nwords: int) -> Gen:
+    """``bpf_arch_text_invalidate()`` (v6.12): fill with traps, ``patch_instructions(.., true)``."""
+    m = cpu.m
+    yield from mutex_lock(cpu, m.locks["text_mutex"])
+    err = yield from cpu.k.patch_instructions(cpu, dst, (BPF_TRAP,), True, nwords)
+    yield from mutex_unlock(cpu, m.locks["text_mutex"])
+    return err
+
+
+def op_bpf(cpu: Cpu, slot: int, nwords: int) -> Gen:
+    """Load a program into a pack slot and free it again (each slot used by one op at a time)."""
+    m = cpu.m
+    busy = m.state["fixups"].setdefault("bpf_busy", set())
+    if slot in busy:
+        return -16  # -EBUSY: the pack allocator would hand out another chunk
+    busy.add(slot)
+    dst = _bpf_slot(m, slot)
+    code = tuple(0x3860_0000 | (slot << 8) | i for i in range(nwords))
+    err = yield from cpu.k.bpf_arch_text_copy(cpu, dst, code)
+    if not err:
+        if [m.fetch(cpu, dst + 4 * i) for i in range(nwords)] != list(code):
+            raise InvariantViolation("bpf text copied", f"CPU {cpu.n}: the pack slot differs")
+        err = yield from cpu.k.bpf_arch_text_invalidate(cpu, dst, nwords)
+    busy.discard(slot)
+    return err
 
 
 @routine("ftrace_replace_code", "arch/powerpc/kernel/trace/ftrace.c")

@@ -135,3 +135,17 @@ def test_fidelity_doc_lists_every_routine_the_model_runs():
         sys.path.pop(0)
     doc = (root / "docs" / "fidelity.md").read_text()
     assert fidelity_table.markdown() in doc, "docs/fidelity.md is stale: python docs/fidelity_table.py"
+
+
+@pytest.mark.parametrize("mmu", ["radix", "hash"])
+def test_bpf_pack_loads_through_patch_instructions_across_pages(mmu):
+    from fuzzer import Step
+    from fuzzer_plugins.fixups import BPF_TRAP, _bpf_slot
+
+    steps = [*boot_steps(), Step("start", cpu=0, name="bpf.load", args={"slot": 3, "nwords": 24}),
+             Step("run", cpus=[0] * 400)]
+    m, failure = replay(make_model("v6.12", mmu=mmu), steps)
+    assert failure is None
+    dst = _bpf_slot(m, 3)
+    assert (dst + 4 * 24) // m.run.page_size != dst // m.run.page_size  # it did cross a page
+    assert [m.fetch(m.cpus[0], dst + 4 * i) for i in range(24)] == [BPF_TRAP] * 24
