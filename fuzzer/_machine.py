@@ -691,10 +691,18 @@ class Machine:
         if not self.can_interrupt(cpu, source):
             raise ValueError(f"CPU {cpu.n} cannot take {source.name} now")
         self.steps.append(Step("irq", cpu=cpu.n, name=source.name))
-        self.push(
-            cpu, source.handler(cpu), cpu.current, kind="nmi" if source.nmi else "irq",
-            label=source.name,
-        )
+        try:
+            self.push(
+                cpu, source.handler(cpu), cpu.current, kind="nmi" if source.nmi else "irq",
+                label=source.name,
+            )
+        except KernelFailure as failure:  # the exception entry code itself failed
+            self._annotate(failure, cpu, list(cpu.trace()))
+            raise
+        except (PluginError, ModelLimitation):
+            raise
+        except Exception as exc:
+            raise self._blame(exc) from exc
 
     def finish(self) -> None:
         """End of an example: every CPU runs to completion, then the end-state checks."""
