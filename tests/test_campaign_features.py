@@ -20,6 +20,8 @@ from fuzzer._plugins import FuzzerPluginManager
 SHORT = ("run", "--seed", "1", "--max-examples", "20", "--time-budget", "20", "--corpus", "none")
 #: A mistake whose failure needs an interrupt at the right time: found by search, not by boot.
 MISTAKE = "fuzzer_plugins.mistakes.pmi_in_patch_window"
+#: The version the mistakes change.
+V6_2 = ("--kernel", "v6.2")
 KERNEL_DIR = Path(__file__).resolve().parent.parent / "fuzzer" / "_kernel"
 PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
 
@@ -154,7 +156,7 @@ def test_two_workers_share_the_example_budget_and_merge(cli, tmp_path):
 
 
 def test_two_workers_find_report_and_save_one_failure(cli, tmp_path):
-    r = cli("-p", MISTAKE, "run", "--seed", "1", "--workers", "2", "--db", "db", "--stats", "s.jsonl")
+    r = cli("-p", MISTAKE, "run", *V6_2, "--seed", "1", "--workers", "2", "--db", "db", "--stats", "s.jsonl")
     assert r.rc == 1, r.out + r.err
     assert json.loads((tmp_path / "s.jsonl").read_text().splitlines()[-1])["distinct_failures"] >= 1
     assert "uaccess under a foreign mm" in r.out
@@ -162,7 +164,7 @@ def test_two_workers_find_report_and_save_one_failure(cli, tmp_path):
     saved = list((tmp_path / "corpus").glob("*.json"))
     assert len(saved) == 1
     # The shared directory database holds it: a one-example run of another seed replays it.
-    again = cli("-p", MISTAKE, "run", "--seed", "7", "--max-examples", "1", "--db", "db",
+    again = cli("-p", MISTAKE, "run", *V6_2, "--seed", "7", "--max-examples", "1", "--db", "db",
                 "--corpus", "none")
     assert again.rc == 1, again.out
     assert "(example 1)" in again.out
