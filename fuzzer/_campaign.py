@@ -77,6 +77,7 @@ def run_campaign(
     database: str | ExampleDatabase | None = None,
     guide: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    shrink: bool = True,
 ) -> Outcome:
     """Search for a kernel failure; shrink and verify the first one found.
 
@@ -93,7 +94,8 @@ def run_campaign(
     ``guide`` reports each example's routine count to ``hypothesis.target``
     (see :func:`build_state_machine`). ``should_stop`` is asked between
     batches; True ends the campaign as ``passed`` with what it ran (another
-    worker found a failure).
+    worker found a failure). ``shrink=False`` reports the first failure as
+    found (benchmarks measure finding, not shrinking).
     """
     started = time.monotonic()
     first_at: list[float] = []
@@ -129,7 +131,7 @@ def run_campaign(
                 derandomize=False,
                 report_multiple_bugs=False,
                 verbosity=Verbosity.quiet,
-                phases=(Phase.explicit, Phase.generate, Phase.target, Phase.shrink),
+                phases=(Phase.explicit, Phase.generate, Phase.target, *((Phase.shrink,) if shrink else ())),
                 suppress_health_check=list(HealthCheck),
             )
             if database is not None:
