@@ -242,3 +242,10 @@ def test_redis_without_the_client_names_the_extra(cli, monkeypatch):
     r = cli(*SHORT, "--db", "redis://127.0.0.1:6379")
     assert r.rc == 4
     assert "pip install 'ppc-kernel-fuzzer[redis]'" in r.err
+
+
+def test_guide_feeds_hypothesis_target(cli, tmp_path):
+    r = cli(*SHORT, "--guide", "--stats", "s.jsonl")
+    assert r.rc == 0, r.out + r.err
+    assert "guidance: hypothesis.target on the distinct modelled routines each example enters" in r.out
+    assert json.loads((tmp_path / "s.jsonl").read_text().splitlines()[-1])["routines"] > 0
