@@ -1,21 +1,16 @@
-"""Helpers for tests that drive the model in-process (a small pytester for this project)."""
+"""The project's tests use the public plugin-testing harness, fuzzer.testing.
+
+Tests pin v6.2 by default: most injected mistakes and expectations are v6.2's.
+"""
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fuzzer import FuzzerPluginManager, KernelConfig, Model, RunConfig, Step
-from fuzzer._campaign import Outcome, replay, run_campaign
-
-
-def plugin_module(name: str, **hooks: Any) -> types.ModuleType:
-    """A throw-away plugin: a module object holding the given hook functions."""
-    mod = types.ModuleType(name)
-    for key, value in hooks.items():
-        setattr(mod, key, value)
-    return mod
+from fuzzer import Model
+from fuzzer.testing import boot_steps, plugin_module, replay, search
+from fuzzer.testing import make_model as _make_model
 
 
 def make_model(
@@ -27,21 +22,7 @@ def make_model(
     config: Sequence[str] = (),
     cpus: int = 4,
 ) -> Model:
-    pm = FuzzerPluginManager()
-    pm.load(list(plugins), autoload=False)
-    for mod in extra:
-        pm.register(mod, mod.__name__)
-    pm.check_pending()
-    run = RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), config), cpus)
-    return Model.build(pm, run)
-
-
-def search(model: Model, *, seed: int = 1, max_examples: int = 300, time_budget: float = 60) -> Outcome:
-    return run_campaign(model, seed=seed, max_examples=max_examples, time_budget=time_budget)
-
-
-def boot_steps(seed: int = 0) -> list[Step]:
-    return [Step("boot", seed=seed)]
+    return _make_model(kernel, mmu=mmu, plugins=plugins, extra=extra, config=config, cpus=cpus)
 
 
 __all__ = ["boot_steps", "make_model", "plugin_module", "replay", "search"]
