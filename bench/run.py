@@ -58,19 +58,20 @@ BENCH = Path(__file__).resolve().parent
 KERNEL = {"cached_pte": "v6.12"}
 MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash"}
 
-#: Known-minimal reproduction length, in steps. Boot-time failures: 1 (boot). The
-#: others are the shipped corpus entries' lengths (Hypothesis's shrunk output, checked by
-#: hand: each needs boot, the operation or hotplug that shows it, and the steps between).
+#: Known-minimal reproduction length, in steps: the shortest reproduction seen (shipped
+#: corpus entries and these benchmarks' shrunk outputs). Boot-time failures need only the
+#: boot; each of the others needs the boot, the operation or hotplug that shows it, and
+#: the steps listed (``finish`` runs every CPU to completion, so trailing runs are not needed).
 MINIMAL = {
     "seed crash": 1,
     "irqs_early": 1, "no_local_flush": 1, "missing_ptesync": 1, "hash_no_hpte_flush": 1,
     "cached_pte": 1,
     "unsafe_sequence_order": 2,     # boot, start fixups.entry_flush (its own fault shows it)
+    "shared_patching_mm": 3,        # boot, online CPU 1, start kprobes.register on CPU 0
     "leak_on_offline": 4,           # boot, online, run, offline
-    "pmi_in_patch_window": 4,       # boot, start, run into the window, irq perf_pmi
-    "skip_restore_breakpoints": 4,  # boot, start breakpoints.set, run, start a patch
-    "skip_suspend_breakpoints": 5,  # boot, start, run, start, run
-    "shared_patching_mm": 6,        # boot, start, irq, run, online, run
+    "pmi_in_patch_window": 4,       # boot, start, run into the patch window, irq perf_pmi
+    "skip_restore_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
+    "skip_suspend_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
 }
 
 SEARCHERS = ("guided", "fuzzer", "walk")
