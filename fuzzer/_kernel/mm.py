@@ -33,6 +33,9 @@ ASSERT_PTE_LOCKED_LINES = {
     "pmd_present": 332,
     "locked": 333,
 }
+#: The same in 6.12's shape: ``BUG_ON(!pte)`` after ``pte_offset_map_nolock`` takes
+#: the place of the ``!pmd_present`` check.
+ASSERT_PTE_LOCKED_LINES_612 = {"pgd": 387, "pud": 391, "pmd_present": 402, "locked": 403}
 
 
 @hookimpl
@@ -172,15 +175,34 @@ def assert_pte_locked(cpu: Cpu, mm: MM, addr: int) -> Gen:
     held by anyone (``assert_spin_locked(pte_lockptr(mm, pmd))``, line 333,
     the line of the crash report).
     """
+    yield from _assert_pte_locked(cpu, mm, addr, ASSERT_PTE_LOCKED_LINES, "!pmd_present")
+
+
+@routine("assert_pte_locked", PGTABLE_C, versions=("v6.12",))
+def assert_pte_locked_612(cpu: Cpu, mm: MM, addr: int) -> Gen:
+    """``assert_pte_locked()`` (arch/powerpc/mm/pgtable.c:375, v6.12).
+
+    Hugh Dickins' shape: init_mm returns; BUG on a none pgd (387), p4d
+    (389) or pud (391); return on a none pmd (399); ``pte_offset_map_nolock``
+    and ``BUG_ON(!pte)`` (402, no PTE table there); ``assert_spin_locked(ptl)``
+    at line 403 -- the line of the real 6.12 boot crash; ``pte_unmap``.
+    """
+    yield from _assert_pte_locked(cpu, mm, addr, ASSERT_PTE_LOCKED_LINES_612,
+                                  "pte_offset_map_nolock returned NULL")
+
+
+def _assert_pte_locked(cpu: Cpu, mm: MM, addr: int, lines: dict[str, int], no_table: str) -> Gen:
+    """The checks both shapes make, in the kernel's order, with each version's lines.
+
+    The p4d level is folded into the pgd on book3s64, so its BUG (between the
+    pgd and pud ones) can only fire where the pgd one already did.
+    """
     if not cpu.m.config.enabled("CONFIG_DEBUG_VM"):
         return
     yield
     if mm.is_init:
         return
-    lines = ASSERT_PTE_LOCKED_LINES
     idx = mm.geometry.indices(addr)
-    # The p4d level is folded into the pgd on book3s64, so the p4d_none BUG
-    # (line 320) can only fire where the pgd one already did.
     pud = mm.pgd.entries.get(idx[0])
     if pud is None:
         raise KernelBug(f"{PGTABLE_C}:{lines['pgd']}", detail="pgd_none")
@@ -193,45 +215,10 @@ def assert_pte_locked(cpu: Cpu, mm: MM, addr: int) -> Gen:
     if page is None:
         return
     if not isinstance(page, PtePage) or page.freed:
-        raise KernelBug(f"{PGTABLE_C}:{lines['pmd_present']}", detail="!pmd_present")
+        raise KernelBug(f"{PGTABLE_C}:{lines['pmd_present']}", detail=no_table)
     if page.ptl.owner is None:
         raise KernelBug(
             f"{PGTABLE_C}:{lines['locked']}",
-            detail=f"assert_spin_locked({page.ptl.name}): PTE lock for {addr:#x} not held",
-        )
-
-
-@routine("assert_pte_locked", PGTABLE_C, versions=("v6.12",))
-def assert_pte_locked_612(cpu: Cpu, mm: MM, addr: int) -> Gen:
-    """``assert_pte_locked()`` (arch/powerpc/mm/pgtable.c:375, v6.12).
-
-    Hugh Dickins' shape: init_mm returns; BUG on a none pgd (387), p4d
-    (389) or pud (391); return on a none pmd (399); ``pte_offset_map_nolock``
-    and ``BUG_ON(!pte)`` (402, no PTE table there); ``assert_spin_locked(ptl)``
-    at line 403 -- the line of the real 6.12 boot crash; ``pte_unmap``.
-    """
-    if not cpu.m.config.enabled("CONFIG_DEBUG_VM"):
-        return
-    yield
-    if mm.is_init:
-        return
-    idx = mm.geometry.indices(addr)
-    pud = mm.pgd.entries.get(idx[0])
-    if pud is None:
-        raise KernelBug(f"{PGTABLE_C}:387", detail="pgd_none")
-    assert isinstance(pud, Table)
-    pmd = pud.entries.get(idx[1])
-    if pmd is None:
-        raise KernelBug(f"{PGTABLE_C}:391", detail="pud_none")
-    assert isinstance(pmd, Table)
-    page = pmd.entries.get(idx[2])
-    if page is None:
-        return
-    if not isinstance(page, PtePage) or page.freed:
-        raise KernelBug(f"{PGTABLE_C}:402", detail="pte_offset_map_nolock returned NULL")
-    if page.ptl.owner is None:
-        raise KernelBug(
-            f"{PGTABLE_C}:403",
             detail=f"assert_spin_locked({page.ptl.name}): PTE lock for {addr:#x} not held",
         )
 

@@ -157,9 +157,15 @@ def poking_init(cpu: Cpu) -> Gen:
     vm-area ones; ``WARN_ON(ret < 0)`` and return on failure; only then
     enable the ``poking_init_done`` static key.
     """
-    m = cpu.m
-    if not m.config.enabled("CONFIG_STRICT_KERNEL_RWX"):
+    if not cpu.m.config.enabled("CONFIG_STRICT_KERNEL_RWX"):
         return
+    yield from _setup_contexts_then_enable(cpu)
+
+
+def _setup_contexts_then_enable(cpu: Cpu) -> Gen:
+    """poking_init's body from the temp-mm series on: register the callbacks that
+    fit the MMU, WARN and return on failure, else enable ``poking_init_done``."""
+    m = cpu.m
     k = cpu.k
     if mm_patch_enabled(m):
         ret = yield from k.__cpuhp_setup_state(
@@ -618,20 +624,7 @@ def poking_init_612(cpu: Cpu) -> Gen:
     As in v6.2 but without the early return for !STRICT_KERNEL_RWX: the
     contexts are set up either way (patch_mem still writes in place then).
     """
-    m = cpu.m
-    k = cpu.k
-    if mm_patch_enabled(m):
-        ret = yield from k.__cpuhp_setup_state(
-            cpu, "powerpc/text_poke_mm:online", k.text_area_cpu_up_mm, k.text_area_cpu_down_mm
-        )
-    else:
-        ret = yield from k.__cpuhp_setup_state(
-            cpu, "powerpc/text_poke:online", k.text_area_cpu_up, k.text_area_cpu_down
-        )
-    if ret < 0:
-        raise KernelWarning(_line(cpu, "poking_warn"), detail=f"cpuhp_setup_state returned {ret}")
-    m.static_keys["poking_init_done"] = True
-    yield
+    yield from _setup_contexts_then_enable(cpu)
 
 
 def _words(val: int, is_dword: bool) -> tuple[int, ...]:
