@@ -110,12 +110,11 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run = sub.add_parser("run", help="fuzz the modelled kernel")
     versions = [v.name for v in pm.kernel_versions()]
-    mmus = sorted(pm.mmus())
-    run.add_argument("--kernel", metavar="VERSION", default=versions[-1] if versions else None,
-                     help=f"kernel version to model: {', '.join(versions)} (default: newest,"
-                     f" {versions[-1] if versions else 'none'})")
+    run.add_argument("--kernel", metavar="VERSION", default=None,
+                     help=f"kernel version to model, one of --mmu's architecture: {_versions_by_arch(pm)}"
+                     " (default: the newest the MMU runs)")
     run.add_argument("--mmu", metavar="NAME", default="radix",
-                     help=f"MMU plugin: {', '.join(mmus)} (default: radix)")
+                     help=f"MMU plugin: {', '.join(_mmu_names(pm))} (default: radix)")
     run.add_argument("--config", dest="config", action="append", default=[],
                      metavar="CONFIG_X=VALUE",
                      help="set a kernel config option (repeatable); the default is a debug config:"
@@ -180,6 +179,22 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
     return parser
 
 
+def _archs(pm: FuzzerPluginManager) -> list[str]:
+    """Architectures with a version or an MMU, powerpc (the built-in model's) first."""
+    found = {v.arch for v in pm.kernel_versions()} | {m.arch for m in pm.mmus().values()}
+    return sorted(found, key=lambda a: (a != "powerpc", a))
+
+
+def _versions_by_arch(pm: FuzzerPluginManager) -> str:
+    """``powerpc: v6.1, ..., v6.12; x86: ...`` -- the choices of ``--kernel`` by architecture."""
+    return "; ".join(f"{arch}: {', '.join(v.name for v in pm.kernel_versions(arch)) or 'none'}"
+                     for arch in _archs(pm))
+
+
+def _mmu_names(pm: FuzzerPluginManager) -> list[str]:
+    return [f"{name} ({spec.arch})" for name, spec in sorted(pm.mmus().items())]
+
+
 def _add_plugin_options(pm: FuzzerPluginManager, run: argparse.ArgumentParser) -> None:
     for impl in pm.impls("fuzzer_addoption"):
         name = pm.plugin_name(impl.plugin)
@@ -192,15 +207,13 @@ def _add_plugin_options(pm: FuzzerPluginManager, run: argparse.ArgumentParser) -
 
 
 def make_run_config(pm: FuzzerPluginManager, args: argparse.Namespace) -> RunConfig:
-    versions = {v.name: v for v in pm.kernel_versions()}
-    if args.kernel not in versions:
+    if args.kernel is not None and args.kernel not in {v.name for v in pm.kernel_versions()}:
         raise UsageError(
-            f"unknown kernel version {args.kernel!r}; choose from: {', '.join(versions)}"
+            f"unknown kernel version {args.kernel!r}; choose from: {_versions_by_arch(pm)}"
         )
-    mmus = pm.mmus()
-    if args.mmu not in mmus:
-        raise UsageError(f"unknown MMU {args.mmu!r}; loaded MMU plugins: {', '.join(sorted(mmus)) or 'none'}")
-    config = KernelConfig.build(pm.config_options(), args.config)
+    arch = pm.arch_of(args.mmu)
+    args.kernel = pm.resolve_kernel(args.kernel, args.mmu)
+    config = KernelConfig.build(pm.config_options(arch), args.config)
     cpus = args.cpus
     if cpus is None:
         cpus = 4 if config.enabled("CONFIG_SMP") else 1
@@ -210,7 +223,7 @@ def make_run_config(pm: FuzzerPluginManager, args: argparse.Namespace) -> RunCon
         raise UsageError(f"CONFIG_SMP=n models a uniprocessor kernel: use --cpus 1, not {cpus}")
     options = {k: v for k, v in vars(args).items() if k not in HOST_DESTS}
     run = RunConfig(kernel=args.kernel, mmu=args.mmu, config=config, cpus=cpus,
-                    options=options)
+                    options=options, arch=arch)
     pm.call_each("fuzzer_configure", config=run)
     return run
 
@@ -260,9 +273,12 @@ def cmd_plugins(pm: FuzzerPluginManager, out: TextIO) -> int:
     for name, origin, where, hooks in pm.listing():
         out.write(f"{name}  [{origin}]  {where}\n")
         out.write(f"    hooks: {', '.join(hooks) or '(none)'}\n")
-    versions = ", ".join(f"{v.name}" for v in pm.kernel_versions())
-    out.write(f"kernel versions: {versions}\n")
+    out.write(f"kernel versions: {', '.join(v.name for v in pm.kernel_versions())}\n")
+    for v in pm.kernel_versions():
+        out.write(f"    {v.name:<16} [{v.arch}] {v.description}\n")
     out.write(f"MMUs: {', '.join(sorted(pm.mmus()))}\n")
+    for name, spec in sorted(pm.mmus().items()):
+        out.write(f"    {name:<16} [{spec.arch}] {spec.description}\n")
     return EXIT_OK
 
 

@@ -24,6 +24,8 @@ class ConfigOption:
     """One line on what it changes in the model."""
     choices: tuple[ConfigValue, ...] | None = None
     """Allowed values for int/str options; ``None`` for any."""
+    arch: str | None = None
+    """The architecture the option belongs to (``powerpc``); ``None`` for every one."""
 
     def parse(self, text: str) -> ConfigValue:
         """Parse a command-line value as Kconfig spells it (``y``/``n``, numbers)."""
@@ -60,6 +62,8 @@ class KernelVersion:
     """One line: what distinguishes it (the commit it follows)."""
     based_on: str | None = None
     """A version whose routines apply where this one defines none of its own."""
+    arch: str = "powerpc"
+    """The architecture it is a version of: only MMUs of the same ``arch`` run it."""
 
 
 @attrs.frozen
@@ -119,12 +123,16 @@ class RunConfig:
     """Number of CPUs in the machine (all possible; CPU 0 boots)."""
     options: Mapping[str, Any] = attrs.field(factory=dict)
     """Plugin command-line options (``--kprobes-sites`` and the like), by dest."""
+    arch: str = "powerpc"
+    """The architecture of the kernel version and MMU (``powerpc``, ``x86``)."""
 
     def enabled(self, name: str) -> bool:
         return self.config.enabled(name)
 
     @property
     def page_shift(self) -> int:
+        if self.arch != "powerpc":
+            return 12
         return 16 if self.config.enabled("CONFIG_PPC_64K_PAGES") else 12
 
     @property

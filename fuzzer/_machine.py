@@ -668,21 +668,20 @@ class Machine:
         if not self.can_start(cpu):
             raise ValueError(f"CPU {cpu.n} cannot start {op.name} now")
         self.steps.append(Step("start", cpu=cpu.n, name=op.name, args=args))
-        task = self.new_user_task(op.comm or op.name.rsplit(".", 1)[-1])
+        comm = op.comm or op.name.rsplit(".", 1)[-1]
+        task = self.new_task(comm) if op.kthread else self.new_user_task(comm)
         try:
             gen = op.routine(cpu, **args)
         except Exception as exc:
             raise self._blame(exc) from exc
-        # The scheduler switched to this process: its mm is loaded while it runs
-        # in the kernel, and the CPU goes back to init_mm once it is done.
-        assert task.mm is not None
-        task.mm.cpumask.add(cpu.n)
-        cpu.loaded_mm = task.mm
-        self.mmu.switch_context(cpu, task.mm)
+        # The scheduler switched to this task: a process's mm is loaded while it
+        # runs in the kernel; once it is done the CPU switches to its idle task.
+        # What a kernel thread or the idle task has loaded is the MMU's business
+        # (init_mm, or the previous mm borrowed lazily).
+        self.mmu.context_switch(cpu, task)
 
         def done(_: Any) -> None:
-            cpu.loaded_mm = self.init_mm
-            self.mmu.switch_context(cpu, self.init_mm)
+            self.mmu.context_switch(cpu, cpu.idle_task)
 
         self.push(cpu, gen, task, label=op.name, on_done=done)
         return task

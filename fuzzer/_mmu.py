@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from fuzzer._mm import Geometry, Prot, Pte, PtePtr
 
 if TYPE_CHECKING:
-    from fuzzer._machine import Cpu, Machine
+    from fuzzer._machine import Cpu, Machine, Task
     from fuzzer._mm import MM
 
 #: Kernel address layout (book3s64): the linear map, then vmalloc.
@@ -57,6 +57,23 @@ class Mmu:
     def switch_context(self, cpu: Cpu, mm: MM) -> None:
         """Load ``mm``'s translation context on ``cpu`` (radix: mtspr PID)."""
         raise NotImplementedError
+
+    def context_switch(self, cpu: Cpu, task: Task) -> None:
+        """The scheduler switched ``cpu`` to ``task`` (``context_switch()`` in kernel/sched/core.c).
+
+        Called outside any modelled routine when an operation's task starts
+        and when the CPU goes back to its idle task. The default loads the
+        task's own mm (adding the CPU to its ``mm_cpumask``), and ``init_mm``
+        for a kernel thread or the idle task: no lazy TLB. An MMU whose kernel
+        lets kernel threads borrow the previous mm (x86's ``enter_lazy_tlb``)
+        overrides it, setting ``task.active_mm`` to what it leaves loaded.
+        """
+        m = self.machine
+        mm = task.mm if task.mm is not None else m.init_mm
+        if task.mm is not None:
+            task.mm.cpumask.add(cpu.n)
+        cpu.loaded_mm = mm
+        self.switch_context(cpu, mm)
 
     # -- translation ---------------------------------------------------------
 

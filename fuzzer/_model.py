@@ -73,10 +73,18 @@ class Model:
     @classmethod
     def build(cls, pm: FuzzerPluginManager, run: RunConfig) -> Model:
         """Collect every plugin's contribution for ``run``; errors name the plugin."""
+        mmu = pm.mmus()[run.mmu]
+        versions = {v.name: v for v in pm.kernel_versions()}
+        version = versions[run.kernel]
+        if not version.arch == mmu.arch == run.arch:
+            raise UsageError(
+                f"kernel {run.kernel} ({version.arch}) cannot run on MMU {run.mmu} ({mmu.arch})"
+                f" with arch {run.arch}; --mmu {run.mmu} runs:"
+                f" {', '.join(v.name for v in pm.kernel_versions(mmu.arch)) or 'none'}"
+            )
         routines: list[tuple[str, Any]] = []
         for plugin, result in pm.call_each("fuzzer_routines", config=run):
             routines.extend((plugin, fn) for fn in result or ())
-        versions = {v.name: v for v in pm.kernel_versions()}
         table, infos = resolve(run.kernel, lambda v: versions[v].based_on, routines)
 
         def collect(hook: str) -> list[Any]:
@@ -97,14 +105,13 @@ class Model:
                 raise UsageError(f"invariant {inv.name!r}: when must be 'step' or 'end'")
         levels = {"start_kernel": -1, "early": 0}
         inits.sort(key=lambda i: levels.get(i.level, 1))
-        mmu = pm.mmus()[run.mmu]
         setups = tuple(
             (pm.plugin_name(impl.plugin), impl.function)
             for impl in pm.impls("fuzzer_machine_setup")
         )
         return cls(
             run=run,
-            version=versions[run.kernel],
+            version=version,
             mmu=mmu,
             routines=table,
             routine_infos=infos,

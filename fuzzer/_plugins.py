@@ -209,7 +209,11 @@ class FuzzerPluginManager(pluggy.PluginManager):
         rest = [i for i in impls if not i.tryfirst and not i.trylast]
         return [*reversed(first), *rest, *last]
 
-    def config_options(self) -> list[ConfigOption]:
+    def config_options(self, arch: str | None = None) -> list[ConfigOption]:
+        """Every plugin's config options; with ``arch``, those of that architecture
+        (and the architecture-neutral ones)."""
+        if arch is not None:
+            return [o for o in self.config_options() if o.arch in (None, arch)]
         if self._config_options is None:
             opts: list[ConfigOption] = []
             owner: dict[str, str] = {}
@@ -225,7 +229,10 @@ class FuzzerPluginManager(pluggy.PluginManager):
             self._config_options = opts
         return self._config_options
 
-    def kernel_versions(self) -> list[KernelVersion]:
+    def kernel_versions(self, arch: str | None = None) -> list[KernelVersion]:
+        """Every modelled kernel version, oldest first; with ``arch``, that architecture's."""
+        if arch is not None:
+            return [v for v in self.kernel_versions() if v.arch == arch]
         if self._versions is None:
             vs: dict[str, KernelVersion] = {}
             for plugin, result in self.call_each("fuzzer_kernel_versions"):
@@ -246,6 +253,29 @@ class FuzzerPluginManager(pluggy.PluginManager):
                     out[spec.name] = spec
             self._mmus = out
         return self._mmus
+
+    def arch_of(self, mmu: str) -> str:
+        """The architecture of MMU ``mmu``; a usage error naming the loaded MMUs if unknown."""
+        mmus = self.mmus()
+        if mmu not in mmus:
+            raise UsageError(f"unknown MMU {mmu!r}; loaded MMU plugins: {', '.join(sorted(mmus)) or 'none'}")
+        return mmus[mmu].arch
+
+    def resolve_kernel(self, kernel: str | None, mmu: str) -> str:
+        """The ``--kernel`` for ``--mmu``: the newest version of the MMU's architecture when
+        ``kernel`` is None; a one-line usage error naming the valid choices for a bad pair."""
+        arch = self.arch_of(mmu)
+        valid = [v.name for v in self.kernel_versions(arch)]
+        if kernel is None:
+            if not valid:
+                raise UsageError(f"no kernel version models {arch} (--mmu {mmu}): no loaded plugin has one")
+            return valid[-1]
+        if kernel in valid:
+            return kernel
+        other = {v.name: v for v in self.kernel_versions()}.get(kernel)
+        what = (f"kernel version {kernel!r} is a {other.arch} version" if other is not None
+                else f"unknown kernel version {kernel!r}")
+        raise UsageError(f"{what}; --mmu {mmu} ({arch}) runs: {', '.join(valid) or 'none'}")
 
     def hooks_of(self, plugin: Any) -> list[str]:
         callers = self.get_hookcallers(plugin) or []

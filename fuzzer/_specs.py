@@ -32,6 +32,9 @@ class Operation:
     """One line for ``python -m fuzzer plugins``."""
     comm: str = ""
     """Task name the operation runs as (``comm``); defaults to the operation name."""
+    kthread: bool = False
+    """Run as a kernel thread (no mm of its own): it borrows the mm the CPU has
+    loaded, as a lazy-TLB kernel thread does, instead of a user process with its own."""
 
 
 @attrs.frozen
@@ -88,3 +91,5 @@ class MmuSpec:
     description: str = ""
     radix: bool = False
     """What the kernel's ``radix_enabled()`` returns with this MMU."""
+    arch: str = "powerpc"
+    """The architecture: ``--mmu NAME`` runs only the kernel versions of this ``arch``."""

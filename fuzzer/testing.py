@@ -46,15 +46,15 @@ def make_model(
 ) -> Model:
     """The model ``run`` would build: built-ins, ``plugins`` (``-p`` values, ``no:`` included)
     and ``extra`` plugin objects; entry-point plugins are not autoloaded. ``kernel``
-    defaults to the newest version."""
+    defaults to the newest version of ``mmu``'s architecture."""
     pm = FuzzerPluginManager()
     pm.load(list(plugins), autoload=False)
     for mod in extra:
         pm.register(mod, getattr(mod, "__name__", None) or repr(mod))
     pm.check_pending()
-    if kernel is None:
-        kernel = pm.kernel_versions()[-1].name
-    run = RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), config), cpus)
+    kernel = pm.resolve_kernel(kernel, mmu)
+    arch = pm.arch_of(mmu)
+    run = RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(arch), config), cpus, arch=arch)
     return Model.build(pm, run)
 
 

@@ -34,11 +34,15 @@ WATCH_OFFSETS = (0x0, 0x100, 0x200, 0x400, 0xA000)
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
+    if config.arch != "powerpc":
+        return []
     return [hw_breakpoint_install]
 
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
+    if config.arch != "powerpc":
+        return []
     slots = int(config.config.values.get("CONFIG_PPC_NR_DAWR", 1) or 1)
     return [
         Operation(

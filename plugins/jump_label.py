@@ -51,17 +51,23 @@ def branch_to_target(i: int) -> int:
 
 @hookimpl
 def fuzzer_machine_setup(machine: Machine) -> None:
+    if machine.run.arch != "powerpc":
+        return
     machine.write_text(SITES_AT, [NOP] * NSITES)
     machine.attach("jump_label", {"mutex": Mutex("jump_label_mutex"), "enabled": [False] * NSITES})
 
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
+    if config.arch != "powerpc":
+        return []
     return [static_key_toggle, arch_jump_label_transform]
 
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
+    if config.arch != "powerpc":
+        return []
     keys = st.integers(0, NSITES - 1)
     return [
         Operation("jump_label.toggle", op_toggle, {"key": keys},

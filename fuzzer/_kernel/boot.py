@@ -27,9 +27,10 @@ def fuzzer_addconfig() -> list[ConfigOption]:
         ConfigOption(
             "CONFIG_STRICT_KERNEL_RWX", True, "read-only kernel text: patching goes through an alias"
         ),
-        ConfigOption("CONFIG_PPC_64K_PAGES", True, "64K base pages (n: 4K)"),
+        ConfigOption("CONFIG_PPC_64K_PAGES", True, "64K base pages (n: 4K)", arch="powerpc"),
         ConfigOption(
-            "CONFIG_PPC_NR_DAWR", 1, "hardware breakpoint slots per CPU (POWER10: 2)", choices=(1, 2)
+            "CONFIG_PPC_NR_DAWR", 1, "hardware breakpoint slots per CPU (POWER10: 2)", choices=(1, 2),
+            arch="powerpc",
         ),
     ]
 
@@ -71,6 +72,8 @@ def fuzzer_machine_setup(machine: Machine) -> None:
 
 @hookimpl
 def fuzzer_interrupt_sources(config: RunConfig) -> list[InterruptSource]:
+    if config.arch != "powerpc":
+        return []  # the decrementer is powerpc's; another architecture brings its own timer
     return [InterruptSource("timer", timer_interrupt, doc="decrementer: the timer interrupt")]
 
 

@@ -40,30 +40,29 @@ ASSERT_PTE_LOCKED_LINES_612 = {"pgd": 387, "pud": 391, "pmd_present": 402, "lock
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
+    generic = [mm_alloc, mmput, get_locked_pte, pte_unmap_unlock, free_pgd_range, get_vm_area, free_vm_area]
+    if config.arch != "powerpc":
+        return generic  # another architecture brings its own PTE accessors and switch_mm
     return [
-        mm_alloc,
-        mmput,
-        get_locked_pte,
-        pte_unmap_unlock,
+        *generic,
         __set_pte_at,
         set_pte_at,
         pte_clear,
         assert_pte_locked,
         assert_pte_locked_612,
-        free_pgd_range,
         switch_mm_irqs_off,
-        get_vm_area,
-        free_vm_area,
         virt_to_kpte,
     ]
 
 
 @routine("mm_alloc", "kernel/fork.c")
-def mm_alloc(cpu: Cpu) -> Gen:
-    """``mm_alloc()`` (kernel/fork.c, v6.1-v6.12): a fresh mm with an empty pgd, GFP_KERNEL."""
+def mm_alloc(cpu: Cpu, name: str = "patching_mm") -> Gen:
+    """``mm_alloc()`` (kernel/fork.c, v6.1-v6.12): a fresh mm with an empty pgd, GFP_KERNEL.
+
+    ``name`` only labels it in reports (x86's ``poking_mm``)."""
     might_sleep(cpu, "mm/slab.h:723")
     yield
-    return cpu.m.new_mm("patching_mm")
+    return cpu.m.new_mm(name)
 
 
 @routine("mmput", "kernel/fork.c")
