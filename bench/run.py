@@ -7,15 +7,17 @@ One command, one table, one JSON file:
 It measures, in one run on one machine:
 
 * raw emulator speed: the recorded steps of the fuzzer's own examples (default
-  model, ``--seed 1``) replayed with :func:`fuzzer._campaign.replay` -- every
-  invariant on, no Hypothesis -- in emulated steps per second;
+  model, default engine, seed 1) replayed with :func:`fuzzer._campaign.replay`
+  -- every invariant on, no generation -- in emulated steps per second;
 * the fuzzer's speed at its default settings (steps/s, examples/s) and its
-  ratio to the raw speed; the same with ``--guide`` (the coverage overhead);
+  ratio to the raw speed; the same with ``--guide`` (the coverage overhead)
+  and with ``--engine hypothesis`` (the Hypothesis state machine);
 * time to find and reproduction length, for the seed crash and every injected
-  mistake of ``fuzzer_plugins.mistakes``, over ``--seeds`` seeds, for three
+  mistake of ``fuzzer_plugins.mistakes``, over ``--seeds`` seeds, for four
   searchers on the same emulator: the fuzzer with ``--guide``, the fuzzer
-  without guidance (its default), and :func:`random_walk`, a plain uniform
-  random walk over the same operations, schedules and interrupts;
+  without guidance (its default), the fuzzer with ``--engine hypothesis``,
+  and :func:`random_walk`, a plain uniform random walk over the same
+  operations, schedules and interrupts;
 * worker scaling, 1 against 2 workers (``bench/workers.py``).
 
 Times to find are from the start of each search to its first failure (not
@@ -42,13 +44,13 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import hypothesis  # noqa: E402
-from hypothesis.stateful import get_state_machine_test  # noqa: E402
 
 from fuzzer import FuzzerPluginManager, KernelConfig, Model, RunConfig  # noqa: E402
 from fuzzer._campaign import STEPS_PER_EXAMPLE, replay, run_campaign  # noqa: E402
 from fuzzer._errors import KernelFailure  # noqa: E402
 from fuzzer._machine import Machine  # noqa: E402
-from fuzzer._statemachine import SCHEDULE_BLOCK, Stats, build_state_machine  # noqa: E402
+from fuzzer._search import SCHEDULE_BLOCK, Walker  # noqa: E402
+from fuzzer._search import sampler as search_sampler  # noqa: E402
 from fuzzer._steps import Step  # noqa: E402
 from fuzzer_plugins.mistakes import MISTAKES  # noqa: E402
 
@@ -74,8 +76,9 @@ MINIMAL = {
     "skip_suspend_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
 }
 
-SEARCHERS = ("guided", "fuzzer", "walk")
-SEARCHER_TITLE = {"guided": "fuzzer --guide", "fuzzer": "fuzzer (default)", "walk": "random walk"}
+SEARCHERS = ("guided", "fuzzer", "hypothesis", "walk")
+SEARCHER_TITLE = {"guided": "fuzzer --guide", "fuzzer": "fuzzer (default)",
+                  "hypothesis": "fuzzer --engine hypothesis", "walk": "random walk"}
 
 
 def model_for(kernel: str = "v6.12", mmu: str = "radix", plugins: Sequence[str] = ()) -> Model:
@@ -99,19 +102,8 @@ def targets() -> list[tuple[str, Model]]:
 
 
 def sampler(strategy: Any) -> Callable[[random.Random], Any]:
-    """A uniform sampler for the argument strategies operations use in this repository:
-    ``integers(a, b)``, ``booleans()`` and ``sampled_from(...)``. Anything else fails loudly."""
-    inner = getattr(strategy, "wrapped_strategy", strategy)
-    kind = type(inner).__name__
-    if kind == "IntegersStrategy" and inner.start is not None and inner.end is not None:
-        lo, hi = inner.start, inner.end
-        return lambda rng: rng.randint(lo, hi)
-    if kind == "BooleansStrategy":
-        return lambda rng: rng.random() < 0.5
-    if kind == "SampledFromStrategy" and not getattr(inner, "_transformations", ()):
-        elements = tuple(inner.elements)
-        return lambda rng: rng.choice(elements)
-    raise TypeError(f"the random walk cannot sample {strategy!r}: add a sampler for it")
+    """A uniform sampler for an operation argument (the fuzzer's own, :func:`fuzzer._search.sampler`)."""
+    return search_sampler(strategy)[0]
 
 
 def random_walk(model: Model, *, seed: int, time_budget: float,
@@ -181,19 +173,13 @@ def _walk_rule(m: Machine, rng: random.Random, ops: list[tuple[Any, dict[str, An
 
 
 def record_examples(model: Model, n: int, seed: int = 1) -> list[list[Step]]:
-    """The steps of the fuzzer's first ``n`` examples on ``model`` (its schedules, recorded)."""
-    recorded: list[list[Step]] = []
-    base = build_state_machine(model, Stats())
-
-    class Recording(base):  # type: ignore[valid-type,misc]
-        def teardown(self) -> None:
-            recorded.append(list(self.machine.steps))
-            super().teardown()
-
-    settings = hypothesis.settings(max_examples=n, stateful_step_count=STEPS_PER_EXAMPLE,
-                                   deadline=None, database=None,
-                                   suppress_health_check=list(hypothesis.HealthCheck))
-    hypothesis.seed(seed)(get_state_machine_test(Recording, settings=settings))()
+    """The steps of the fuzzer's first ``n`` examples on ``model`` (its default engine, recorded)."""
+    walker = Walker(model, seed=seed)
+    recorded = []
+    for _ in range(n):
+        m, failure = walker.example()
+        assert failure is None and m is not None, "the default model must run clean"
+        recorded.append(list(m.steps))
     return recorded
 
 
@@ -212,8 +198,8 @@ def raw_speed(model: Model, examples: list[list[Step]], seconds: float) -> dict[
                     "steps": steps, "examples": runs, "seconds": elapsed}
 
 
-def fuzzer_speed(model: Model, seconds: float, guide: bool) -> dict[str, float]:
-    out = run_campaign(model, seed=1, max_examples=0, time_budget=seconds, guide=guide)
+def fuzzer_speed(model: Model, seconds: float, guide: bool, engine: str = "walk") -> dict[str, float]:
+    out = run_campaign(model, seed=1, max_examples=0, time_budget=seconds, guide=guide, engine=engine)
     return {"steps_per_s": out.emulated_steps / out.duration, "examples_per_s": out.examples / out.duration,
             "steps": out.emulated_steps, "examples": out.examples, "seconds": out.duration}
 
@@ -238,7 +224,8 @@ def worker_scaling(seconds: float) -> list[dict[str, float]]:
 def find(name: str, model: Model, searcher: str, seed: int, limit: float) -> dict[str, Any]:
     if searcher == "walk":
         return random_walk(model, seed=seed, time_budget=limit)
-    out = run_campaign(model, seed=seed, max_examples=0, time_budget=limit, guide=searcher == "guided")
+    out = run_campaign(model, seed=seed, max_examples=0, time_budget=limit, guide=searcher == "guided",
+                       engine="hypothesis" if searcher == "hypothesis" else "walk")
     found = out.time_to_first_failure is not None
     return {"found": found, "time": out.time_to_first_failure if found else limit,
             "examples": out.examples_to_first_failure if found else out.examples,
@@ -309,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["raw"] = raw_speed(default, recorded, opts.seconds)
     results["fuzzer"] = fuzzer_speed(default, opts.seconds, guide=False)
     results["guided"] = fuzzer_speed(default, opts.seconds, guide=True)
+    results["hypothesis"] = fuzzer_speed(default, opts.seconds, guide=False, engine="hypothesis")
     results["workers"] = [] if opts.no_workers else worker_scaling(opts.seconds)
 
     # Time to find, per target and searcher.
@@ -356,6 +344,9 @@ def print_table(r: dict[str, Any]) -> None:
           f" {fz['steps_per_s'] / raw['steps_per_s']:.2f} |")
     print(f"| fuzzer `--guide` | {gd['steps_per_s']:,.0f} | {gd['examples_per_s']:,.0f} |"
           f" {gd['steps_per_s'] / raw['steps_per_s']:.2f} |")
+    hy = r["hypothesis"]
+    print(f"| fuzzer `--engine hypothesis` | {hy['steps_per_s']:,.0f} | {hy['examples_per_s']:,.0f} |"
+          f" {hy['steps_per_s'] / raw['steps_per_s']:.2f} |")
     for w in r["workers"]:
         print(f"| fuzzer `--workers {w['workers']}` | {w['steps_per_s']:,.0f} | |"
               f" {w['steps_per_s'] / r['workers'][0]['steps_per_s']:.2f} x 1 worker |")
@@ -369,6 +360,8 @@ def print_table(r: dict[str, Any]) -> None:
             c = row[searcher]
             length = "-" if c["median_length"] is None else f"{c['median_length']:g}"
             ok = "" if searcher == "walk" else (" yes" if c["all_minimal"] else " no")
+            if c["median_length"] is None:
+                ok = ""
             print(f"| {f'`{name}`' if i == 0 else ''} | {SEARCHER_TITLE[searcher]} |"
                   f" {c['found']}/{c['seeds']} | {c['median_s']:.3f} | {c['median_examples']:g} |"
                   f" {length} | {c['minimal'] if i == 0 else ''}{ok} |")

@@ -1,4 +1,4 @@
-"""A fuzzing campaign: Hypothesis batches within a budget, then a verified minimal reproduction."""
+"""A fuzzing campaign: search within a budget, then a verified minimal reproduction."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from hypothesis import settings as Settings
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 from hypothesis.stateful import get_state_machine_test
 
-from fuzzer._errors import KernelFailure, ModelLimitation, PluginError
+from fuzzer._coverage import RoutineRecorder
+from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, UsageError
 from fuzzer._machine import Machine
 from fuzzer._model import Model
+from fuzzer._search import Shrinker, Walker
 from fuzzer._statemachine import Stats, build_state_machine
 from fuzzer._steps import Step
 
@@ -66,6 +68,14 @@ def replay(model: Model, steps: Sequence[Step]) -> tuple[Machine, KernelFailure 
     return machine, None
 
 
+#: Search engines ``run --engine`` offers; the first is the default.
+ENGINES = ("walk", "hypothesis")
+#: Seconds between progress reports and stop checks of the walk engine.
+REPORT_EVERY = 0.2
+#: Seconds the step-level shrinker may spend on one failure.
+SHRINK_BUDGET = 60.0
+
+
 def run_campaign(
     model: Model,
     *,
@@ -78,110 +88,214 @@ def run_campaign(
     guide: bool = False,
     should_stop: Callable[[], bool] | None = None,
     shrink: bool = True,
+    engine: str = "walk",
 ) -> Outcome:
     """Search for a kernel failure; shrink and verify the first one found.
 
     ``max_examples`` and ``time_budget`` of 0 mean unbounded. The same seed
-    gives the same batches, so the same outcome within the same budget.
+    gives the same examples, so the same outcome within the same budget.
 
-    ``database`` is a directory for Hypothesis's example database, or a
-    database object (a ``RedisExampleDatabase``); None: off.
-    The first batch then replays the failures saved there for this model's
-    configuration before generating, and a failure found is saved there. The
-    replayed examples come first, so with a database the outcome is a function
-    of the seed *and* the database's content.
+    ``engine`` is ``walk`` (the default: :mod:`fuzzer._search`, examples at
+    emulator speed, the step-level shrinker) or ``hypothesis`` (the
+    RuleBasedStateMachine of :mod:`fuzzer._statemachine` in batches, shrunk by
+    Hypothesis, then by the step-level shrinker).
 
-    ``guide`` reports each example's routine count to ``hypothesis.target``
-    (see :func:`build_state_machine`). ``should_stop`` is asked between
-    batches; True ends the campaign as ``passed`` with what it ran (another
-    worker found a failure). ``shrink=False`` reports the first failure as
-    found (benchmarks measure finding, not shrinking).
+    ``database`` is a directory for an example database, or a database
+    object (a ``RedisExampleDatabase``); None: off. The campaign first
+    replays the failures saved there for this model's configuration, and
+    saves the one it finds. The replayed examples come first, so with a
+    database the outcome is a function of the seed *and* the database.
+
+    ``guide``: the walk keeps examples that entered new modelled routines and
+    starts later examples from their prefixes; the Hypothesis engine reports
+    each example's routine count to ``hypothesis.target``. ``should_stop`` is
+    asked between examples (batches); True ends the campaign as ``passed``
+    with what it ran (another worker found a failure). ``shrink=False``
+    reports the first failure as found (benchmarks measure finding).
     """
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
     started = time.monotonic()
     first_at: list[float] = []
     first_example: list[int] = []
 
     def first_failure(exc: BaseException) -> None:
         first_at.append(time.monotonic() - started)
-        first_example.append(stats.examples + 1)
+        first_example.append(stats.examples + (1 if engine == "hypothesis" else 0))
         if on_first_failure is not None:
             on_first_failure(exc)
 
     stats = Stats(on_first_failure=first_failure)
-    machine_cls = build_state_machine(model, stats, guide=guide)
     if isinstance(database, str):
         database = DirectoryBasedExampleDatabase(database)
-    batch = 0
-    found: BaseException | None = None
+    search = _walk if engine == "walk" else _hypothesis
+    shrinker: Shrinker | None = None
     try:
-        while True:
-            elapsed = time.monotonic() - started
-            if max_examples and stats.examples >= max_examples:
-                break
-            if time_budget and elapsed >= time_budget:
-                break
-            if should_stop is not None and should_stop():
-                break
-            n = BATCH if not max_examples else min(BATCH, max_examples - stats.examples)
-            settings = Settings(
-                max_examples=max(n, 1),
-                stateful_step_count=STEPS_PER_EXAMPLE,
-                deadline=None,
-                database=None,
-                derandomize=False,
-                report_multiple_bugs=False,
-                verbosity=Verbosity.quiet,
-                phases=(Phase.explicit, Phase.generate, Phase.target, *((Phase.shrink,) if shrink else ())),
-                suppress_health_check=list(HealthCheck),
-            )
-            if database is not None:
-                # Every batch saves what it finds; only the first replays what was saved.
-                reuse = (Phase.reuse,) if batch == 0 else ()
-                settings = Settings(settings, database=database, phases=(*reuse, *settings.phases))
-            test = get_state_machine_test(machine_cls, settings=settings)
-            test = hypothesis.seed(_batch_seed(seed, batch))(test)
-            if settings.database is not None:
-                _use_database(test, settings, database_key(model))
-            batch += 1
-            try:
-                test()
-            except (KernelFailure, PluginError, ModelLimitation) as exc:
-                found = exc
-                break
-            if progress is not None:
-                progress(stats, time.monotonic() - started)
+        found = search(model, stats, seed=seed, max_examples=max_examples, time_budget=time_budget,
+                       started=started, progress=progress, database=database, guide=guide,
+                       should_stop=should_stop, shrink=shrink)
+        if isinstance(found, KernelFailure) and shrink:
+            shrinker = Shrinker(model, found.steps or (), found.signature,
+                                deadline=time.monotonic() + SHRINK_BUDGET)
+            shrinker.shrink()
     except KeyboardInterrupt:
-        # Interrupted while shrinking: keep what was found, unshrunk, rather than lose it.
-        found_first = stats.first_failure
+        # Interrupted while shrinking: keep the smallest reproduction so far rather than lose it.
         failure = None
         steps: tuple[Step, ...] = ()
-        if isinstance(found_first, KernelFailure) and found_first.steps:
-            _, failure = replay(model, found_first.steps)
+        if shrinker is not None:
+            steps = shrinker.best
+        elif isinstance(stats.first_failure, KernelFailure) and stats.first_failure.steps:
+            steps = stats.first_failure.steps
+        if steps:
+            _, failure = replay(model, steps)
             steps = tuple(failure.steps or ()) if failure is not None else ()
         return Outcome("interrupted", failure, steps, None, stats.examples,
                        stats.emulated_steps, time.monotonic() - started,
                        first_at[0] if first_at else None, routines=frozenset(stats.routines),
                        distinct_failures=len(stats.signatures))
-    duration = time.monotonic() - started
     first = first_at[0] if first_at else None
     if isinstance(found, KernelFailure):
-        steps = found.steps or ()
+        steps = shrinker.best if shrinker is not None else (found.steps or ())
+        if shrinker is not None:
+            stats.emulated_steps += shrinker.emulated_steps
         _, verified = replay(model, steps)
         if verified is None or verified.signature != found.signature:
             raise RuntimeError(
                 f"the shrunk reproduction did not replay to the same failure ({found.signature});"
                 " the model is not deterministic"
             )
-        return Outcome("failed", verified, tuple(verified.steps or steps), None, stats.examples,
-                       stats.emulated_steps, duration, first,
+        steps = tuple(verified.steps or steps)
+        if isinstance(database, ExampleDatabase):
+            database.save(_steps_key(model), _encode(steps))
+        return Outcome("failed", verified, steps, None, stats.examples,
+                       stats.emulated_steps, time.monotonic() - started, first,
                        first_example[0] if first_example else None,
                        routines=frozenset(stats.routines), distinct_failures=len(stats.signatures))
+    duration = time.monotonic() - started
     if found is not None:
         steps = getattr(found, "steps", None) or ()
         return Outcome("error", None, tuple(steps), found, stats.examples, stats.emulated_steps,
                        duration, routines=frozenset(stats.routines))
     return Outcome("passed", None, (), None, stats.examples, stats.emulated_steps, duration,
                    routines=frozenset(stats.routines), distinct_failures=len(stats.signatures))
+
+
+def _note_failure(stats: Stats, exc: BaseException) -> None:
+    stats.failures_seen += 1
+    if isinstance(exc, KernelFailure):
+        stats.signatures.add(exc.signature)
+    if stats.first_failure is None:
+        stats.first_failure = exc  # type: ignore[assignment]
+        if stats.on_first_failure is not None:
+            stats.on_first_failure(exc)
+
+
+def _walk(model: Model, stats: Stats, *, seed: int, max_examples: int, time_budget: float,
+          started: float, progress: Callable[[Stats, float], None] | None,
+          database: ExampleDatabase | None, guide: bool,
+          should_stop: Callable[[], bool] | None, shrink: bool) -> BaseException | None:
+    """The walk engine's search: saved failures first, then random examples until a failure."""
+    recorder = RoutineRecorder(model.routines, model.routine_infos)
+    recorder.reached = stats.routines
+    recorded = attrs.evolve(model, routines=recorder.table)
+    walker = Walker(recorded, seed=seed, guide=guide, entered=recorder.example)
+    saved: list[tuple[bytes, tuple[Step, ...]]] = []
+    key = _steps_key(model)
+    if database is not None:
+        for value in list(database.fetch(key)):
+            steps = _decode(value)
+            if steps is None:
+                database.delete(key, value)  # not a step list this version can read
+            else:
+                saved.append((value, steps))
+    next_report = started + REPORT_EVERY
+    while True:
+        now = time.monotonic()
+        if max_examples and stats.examples >= max_examples:
+            return None
+        if time_budget and now - started >= time_budget:
+            return None
+        if now >= next_report:
+            next_report = now + REPORT_EVERY
+            if should_stop is not None and should_stop():
+                return None
+            if progress is not None:
+                progress(stats, now - started)
+        if saved:
+            value, prefix = saved.pop(0)
+            m, found = walker.replay(prefix)
+            if found is None and database is not None:
+                database.delete(key, value)  # fixed, or not this model's any more
+        else:
+            m, found = walker.example()
+        stats.count(m.nsteps if m is not None else 0)
+        recorder.end_example()
+        if found is not None:
+            _note_failure(stats, found)
+            return found
+
+
+def _steps_key(model: Model) -> bytes:
+    return database_key(model) + b".steps"
+
+
+def _encode(steps: Sequence[Step]) -> bytes:
+    return json.dumps([s.to_json() for s in steps], separators=(",", ":")).encode()
+
+
+def _decode(value: bytes) -> tuple[Step, ...] | None:
+    """A saved step list (JSON data, never code); None if it is not one."""
+    try:
+        data = json.loads(value)
+        if not isinstance(data, list):
+            return None
+        return tuple(Step.from_json(item) for item in data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _hypothesis(model: Model, stats: Stats, *, seed: int, max_examples: int, time_budget: float,
+                started: float, progress: Callable[[Stats, float], None] | None,
+                database: ExampleDatabase | None, guide: bool,
+                should_stop: Callable[[], bool] | None, shrink: bool) -> BaseException | None:
+    """The Hypothesis engine's search: state-machine batches until a failure (shrunk by Hypothesis)."""
+    machine_cls = build_state_machine(model, stats, guide=guide)
+    batch = 0
+    while True:
+        elapsed = time.monotonic() - started
+        if max_examples and stats.examples >= max_examples:
+            return None
+        if time_budget and elapsed >= time_budget:
+            return None
+        if should_stop is not None and should_stop():
+            return None
+        n = BATCH if not max_examples else min(BATCH, max_examples - stats.examples)
+        settings = Settings(
+            max_examples=max(n, 1),
+            stateful_step_count=STEPS_PER_EXAMPLE,
+            deadline=None,
+            database=None,
+            derandomize=False,
+            report_multiple_bugs=False,
+            verbosity=Verbosity.quiet,
+            phases=(Phase.explicit, Phase.generate, Phase.target, *((Phase.shrink,) if shrink else ())),
+            suppress_health_check=list(HealthCheck),
+        )
+        if database is not None:
+            # Every batch saves what it finds; only the first replays what was saved.
+            reuse = (Phase.reuse,) if batch == 0 else ()
+            settings = Settings(settings, database=database, phases=(*reuse, *settings.phases))
+        test = get_state_machine_test(machine_cls, settings=settings)
+        test = hypothesis.seed(_batch_seed(seed, batch))(test)
+        if settings.database is not None:
+            _use_database(test, settings, database_key(model))
+        batch += 1
+        try:
+            test()
+        except (KernelFailure, PluginError, ModelLimitation) as exc:
+            return exc
+        if progress is not None:
+            progress(stats, time.monotonic() - started)
 
 
 def database_key(model: Model) -> bytes:

@@ -23,7 +23,7 @@ from typing import NoReturn, TextIO
 
 import attrs
 
-from fuzzer._campaign import Outcome, replay, run_campaign
+from fuzzer._campaign import ENGINES, Outcome, replay, run_campaign
 from fuzzer._config import KernelConfig, RunConfig
 from fuzzer._corpus import DEFAULT_DIR as DEFAULT_CORPUS
 from fuzzer._corpus import CorpusError, Entry, find, load, save
@@ -40,14 +40,23 @@ from fuzzer._steps import Step
 from fuzzer._workers import WorkerSpec, run_workers, split_examples, worker_seed
 
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2, 3, 4
-DEFAULT_MAX_EXAMPLES = 1000
+DEFAULT_MAX_EXAMPLES = 20_000
 DEFAULT_TIME_BUDGET = 60.0
-#: Hypothesis's example database when ``run`` has no ``--seed`` (relative to the working directory).
+#: What ``run`` prints for each engine and its guidance.
+ENGINE_TEXT = {
+    "walk": "walk (random walks at emulator speed, shrunk step by step)",
+    "hypothesis": "hypothesis (RuleBasedStateMachine, shrunk by Hypothesis then step by step)",
+}
+GUIDE_TEXT = {
+    "walk": "examples start from prefixes of those that entered new modelled routines",
+    "hypothesis": "hypothesis.target on the distinct modelled routines each example enters",
+}
+#: The example database when ``run`` has no ``--seed`` (relative to the working directory).
 DEFAULT_DB = os.path.join(".hypothesis", "fuzzer")
 #: ``run``'s own options; every other dest belongs to a plugin (``RunConfig.options``).
 HOST_DESTS = ("command", "plugins", "kernel", "mmu", "config", "cpus", "max_examples", "time_budget",
               "seed", "report_json", "corpus", "db", "workers", "coverage", "coverage_dir", "stats",
-              "stats_plot", "guide")
+              "stats_plot", "guide", "engine")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,9 +131,9 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
     run.add_argument("--cpus", type=_positive_int, default=None, metavar="N",
                      help="CPUs in the machine (default 4; 1 with CONFIG_SMP=n)")
     run.add_argument("--max-examples", type=_positive_int, default=DEFAULT_MAX_EXAMPLES,
-                     metavar="N", help=f"stop once Hypothesis has generated N examples (it may run a"
-                     " few more distinct ones on the way); 0 = no limit"
-                     f" (default {DEFAULT_MAX_EXAMPLES})")
+                     metavar="N", help="stop after N examples (with --engine hypothesis: once"
+                     " Hypothesis has generated N; it may run a few more distinct ones on the way);"
+                     f" 0 = no limit (default {DEFAULT_MAX_EXAMPLES:,})")
     run.add_argument("--time-budget", type=_seconds, default=DEFAULT_TIME_BUDGET,
                      metavar="SECONDS", help=f"stop after this long; 0 = no limit"
                      f" (default {DEFAULT_TIME_BUDGET:g})")
@@ -137,7 +146,7 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
                      help="save a failure's minimal reproduction in DIR, unless an entry there"
                      f" shows the same bug; 'none' to not save (default: {DEFAULT_CORPUS})")
     run.add_argument("--db", metavar="PATH", default=None,
-                     help="Hypothesis's example database: failures saved there are tried first;"
+                     help="example database: failures saved there are tried first;"
                      " a directory, redis://HOST:PORT[/DB] to share one between machines (the redis"
                      f" extra), or 'none' (default: {DEFAULT_DB} without --seed; none with"
                      " --seed, so a seed always gives the same result)")
@@ -157,9 +166,15 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
     run.add_argument("--stats-plot", metavar="PATH", default=None,
                      help="plot routines reached and distinct failures over time to PATH (.png or"
                      " .svg; needs matplotlib, the plot extra)")
+    run.add_argument("--engine", choices=ENGINES, default=ENGINES[0],
+                     help="how examples are generated: walk (random walks at emulator speed, a"
+                     " step-level shrinker) or hypothesis (a Hypothesis RuleBasedStateMachine,"
+                     " shrunk by Hypothesis; about 8x slower per step, see the README)"
+                     f" (default: {ENGINES[0]})")
     run.add_argument("--guide", action="store_true",
-                     help="feed each example's count of distinct modelled routines to"
-                     " hypothesis.target (see the README for whether it helps)")
+                     help="coverage guidance: walk: start examples from prefixes of those that"
+                     " entered new modelled routines; hypothesis: feed each example's count of"
+                     " routines to hypothesis.target (see the README for whether it helps)")
     run.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                      help=plugin_help)
     _add_plugin_options(pm, run)
@@ -322,8 +337,9 @@ def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err:
                   f" {', '.join(str(worker_seed(seed, i)) for i in range(args.workers))}\n")
     if args.coverage:
         out.write(f"coverage: coverage.py (branches) of the modelled kernel -> {args.coverage_dir}\n")
+    out.write(f"engine: {ENGINE_TEXT[args.engine]}\n")
     if args.guide:
-        out.write("guidance: hypothesis.target on the distinct modelled routines each example enters\n")
+        out.write(f"guidance: {GUIDE_TEXT[args.engine]}\n")
     overrides = [f"{name} ({info.plugin})" for name, info in model.routine_infos.items()
                  if info.override]
     if overrides:
@@ -355,6 +371,7 @@ def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err:
                     on_first_failure=progress.found,
                     database=database if database is not None else db,
                     guide=args.guide,
+                    engine=args.engine,
                 )
             finally:
                 if session is not None:
@@ -364,7 +381,7 @@ def cmd_run(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err:
             shares = split_examples(args.max_examples, args.workers)
             specs = [WorkerSpec(index=i, plugins=tuple(plugins), args=args, seed=worker_seed(seed, i),
                                 max_examples=shares[i], time_budget=args.time_budget, database=db,
-                                guide=args.guide,
+                                guide=args.guide, engine=args.engine,
                                 coverage_dir=args.coverage_dir if args.coverage else None,
                                 coverage_include=tuple(include))
                      for i in range(args.workers)]

@@ -53,6 +53,7 @@ class WorkerSpec:
     guide: bool
     coverage_dir: str | None
     coverage_include: tuple[str, ...]
+    engine: str = "walk"
 
 
 def worker_seed(seed: int, index: int) -> int:
@@ -95,7 +96,7 @@ def _worker(spec: WorkerSpec, messages: Any, stop: Any) -> None:
         outcome = run_campaign(model, seed=spec.seed, max_examples=spec.max_examples,
                                time_budget=spec.time_budget, progress=progress,
                                on_first_failure=found, database=database, guide=spec.guide,
-                               should_stop=stop.is_set)
+                               should_stop=stop.is_set, engine=spec.engine)
         if session is not None:
             session.stop()
             session = None

@@ -55,6 +55,6 @@ def test_run_writes_the_table_and_json(bench, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| raw emulator" in text and "| seed crash found" in text
     data = json.loads(path.read_text())
-    assert set(data["find"]["seed crash"]) == {"guided", "fuzzer", "walk"}
+    assert set(data["find"]["seed crash"]) == {"guided", "fuzzer", "hypothesis", "walk"}
     assert data["find"]["seed crash"]["fuzzer"]["found"] == 1
     assert data["raw"]["steps_per_s"] > 0 and data["fuzzer"]["examples"] > 0

@@ -245,7 +245,14 @@ def test_redis_without_the_client_names_the_extra(cli, monkeypatch):
 
 
 def test_guide_feeds_hypothesis_target(cli, tmp_path):
-    r = cli(*SHORT, "--guide", "--stats", "s.jsonl")
+    r = cli(*SHORT, "--guide", "--stats", "s.jsonl", "--engine", "hypothesis")
     assert r.rc == 0, r.out + r.err
     assert "guidance: hypothesis.target on the distinct modelled routines each example enters" in r.out
+    assert json.loads((tmp_path / "s.jsonl").read_text().splitlines()[-1])["routines"] > 0
+
+
+def test_guided_walk_starts_from_examples_that_reached_new_routines(cli, tmp_path):
+    r = cli(*SHORT, "--guide", "--stats", "s.jsonl")
+    assert r.rc == 0, r.out + r.err
+    assert "guidance: examples start from prefixes of those that entered new modelled routines" in r.out
     assert json.loads((tmp_path / "s.jsonl").read_text().splitlines()[-1])["routines"] > 0

@@ -227,7 +227,25 @@ def test_max_examples_bounds_the_reported_examples(cli):
 
 
 def test_ctrl_c_while_shrinking_keeps_the_failure(cli, monkeypatch):
-    """Nothing found is lost on Ctrl-C: a failure found before it is reported, unshrunk."""
+    """Nothing found is lost on Ctrl-C: the smallest reproduction so far is reported, verified."""
+    import fuzzer._search as search
+
+    real = search.Shrinker.delete_steps
+
+    def interrupted(self):
+        real(self)  # one pass made some progress; then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search.Shrinker, "delete_steps", interrupted)
+    res = cli("-p", "fuzzer_plugins.mistakes.leak_on_offline", "run", "--kernel", "v6.2", "--seed", "2")
+    assert res.rc == 2
+    assert "end state 'patching mm leak' violated" in res.out
+    assert "interrupted while shrinking" in res.out
+    assert re.search(r"Minimal reproduction \(\d+ steps\)", res.out)
+
+
+def test_ctrl_c_while_hypothesis_shrinks_keeps_the_failure(cli, monkeypatch):
+    """The same with --engine hypothesis: a failure found before Ctrl-C is reported, unshrunk."""
     import fuzzer._campaign as campaign
 
     real = campaign.get_state_machine_test
@@ -244,22 +262,22 @@ def test_ctrl_c_while_shrinking_keeps_the_failure(cli, monkeypatch):
         return run
 
     monkeypatch.setattr(campaign, "get_state_machine_test", interrupting)
-    res = cli("run", "--kernel", "next-20221215", "--seed", "1")
+    res = cli("run", "--kernel", "next-20221215", "--seed", "1", "--engine", "hypothesis")
     assert res.rc == 2
     assert "kernel BUG at arch/powerpc/mm/pgtable.c:333!" in res.out
     assert "interrupted while shrinking" in res.out
 
 
-def test_ctrl_c_with_nothing_found_exits_2(cli, monkeypatch):
+@pytest.mark.parametrize("engine", ["walk", "hypothesis"])
+def test_ctrl_c_with_nothing_found_exits_2(cli, monkeypatch, engine):
     import fuzzer._campaign as campaign
+    import fuzzer._search as search
 
-    def interrupting(factory, settings):
-        def run():
-            raise KeyboardInterrupt
-
-        return run
+    def interrupting(*args, **kwargs):
+        raise KeyboardInterrupt
 
     monkeypatch.setattr(campaign, "get_state_machine_test", interrupting)
-    res = cli("run", "--seed", "1")
+    monkeypatch.setattr(search.Walker, "example", interrupting)
+    res = cli("run", "--seed", "1", "--engine", engine)
     assert res.rc == 2
     assert "interrupted" in res.out.splitlines()[-1]

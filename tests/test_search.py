@@ -1,0 +1,160 @@
+"""The walk engine: recorded decisions, lenient replay, the step-level shrinker, its database."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import attrs
+import pytest
+from hypothesis import strategies as st
+from hypothesis.database import InMemoryExampleDatabase
+
+from fuzzer import Step
+from fuzzer._campaign import _steps_key, replay, run_campaign
+from fuzzer._coverage import RoutineRecorder
+from fuzzer._search import Shrinker, Walker, apply_if_possible, replay_lenient, sampler
+
+from modelkit import make_model
+
+LEAK = "fuzzer_plugins.mistakes.leak_on_offline"
+
+
+def test_every_walk_example_replays_from_its_recorded_steps():
+    """An example is a pure function of its steps: a strict replay ends the same way."""
+    model = make_model()
+    walker = Walker(model, seed=5)
+    for _ in range(30):
+        m, failure = walker.example()
+        assert failure is None
+        again, failure = replay(model, m.steps)
+        assert failure is None
+        assert again.nsteps == m.nsteps
+        assert again.steps == m.steps
+
+
+def test_the_same_seed_walks_the_same_examples():
+    model = make_model()
+    a, b = Walker(model, seed=9), Walker(model, seed=9)
+    assert [a.example()[0].steps for _ in range(5)] == [b.example()[0].steps for _ in range(5)]
+    c = Walker(model, seed=10)
+    assert [c.example()[0].steps for _ in range(5)] != [Walker(model, seed=9).example()[0].steps
+                                                         for _ in range(5)]
+
+
+def test_steps_that_no_longer_apply_are_skipped_and_not_recorded():
+    model = make_model()
+    steps = [Step("online", cpu=1),                     # before boot: skipped
+             Step("boot", seed=0),
+             Step("offline", cpu=2),                    # CPU 2 is not online
+             Step("start", cpu=3, name="jump_label.toggle", args={"key": 0}),  # offline CPU
+             Step("start", cpu=0, name="no.such_op"),   # not this model's
+             Step("online", cpu=2),
+             Step("run", cpus=[3, 2, 2, 9])]            # CPU 3 idle, 9 absent
+    m, failure = replay_lenient(model, steps)
+    assert failure is None
+    assert m.steps[:3] == [Step("boot", seed=0), Step("online", cpu=2), Step("run", cpus=[2, 2])]
+    assert apply_if_possible(m, Step("boot", seed=1)) is False  # booted already
+
+
+def test_shrinks_a_long_walk_to_the_known_minimal_reproduction():
+    model = make_model(plugins=[LEAK])
+    walker = Walker(model, seed=2)
+    failure = None
+    while failure is None:
+        _, failure = walker.example()
+    assert len(failure.steps) > 4  # what the walk found is long ...
+    shrinker = Shrinker(model, failure.steps, failure.signature)
+    best = shrinker.shrink()
+    # ... boot, online, run the CPU up, offline is the shortest (bench/run.py's MINIMAL).
+    assert [s.action for s in best] == ["boot", "online", "run", "offline"]
+    assert best[0].seed == 0 and best[1].cpu == 1  # simplified: seed 0, the lowest CPU
+    _, again = replay(model, best)
+    assert again is not None and again.signature == failure.signature
+
+
+def test_shrinker_keeps_only_failures_with_the_same_signature():
+    model = make_model(plugins=[LEAK])
+    walker = Walker(model, seed=2)
+    failure = None
+    while failure is None:
+        _, failure = walker.example()
+    shrinker = Shrinker(model, failure.steps, failure.signature)
+    assert shrinker.consider([Step("boot", seed=0)]) is False  # boots clean
+    assert shrinker.best == tuple(failure.steps)
+
+
+def test_shrinker_refuses_steps_that_do_not_fail():
+    """Asked to shrink steps that do not fail again, it says so rather than report them."""
+    leaky = make_model(plugins=[LEAK])
+    walker = Walker(leaky, seed=2)
+    failure = None
+    while failure is None:
+        _, failure = walker.example()
+    with pytest.raises(RuntimeError, match="not deterministic"):
+        Shrinker(make_model(), failure.steps, failure.signature)  # the same steps, no mistake
+
+
+def test_guided_walk_keeps_examples_that_reached_new_routines():
+    model = make_model()
+    recorder = RoutineRecorder(model.routines, model.routine_infos)
+    walker = Walker(attrs.evolve(model, routines=recorder.table), seed=3, guide=True,
+                    entered=recorder.example)
+    for _ in range(40):
+        walker.example()
+        recorder.end_example()
+    assert walker.kept, "the first example enters routines no earlier one did"
+    assert walker.reached == recorder.reached
+    # Later examples start from a kept one's prefix (boot seed and all).
+    boots = {kept[0] for kept in walker.kept}
+    later = [walker.example()[0].steps[0] for _ in range(20)]
+    assert any(b in boots for b in later)
+
+
+@pytest.mark.parametrize("strategy, values, simplest", [
+    (st.integers(2, 5), {2, 3, 4, 5}, 2),
+    (st.booleans(), {False, True}, False),
+    (st.sampled_from(("a", "b")), {"a", "b"}, "a"),
+    (st.just(7), {7}, 7),
+    (st.integers(0, 3).map(lambda x: 2 * x), {0, 2, 4, 6}, 0),  # drawn by Hypothesis, once
+])
+def test_argument_samplers_draw_every_value_and_simplify_towards_the_simplest(strategy, values,
+                                                                              simplest):
+    draw, simplify = sampler(strategy)
+    rng = random.Random(0)
+    assert {draw(rng) for _ in range(200)} == values
+    assert simplify(simplest) == []
+    for v in values - {simplest}:
+        assert simplify(v)[0] == simplest
+        assert set(simplify(v)) <= values
+
+
+def test_walk_engine_saves_its_reproduction_and_replays_it_first():
+    model = make_model(plugins=["fuzzer_plugins.mistakes.pmi_in_patch_window"])
+    db = InMemoryExampleDatabase()
+    first = run_campaign(model, seed=2, max_examples=0, time_budget=30, database=db)
+    assert first.status == "failed" and first.examples_to_first_failure > 1
+    saved = list(db.fetch(_steps_key(model)))
+    assert [Step.from_json(s) for s in json.loads(saved[0])] == list(first.steps)
+    again = run_campaign(model, seed=3, max_examples=1, time_budget=30, database=db)
+    assert again.status == "failed" and again.examples_to_first_failure == 1
+
+
+def test_unreadable_database_entries_are_dropped_not_run():
+    model = make_model()
+    db = InMemoryExampleDatabase()
+    key = _steps_key(model)
+    for junk in (b"not json", b'{"action": "boot"}', b'[{"action": "exec", "code": "1/0"}]'):
+        db.save(key, junk)
+    out = run_campaign(model, seed=1, max_examples=3, time_budget=30, database=db)
+    assert out.status == "passed"
+    assert list(db.fetch(key)) == []
+
+
+def test_a_saved_example_that_no_longer_fails_is_removed():
+    model = make_model()
+    db = InMemoryExampleDatabase()
+    key = _steps_key(model)
+    db.save(key, json.dumps([{"action": "boot", "seed": 0}]).encode())
+    assert run_campaign(model, seed=1, max_examples=2, time_budget=30, database=db).status == "passed"
+    assert list(db.fetch(key)) == []
