@@ -148,14 +148,15 @@ class MM:
     users: int = 1
     freed: bool = False
     is_init: bool = False
+    is_patching: bool = attrs.field(init=False)
+    """A code-patching temporary mm (the model allocates mms only for that and for tasks).
+    Set once from the name: step invariants ask it of every loaded mm at every step."""
+
+    def __attrs_post_init__(self) -> None:
+        self.is_patching = self.name.startswith("patching_mm")
 
     def __repr__(self) -> str:
         return f"<mm {self.name}>"
-
-    @property
-    def is_patching(self) -> bool:
-        """A code-patching temporary mm (the model allocates mms only for that and for tasks)."""
-        return self.name.startswith("patching_mm")
 
     # Walkers used by the model's kernel routines (and by the MMU's hardware walk).
 

@@ -920,22 +920,30 @@ def _patch_window(m: Machine) -> str | None:
 
 
 def _patching_addrs(m: Machine) -> list[tuple[int, MM, int]]:
+    """(owner CPU, mm, address) of every patching context with live resources.
+
+    A step check calls it at every emulated step: kept to plain attribute reads
+    (``_live_resources`` inlined).
+    """
     out = []
     for c in m.cpus:
         ctx = c.percpu.get("cpu_patching_context")
-        if ctx is None or not _live_resources(ctx):
+        if ctx is None:
             continue
-        if ctx.mm is not None:
-            out.append((c.n, ctx.mm, ctx.addr))
-        elif ctx.area is not None:
-            out.append((c.n, m.init_mm, ctx.addr))
+        mm, area = ctx.mm, ctx.area
+        if (mm is not None and not mm.freed) or (area is not None and not area.freed):
+            out.append((c.n, mm if mm is not None else m.init_mm, ctx.addr))
     return out
 
 
 def _mapping_private(m: Machine) -> str | None:
+    holders = [c for c in m.cpus if c.tlb]
+    if len(holders) < 2:
+        return None  # only the owner's own TLB can hold anything
+    translations_of = m.mmu.translations_of
     for owner, mm, addr in _patching_addrs(m):
-        for c in m.cpus:
-            if c.n != owner and c.tlb and m.mmu.translations_of(c, mm, addr):
+        for c in holders:
+            if c.n != owner and translations_of(c, mm, addr):
                 return f"CPU {c.n} holds a translation of CPU {owner}'s patching address {addr:#x}"
     return None
 
