@@ -17,6 +17,8 @@ def _banner(model: Model) -> str:
     run = model.run
     page = "64K" if run.page_shift == 16 else "4K"
     smp = " SMP" if run.enabled("CONFIG_SMP") else ""
+    if run.arch != "powerpc":
+        return f"{run.arch}{smp} NR_CPUS={run.cpus} PAGE_SIZE={page} MMU={model.mmu.name} (model)"
     return f"LE PAGE_SIZE={page} MMU={model.mmu.name.capitalize()}{smp} NR_CPUS={run.cpus} PowerNV (model)"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import re
 import sys
 from collections.abc import Iterator
@@ -325,6 +326,10 @@ def fuzzer_report_header(config):
 def fakeplug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     write_dist(tmp_path, "fakeplug", "fakeplug_mod", FAKEPLUG)
     monkeypatch.delenv(AUTOLOAD_ENV)
+    # Only fakeplug: other installed plugins (examples/fuzzer-x86) are not these tests' subject.
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [
+        ep for ep in real(**kw) if getattr(ep.dist, "name", None) == "fakeplug"])
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     sys.modules.pop("fakeplug_mod", None)
