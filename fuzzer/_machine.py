@@ -706,6 +706,19 @@ class Machine:
     def finish(self) -> None:
         """End of an example: every CPU runs to completion, then the end-state checks."""
         self.run_to_completion()
+        self.check_end_state()
+
+    def quiescent(self) -> bool:
+        """No CPU has anything to run: the state :meth:`finish` checks, reached early."""
+        return not any(c.stack for c in self.cpus)
+
+    def check_end_state(self) -> None:
+        """The end-state invariants, on a quiescent machine (what :meth:`finish` ends with).
+
+        Checking them at a quiescent point in the middle of an example is the
+        same as ending the example there: a failure found so replays, from the
+        steps so far, at :meth:`finish`.
+        """
         for check in self._end_checks:
             try:
                 msg = check.check(self)

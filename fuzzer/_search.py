@@ -260,8 +260,12 @@ class Walker:
                 m.boot(rng.getrandbits(32))
             swarm = rng.random() < SWARM
             on = {k for k in self.kinds if not swarm or rng.random() < 0.5}
+            checked = -1
             for _ in range(rng.randint(*RULES)):
                 self._rule(m, rng, on)
+                if m.nsteps != checked and m.quiescent():
+                    checked = m.nsteps
+                    m.check_end_state()  # as if the example ended here: end-state bugs show sooner
             m.finish()
         except (KernelFailure, PluginError, ModelLimitation) as exc:
             _attach(exc, m)

@@ -158,3 +158,29 @@ def test_a_saved_example_that_no_longer_fails_is_removed():
     db.save(key, json.dumps([{"action": "boot", "seed": 0}]).encode())
     assert run_campaign(model, seed=1, max_examples=2, time_budget=30, database=db).status == "passed"
     assert list(db.fetch(key)) == []
+
+
+def test_end_state_is_checked_whenever_the_machine_is_quiescent(monkeypatch):
+    """An end-state bug shows at the first quiescent point, and replays from there at finish."""
+    from fuzzer._machine import Machine
+
+    finished = []
+    real_finish = Machine.finish
+
+    def finish(self):
+        finished.append(self)
+        real_finish(self)
+
+    monkeypatch.setattr(Machine, "finish", finish)
+    model = make_model(plugins=[LEAK])
+    early = 0
+    for seed in range(1, 6):
+        walker = Walker(model, seed=seed)
+        failure = None
+        while failure is None:
+            m, failure = walker.example()
+        assert failure.kind == "END-STATE" and m.quiescent()
+        early += m not in finished  # found before the example's end
+        _, again = replay(model, failure.steps)  # replay ends with finish(): the same check
+        assert again is not None and again.signature == failure.signature
+    assert early >= 3
