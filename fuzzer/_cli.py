@@ -156,7 +156,7 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
                      " (default 1)")
     run.add_argument("--coverage", action="store_true",
                      help="measure the modelled kernel and plugins with coverage.py (branches; about"
-                     " 2.5x slower): write its data and an HTML report to --coverage-dir and name"
+                     " 4x slower): write its data and an HTML report to --coverage-dir and name"
                      " the modelled routines never reached")
     run.add_argument("--coverage-dir", metavar="DIR", default=DEFAULT_COVERAGE_DIR,
                      help=f"where --coverage writes .coverage and html/ (default: {DEFAULT_COVERAGE_DIR})")
