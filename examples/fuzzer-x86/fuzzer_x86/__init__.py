@@ -2,7 +2,8 @@
 
 Models 4-level paging with CR3 and PCID (per-CPU TLBs tagged by ASID, the
 ``cpu_tlbstate.ctxs`` generation check), lazy TLB for kernel threads,
-``switch_mm_irqs_off``, ``leave_mm``, ``flush_tlb_mm_range`` with its IPIs, the
+``switch_mm_irqs_off``, ``leave_mm``, ``flush_tlb_mm_range`` with its IPIs and its
+ranged ``INVLPG`` flushes (``flush_tlb_func``), the
 temporary-mm ``text_poke`` of arch/x86/kernel/alternative.c (``poking_init``,
 ``use_temporary_mm``/``unuse_temporary_mm``, ``__text_poke`` with the PTE lock
 held throughout, hardware breakpoints disabled and restored), and perf NMIs
@@ -101,6 +102,10 @@ SITES = tuple(TEXT + i * PAGE_SIZE + 0x40 for i in range(4))
 NOP4 = 0x0040_1F0F  # nopl 0x0(%rax), little-endian bytes 0f 1f 40 00
 JMP = 0x0000_7EEB  # jmp +0x7e; nop; nop
 DR7_ENABLE_MASK = 0xFF  # DR_GLOBAL_ENABLE_MASK | DR_LOCAL_ENABLE_MASK
+#: ``TLB_FLUSH_ALL`` as a flush's end, and ``tlb_single_page_flush_ceiling`` (tlb.c:998 in 6.12):
+#: a range of more pages than this is flushed whole.
+TLB_FLUSH_ALL = -1
+FLUSH_CEILING = 33
 
 
 @attrs.define
@@ -126,6 +131,18 @@ class X86State:
 
     poking_mm: MM | None = None
     poking_addr: int = 0
+
+
+@attrs.frozen
+class FlushInfo:
+    """``struct flush_tlb_info``: what a TLB flush asks every CPU it reaches to do."""
+
+    mm: MM
+    start: int
+    end: int
+    """``TLB_FLUSH_ALL`` for a full flush."""
+    new_tlb_gen: int
+    initiating_cpu: int
 
 
 def state(m: Machine) -> X86State:
@@ -202,6 +219,12 @@ class X86Mmu(Mmu):
     def flush_asid(self, cpu: Cpu, asid: int) -> None:
         for key in [k for k in cpu.tlb if k[0] == asid]:
             del cpu.tlb[key]
+
+    def invlpg(self, cpu: Cpu, va: int) -> None:
+        """``INVLPG``: this CPU's translations of ``va`` in the current PCID, and global ones."""
+        vpn = va >> PAGE_SHIFT
+        cpu.tlb.pop((cpu.hw.asid, vpn), None)
+        cpu.tlb.pop((-1, vpn), None)
 
 
 def load_mm(cpu: Cpu, next_mm: MM, *, lazy_cpumask: bool) -> None:
@@ -658,32 +681,40 @@ def pte_clear(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr) -> Gen:
 def flush_tlb_mm_range(cpu: Cpu, mm: MM, start: int, end: int) -> Gen:
     """``flush_tlb_mm_range()`` (tlb.c:1043 in 6.12).
 
-    ``inc_mm_tlb_gen(mm)``; if ``mm_cpumask(mm)`` holds another CPU,
-    ``flush_tlb_multi()`` (IPIs); else if mm is loaded here, a local
-    ``flush_tlb_func()`` with IRQs off. An mm loaded nowhere is flushed by
-    the generation bump alone: the next switch to it sees its ASID behind.
+    A range of more than ``tlb_single_page_flush_ceiling`` pages becomes a full
+    flush; ``inc_mm_tlb_gen(mm)``; if ``mm_cpumask(mm)`` holds another CPU,
+    ``flush_tlb_multi()`` (IPIs); else if mm is loaded here,
+    ``lockdep_assert_irqs_enabled()`` (:1075) and a local ``flush_tlb_func()``
+    with IRQs off. An mm loaded nowhere is flushed by the generation bump
+    alone: the next switch to it sees its ASID behind.
     """
     mmu = cpu.m.mmu
     assert isinstance(mmu, X86Mmu)
     yield
+    if end == TLB_FLUSH_ALL or (end - start) >> PAGE_SHIFT > FLUSH_CEILING:
+        start, end = 0, TLB_FLUSH_ALL
     mmu.tlb_gen[mm.context_id] = mmu.gen(mm) + 1
+    info = FlushInfo(mm, start, end, mmu.gen(mm), cpu.n)
     if mm.cpumask - {cpu.n}:
-        yield from cpu.k.flush_tlb_multi(cpu, mm)
+        yield from cpu.k.flush_tlb_multi(cpu, info)
     elif cpu.loaded_mm is mm:
+        if not cpu.irqs_enabled:
+            raise KernelWarning(f"{TLB_C}:1075", detail="lockdep_assert_irqs_enabled() before a local"
+                                " flush")
         flags = cpu.local_irq_save()
-        yield from cpu.k.flush_tlb_func(cpu, mm, True)
+        yield from cpu.k.flush_tlb_func(cpu, info)
         cpu.local_irq_restore(flags)
 
 
 @routine("flush_tlb_multi", TLB_C, versions=X86_VERSIONS, symbol="native_flush_tlb_multi")
-def flush_tlb_multi(cpu: Cpu, mm: MM) -> Gen:
+def flush_tlb_multi(cpu: Cpu, info: FlushInfo) -> Gen:
     """``native_flush_tlb_multi()`` (tlb.c): ``on_each_cpu_cond_mask(should_flush_tlb,
     flush_tlb_func, info, true, cpumask)`` over ``mm_cpumask(mm)``."""
-    yield from cpu.k.smp_call_function_many_cond(cpu, sorted(mm.cpumask), mm)
+    yield from cpu.k.smp_call_function_many_cond(cpu, sorted(info.mm.cpumask), info)
 
 
 @routine("smp_call_function_many_cond", SMP_C, versions=X86_VERSIONS)
-def smp_call_function_many_cond(cpu: Cpu, targets: list[int], mm: MM) -> Gen:
+def smp_call_function_many_cond(cpu: Cpu, targets: list[int], info: FlushInfo) -> Gen:
     """``smp_call_function_many_cond()`` (kernel/smp.c:785 in 6.12).
 
     ``if (cpu_online(this_cpu) && !oops_in_progress &&
@@ -701,19 +732,25 @@ def smp_call_function_many_cond(cpu: Cpu, targets: list[int], mm: MM) -> Gen:
     for n in targets:
         target = m.cpus[n]
         if target.online and not target.hw.is_lazy:
-            yield from cpu.k.flush_tlb_func(target, mm, target is cpu)
+            yield from cpu.k.flush_tlb_func(target, info)
 
 
 @routine("flush_tlb_func", TLB_C, versions=X86_VERSIONS)
-def flush_tlb_func(cpu: Cpu, mm: MM, local: bool) -> Gen:
-    """``flush_tlb_func()`` (tlb.c:770 in 6.12), on the CPU it runs on.
+def flush_tlb_func(cpu: Cpu, info: FlushInfo) -> Gen:
+    """``flush_tlb_func()`` (tlb.c:742 in 6.12), on the CPU it runs on.
 
-    A remote CPU that no longer runs ``mm`` ignores the flush (and, with the
-    lazy mm_cpumask, leaves the mask); a lazy one switches to init_mm; else
-    the loaded ASID is flushed and its slot brought to mm's tlb_gen.
+    A remote CPU that no longer runs the mm ignores the flush (and, with the
+    lazy mm_cpumask, leaves the mask); a lazy one switches to init_mm. Else,
+    unless this ASID's generation already caught up: a partial flush -- one
+    ``flush_tlb_one_user()`` (``INVLPG``) per page of the range -- when the
+    flush is ranged and is exactly the next generation and the newest
+    (:860-878), otherwise a full flush of the ASID; then the ASID's slot is
+    brought to the mm's tlb_gen.
     """
     mmu = cpu.m.mmu
     assert isinstance(mmu, X86Mmu)
+    mm = info.mm
+    local = cpu.n == info.initiating_cpu
     yield
     if cpu.loaded_mm is not mm:
         if not local and cpu.m.run.kernel in LAZY_CPUMASK:
@@ -723,5 +760,16 @@ def flush_tlb_func(cpu: Cpu, mm: MM, local: bool) -> Gen:
         load_mm(cpu, cpu.m.init_mm, lazy_cpumask=cpu.m.run.kernel in LAZY_CPUMASK)
         return
     hw: X86Cpu = cpu.hw
-    mmu.flush_asid(cpu, hw.asid)
-    hw.ctxs[hw.asid] = (mm.context_id, mmu.gen(mm))
+    local_tlb_gen = hw.ctxs[hw.asid][1]
+    if info.new_tlb_gen <= local_tlb_gen:
+        return  # already up to date for this flush
+    mm_tlb_gen = mmu.gen(mm)
+    if local_tlb_gen == mm_tlb_gen:
+        return
+    if info.end != TLB_FLUSH_ALL and info.new_tlb_gen == local_tlb_gen + 1 \
+            and info.new_tlb_gen == mm_tlb_gen:
+        for va in range(info.start, info.end, PAGE_SIZE):
+            mmu.invlpg(cpu, va)
+    else:
+        mmu.flush_asid(cpu, hw.asid)
+    hw.ctxs[hw.asid] = (mm.context_id, mm_tlb_gen)

@@ -76,3 +76,52 @@ def test_a_powerpc_version_is_refused_for_the_x86_mmu():
     code, _, err = run_cli("run", "--mmu", "x86", "--kernel", "v6.12")
     assert code == 4
     assert "'v6.12' is a powerpc version; --mmu x86 (x86) runs: x86-v5.9" in err
+
+
+def test_flush_tlb_func_invlpgs_a_range_and_flushes_the_asid_otherwise():
+    """A ranged flush one generation ahead is one INVLPG per page; a flush of more than
+    tlb_single_page_flush_ceiling pages, or one that finds the ASID two generations
+    behind, flushes the whole ASID."""
+    from fuzzer_x86 import PAGE_SHIFT, PAGE_SIZE, FlushInfo, load_mm
+
+    machine, failure = replay(x86(), boot_steps())
+    assert failure is None
+    cpu, mmu = machine.cpus[0], machine.mmu
+    mm = machine.new_mm("test")
+    load_mm(cpu, mm, lazy_cpumask=True)
+    base = 0x1000_0000
+    vpns = [(base >> PAGE_SHIFT) + i for i in range(3)]
+
+    def fill():
+        for vpn in vpns:
+            cpu.tlb[(cpu.hw.asid, vpn)] = "pte"
+
+    def flush(start, end, *, generations=1):
+        mmu.tlb_gen[mm.context_id] = mmu.gen(mm) + generations
+        for _ in cpu.k.flush_tlb_func(cpu, FlushInfo(mm, start, end, mmu.gen(mm), cpu.n)):
+            pass
+        return sorted(vpn for asid, vpn in cpu.tlb if asid == cpu.hw.asid)
+
+    fill()
+    assert flush(base + PAGE_SIZE, base + 2 * PAGE_SIZE) == [vpns[0], vpns[2]]  # INVLPG of one page
+    fill()
+    assert flush(base, base + PAGE_SIZE, generations=2) == []  # two behind: full flush
+    fill()
+    assert flush(base, base + PAGE_SIZE, generations=0) == vpns  # already up to date: nothing
+
+
+def test_flush_tlb_mm_range_beyond_the_ceiling_is_a_full_flush():
+    from fuzzer_x86 import FLUSH_CEILING, PAGE_SHIFT, PAGE_SIZE, load_mm
+
+    machine, _ = replay(x86(), boot_steps())
+    cpu = machine.cpus[0]
+    mm = machine.new_mm("test")
+    load_mm(cpu, mm, lazy_cpumask=True)
+    for vpn in range(40):
+        cpu.tlb[(cpu.hw.asid, vpn)] = "pte"
+    for _ in cpu.k.flush_tlb_mm_range(cpu, mm, 0, 2 * PAGE_SIZE):
+        pass
+    assert sorted(vpn for _, vpn in cpu.tlb) == list(range(2, 40))
+    for _ in cpu.k.flush_tlb_mm_range(cpu, mm, 0, (FLUSH_CEILING + 1) << PAGE_SHIFT):
+        pass
+    assert cpu.tlb == {}
