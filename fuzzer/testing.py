@@ -7,7 +7,7 @@ A small pytester for plugin authors::
     model = make_model("v6.2", plugins=["my_plugin"])      # or extra=[a module object]
     machine, failure = replay(model, [*boot_steps(), Step("online", cpu=1)])
     assert failure is None
-    outcome = search(model, seed=1, max_examples=200)      # Hypothesis, as `run` does
+    outcome = search(model, seed=1, max_examples=200)      # as `run` does (engine="walk")
     assert outcome.status == "passed"
 """
 
@@ -59,9 +59,11 @@ def make_model(
 
 
 def search(model: Model, *, seed: int = 1, max_examples: int = 300,
-           time_budget: float = 60) -> Outcome:
-    """Search ``model`` as ``run`` does; a failure comes back shrunk and replay-verified."""
-    return run_campaign(model, seed=seed, max_examples=max_examples, time_budget=time_budget)
+           time_budget: float = 60, engine: str = "walk", guide: bool = False) -> Outcome:
+    """Search ``model`` as ``run`` does (``--engine``, ``--guide``); a failure comes back
+    shrunk and replay-verified."""
+    return run_campaign(model, seed=seed, max_examples=max_examples, time_budget=time_budget,
+                        engine=engine, guide=guide)
 
 
 def boot_steps(seed: int = 0) -> list[Step]:

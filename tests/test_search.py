@@ -184,3 +184,20 @@ def test_end_state_is_checked_whenever_the_machine_is_quiescent(monkeypatch):
         _, again = replay(model, failure.steps)  # replay ends with finish(): the same check
         assert again is not None and again.signature == failure.signature
     assert early >= 3
+
+
+@pytest.mark.parametrize("engine", ["walk", "hypothesis"])
+def test_both_engines_find_and_shrink_through_the_public_harness(engine):
+    from fuzzer.testing import search
+
+    outcome = search(make_model(plugins=[LEAK]), seed=1, max_examples=2000, time_budget=60,
+                     engine=engine)
+    assert outcome.status == "failed"
+    assert [s.action for s in outcome.steps] == ["boot", "online", "run", "offline"]
+
+
+def test_an_unknown_engine_is_a_usage_error():
+    from fuzzer._errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown engine 'afl'; engines: walk, hypothesis"):
+        run_campaign(make_model(), seed=1, max_examples=1, time_budget=1, engine="afl")
