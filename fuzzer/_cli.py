@@ -40,7 +40,7 @@ from fuzzer._steps import Step
 from fuzzer._workers import WorkerSpec, run_workers, split_examples, worker_seed
 
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2, 3, 4
-DEFAULT_MAX_EXAMPLES = 20_000
+DEFAULT_MAX_EXAMPLES = 10_000
 DEFAULT_TIME_BUDGET = 60.0
 #: What ``run`` prints for each engine and its guidance.
 ENGINE_TEXT = {

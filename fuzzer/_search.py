@@ -89,6 +89,21 @@ def sampler(strategy: Any, *, seed: int = 0) -> tuple[Sampler, Callable[[Any], l
     return (lambda rng: rng.choice(pool)), (lambda v: _earlier(pool, v))
 
 
+def _checked_sampler(model: Model, op: str, arg: str, strategy: Any,
+                     seed: int) -> tuple[Sampler, Callable[[Any], list[Any]]]:
+    """:func:`sampler`, blaming a strategy that cannot be drawn from on its plugin."""
+    try:
+        return sampler(strategy, seed=seed)
+    except UsageError:
+        raise
+    except Exception as exc:
+        owner = model.plugin_of_traceback(exc.__traceback__)
+        if owner is not None:
+            raise PluginError(owner[0], f"the strategy of {op}({arg}=...)", exc) from exc
+        raise UsageError(f"operation {op!r}: cannot draw argument {arg!r} from {strategy!r}:"
+                         f" {type(exc).__name__}: {exc}") from exc
+
+
 def _simpler_ints(value: Any, lo: int) -> list[Any]:
     if not isinstance(value, int) or value <= lo:
         return []
@@ -237,7 +252,8 @@ class Walker:
         self.reached: set[str] = set()
         self.kept: list[tuple[Step, ...]] = []
         """With guidance: examples that entered a routine no earlier example had."""
-        self.ops = [(op, {k: sampler(s, seed=seed)[0] for k, s in op.args.items()})
+        self.ops = [(op, {k: _checked_sampler(model, op.name, k, s, seed)[0]
+                          for k, s in op.args.items()})
                     for op in model.operations]
         self.kinds = (["online", "offline"] + [f"op:{op.name}" for op in model.operations]
                       + [f"irq:{src.name}" for src in model.interrupts])

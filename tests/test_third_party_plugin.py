@@ -189,6 +189,42 @@ def test_routine_that_raises_is_the_plugins_fault(cli, make_plugin):
     assert re.search(r"^  \d+\. CPU \d: start opraise\.poke\(\)$", steps, re.M), steps
 
 
+def test_argument_strategy_that_raises_is_the_plugins_fault(cli, make_plugin):
+    mod = make_plugin("stratboom", """
+        import fuzzer
+        from hypothesis import strategies as st
+
+        def poke(cpu, n):
+            yield
+
+        def explode(n):
+            raise ValueError("no such argument")
+
+        def fuzzer_operations(config):
+            return [fuzzer.Operation("stratboom.poke", poke, {"n": st.integers(0, 3).map(explode)})]
+        """)
+    res = cli("-p", mod, *RUN)
+    assert_blamed(res, mod, "the strategy of stratboom.poke(n=...)")
+    assert "ValueError: no such argument" in res.err
+
+
+def test_argument_strategy_with_no_values_is_a_usage_error(cli, make_plugin):
+    mod = make_plugin("stratnone", """
+        import fuzzer
+        from hypothesis import strategies as st
+
+        def poke(cpu, n):
+            yield
+
+        def fuzzer_operations(config):
+            return [fuzzer.Operation("stratnone.poke", poke, {"n": st.nothing()})]
+        """)
+    res = cli("-p", mod, *RUN)
+    assert res.rc == 4
+    assert res.err.startswith("ERROR: ") and "stratnone.poke" in res.err and "'n'" in res.err
+    assert len(res.err.strip().splitlines()) == 1, res.err
+
+
 def test_machine_setup_that_raises_is_the_plugins_fault(cli, make_plugin):
     mod = make_plugin("setupboom", """
         def fuzzer_machine_setup(machine):
