@@ -253,7 +253,7 @@ class Walker:
         self.kept: list[tuple[Step, ...]] = []
         """With guidance: examples that entered a routine no earlier example had."""
         self.ops = [(op, {k: _checked_sampler(model, op.name, k, s, seed)[0]
-                          for k, s in op.args.items()})
+                          for k, s in op.args.items()}, f"op:{op.name}")
                     for op in model.operations]
         self.kinds = (["online", "offline"] + [f"op:{op.name}" for op in model.operations]
                       + [f"irq:{src.name}" for src in model.interrupts])
@@ -321,7 +321,7 @@ class Walker:
                 choices.append(("offline", None, down))
         idle = [c for c in cpus if m.can_start(c)]
         if idle:
-            choices.extend(("start", op, idle) for op in self.ops if f"op:{op[0].name}" in on)
+            choices.extend(("start", op, idle) for op in self.ops if op[2] in on)
         for src in m.model.interrupts:
             if f"irq:{src.name}" in on:
                 ok = [c for c in cpus if m.can_interrupt(c, src)]
@@ -337,7 +337,7 @@ class Walker:
         elif action == "offline":
             m.cpu_down(cpu)
         elif action == "start":
-            op, draw = what
+            op, draw, _ = what
             m.start(cpu, op, {k: d(rng) for k, d in draw.items()})
         else:
             m.interrupt(cpu, what)

@@ -7,10 +7,18 @@ included.
 
 Simplification: the model treats the perf PMI as maskable by
 ``local_irq_save``. On real ppc64 a PMI taken while interrupts are only
-soft-disabled is handled as an NMI (the PMU is not soft-masked by
-``local_irq_save``), and ``copy_from_user_nofault`` has no
-``nmi_uaccess_okay`` check on powerpc; the ``pmi_in_patch_window`` mistake
-plugin shows what the uaccess invariant says about that delivery.
+soft-disabled is handled as an NMI: ``local_irq_save`` sets IRQS_DISABLED,
+not IRQS_PMI_DISABLED, and ``performance_monitor_common`` calls
+``performance_monitor_exception_nmi`` when the soft mask is not
+IRQS_ENABLED (linux-source-6.12 arch/powerpc/kernel/exceptions-64s.S:2354-2363,
+traps.c:1952-1963). perf's user callchain reads the stack with
+``copy_from_user_nofault`` (arch/powerpc/perf/callchain.h:24-33), whose
+``nmi_uaccess_okay()`` (mm/maccess.c:121) is the generic ``true`` on powerpc
+(include/asm-generic/tlb.h:25). So on a real kernel a PMI in the patch window
+reads "user" memory through the patching mm: it faults harmlessly unless the
+user stack address is the poking address. The ``pmi_in_patch_window``
+mistake plugin delivers PMIs that way and shows what the uaccess invariant
+says about it; whether upstream should care is a question for a human.
 """
 
 from __future__ import annotations
