@@ -213,14 +213,16 @@ def _find(items: Iterable[Any], name: str) -> Any:
 Found = KernelFailure | PluginError | ModelLimitation
 
 
-def replay_lenient(model: Model, steps: Iterable[Step]) -> tuple[Machine, Found | None]:
-    """Replay ``steps`` with :func:`apply_if_possible`, then finish; the machine and any failure.
+def replay_lenient(model: Model, steps: Iterable[Step]) -> tuple[Machine | None, Found | None]:
+    """Replay ``steps`` with :func:`apply_if_possible`, then finish; the machine (None if
+    building it failed) and any failure.
 
     The failure's ``steps`` are the ones that applied, up to the failure: a
     strict replay of them fails the same way.
     """
-    m = Machine(model)
+    m: Machine | None = None
     try:
+        m = Machine(model)
         for step in steps:
             apply_if_possible(m, step)
         if m.booted:
@@ -295,17 +297,7 @@ class Walker:
 
     def replay(self, steps: Sequence[Step]) -> tuple[Machine | None, Found | None]:
         """A saved example, exactly (steps that no longer apply are skipped), then finish."""
-        m: Machine | None = None
-        try:
-            m = Machine(self.model)
-            for step in steps:
-                apply_if_possible(m, step)
-            if m.booted:
-                m.finish()
-        except (KernelFailure, PluginError, ModelLimitation) as exc:
-            _attach(exc, m)
-            return m, exc
-        return m, None
+        return replay_lenient(self.model, steps)
 
     def _rule(self, m: Machine, rng: random.Random, on: set[str]) -> None:
         """Apply one rule, chosen uniformly among the enabled ones, on a random CPU that allows it."""
@@ -387,7 +379,7 @@ class Shrinker:
         """Replay ``steps`` leniently: the failure if it has the wanted signature."""
         m, failure = replay_lenient(self.model, steps)
         self.runs += 1
-        self.emulated_steps += m.nsteps
+        self.emulated_steps += m.nsteps if m is not None else 0
         if isinstance(failure, KernelFailure) and failure.signature == self.signature:
             return failure
         return None

@@ -20,6 +20,16 @@ from modelkit import make_model
 LEAK = "fuzzer_plugins.mistakes.leak_on_offline"
 
 
+def walk_until_failure(model, seed):
+    """The walk's first failing example on ``model``: (machine, failure)."""
+    walker = Walker(model, seed=seed)
+    for _ in range(1000):
+        m, failure = walker.example()
+        if failure is not None:
+            return m, failure
+    raise AssertionError(f"no failure in 1000 examples of seed {seed}")
+
+
 def test_every_walk_example_replays_from_its_recorded_steps():
     """An example is a pure function of its steps: a strict replay ends the same way."""
     model = make_model()
@@ -59,10 +69,7 @@ def test_steps_that_no_longer_apply_are_skipped_and_not_recorded():
 
 def test_shrinks_a_long_walk_to_the_known_minimal_reproduction():
     model = make_model(plugins=[LEAK])
-    walker = Walker(model, seed=2)
-    failure = None
-    while failure is None:
-        _, failure = walker.example()
+    _, failure = walk_until_failure(model, 2)
     assert len(failure.steps) > 4  # what the walk found is long ...
     shrinker = Shrinker(model, failure.steps, failure.signature)
     best = shrinker.shrink()
@@ -75,10 +82,7 @@ def test_shrinks_a_long_walk_to_the_known_minimal_reproduction():
 
 def test_shrinker_keeps_only_failures_with_the_same_signature():
     model = make_model(plugins=[LEAK])
-    walker = Walker(model, seed=2)
-    failure = None
-    while failure is None:
-        _, failure = walker.example()
+    _, failure = walk_until_failure(model, 2)
     shrinker = Shrinker(model, failure.steps, failure.signature)
     assert shrinker.consider([Step("boot", seed=0)]) is False  # boots clean
     assert shrinker.best == tuple(failure.steps)
@@ -86,11 +90,7 @@ def test_shrinker_keeps_only_failures_with_the_same_signature():
 
 def test_shrinker_refuses_steps_that_do_not_fail():
     """Asked to shrink steps that do not fail again, it says so rather than report them."""
-    leaky = make_model(plugins=[LEAK])
-    walker = Walker(leaky, seed=2)
-    failure = None
-    while failure is None:
-        _, failure = walker.example()
+    _, failure = walk_until_failure(make_model(plugins=[LEAK]), 2)
     with pytest.raises(RuntimeError, match="not deterministic"):
         Shrinker(make_model(), failure.steps, failure.signature)  # the same steps, no mistake
 
@@ -175,10 +175,7 @@ def test_end_state_is_checked_whenever_the_machine_is_quiescent(monkeypatch):
     model = make_model(plugins=[LEAK])
     early = 0
     for seed in range(1, 6):
-        walker = Walker(model, seed=seed)
-        failure = None
-        while failure is None:
-            m, failure = walker.example()
+        m, failure = walk_until_failure(model, seed)
         assert failure.kind == "END-STATE" and m.quiescent()
         early += m not in finished  # found before the example's end
         _, again = replay(model, failure.steps)  # replay ends with finish(): the same check
