@@ -121,7 +121,7 @@ def run_campaign(
 
     def first_failure(exc: BaseException) -> None:
         first_at.append(time.monotonic() - started)
-        first_example.append(stats.examples + (1 if engine == "hypothesis" else 0))
+        first_example.append(stats.examples + 1)  # noted before the failing example is counted
         if on_first_failure is not None:
             on_first_failure(exc)
 
@@ -180,16 +180,6 @@ def run_campaign(
                    routines=frozenset(stats.routines), distinct_failures=len(stats.signatures))
 
 
-def _note_failure(stats: Stats, exc: BaseException) -> None:
-    stats.failures_seen += 1
-    if isinstance(exc, KernelFailure):
-        stats.signatures.add(exc.signature)
-    if stats.first_failure is None:
-        stats.first_failure = exc  # type: ignore[assignment]
-        if stats.on_first_failure is not None:
-            stats.on_first_failure(exc)
-
-
 def _walk(model: Model, stats: Stats, *, seed: int, max_examples: int, time_budget: float,
           started: float, progress: Callable[[Stats, float], None] | None,
           database: ExampleDatabase | None, guide: bool,
@@ -228,10 +218,11 @@ def _walk(model: Model, stats: Stats, *, seed: int, max_examples: int, time_budg
                 database.delete(key, value)  # fixed, or not this model's any more
         else:
             m, found = walker.example()
+        if found is not None:
+            stats.note_failure(found)
         stats.count(m.nsteps if m is not None else 0)
         recorder.end_example()
         if found is not None:
-            _note_failure(stats, found)
             return found
 
 

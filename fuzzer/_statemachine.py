@@ -50,6 +50,17 @@ class Stats:
         self.examples += 1
         self.emulated_steps += nsteps
 
+    def note_failure(self, exc: BaseException) -> None:
+        """A failing example (counted by :meth:`count` once it ends): tally it, and report
+        the first one to ``on_first_failure``."""
+        self.failures_seen += 1
+        if isinstance(exc, KernelFailure):
+            self.signatures.add(exc.signature)
+        if self.first_failure is None:
+            self.first_failure = exc  # type: ignore[assignment]
+            if self.on_first_failure is not None:
+                self.on_first_failure(exc)
+
 
 def _guard(sm: Any, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` against the machine, attaching the recorded steps to any finding."""
@@ -58,14 +69,7 @@ def _guard(sm: Any, fn: Callable[[], Any]) -> Any:
     except (KernelFailure, PluginError) as exc:
         exc.steps = tuple(getattr(getattr(sm, "machine", None), "steps", ()))
         sm.failed = True
-        stats: Stats = sm.stats
-        stats.failures_seen += 1
-        if isinstance(exc, KernelFailure):
-            stats.signatures.add(exc.signature)
-        if stats.first_failure is None:
-            stats.first_failure = exc
-            if stats.on_first_failure is not None:
-                stats.on_first_failure(exc)
+        sm.stats.note_failure(exc)
         raise
 
 
