@@ -5,6 +5,12 @@ implements a hook by defining a function of the same name (optionally marked
 with :data:`fuzzer.hookimpl`); a ``fuzzer_`` function that matches no hook
 here is an error naming the plugin, never silently ignored.
 
+A plugin module that models one architecture sets ``FUZZER_ARCH = "x86"``
+(say): its hooks that take ``config`` or ``machine`` are then not called for a
+run of another architecture, so they need no check of their own. The
+listing hooks (versions, MMUs, config options, command-line options) are
+always called.
+
 Hooks that the emulator needs on every step are *not* called per step: their
 results are collected once per run (lists of invariants, operations,
 interrupt sources, resolved routines) so the hot path pays nothing for them.

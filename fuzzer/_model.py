@@ -108,6 +108,7 @@ class Model:
         setups = tuple(
             (pm.plugin_name(impl.plugin), impl.function)
             for impl in pm.impls("fuzzer_machine_setup")
+            if pm.serves(impl.plugin, run.arch)
         )
         return cls(
             run=run,

@@ -161,6 +161,13 @@ class FuzzerPluginManager(pluggy.PluginManager):
     def plugin_name(self, plugin: Any) -> str:
         return self._name_of(plugin)
 
+    @staticmethod
+    def serves(plugin: Any, arch: str) -> bool:
+        """Whether ``plugin`` takes part in a run of ``arch``: unless its module sets
+        ``FUZZER_ARCH`` to another architecture."""
+        own = getattr(plugin, "FUZZER_ARCH", None)
+        return own is None or own == arch
+
     def is_core(self, name: str) -> bool:
         return name in ESSENTIAL_PLUGINS
 
@@ -183,10 +190,14 @@ class FuzzerPluginManager(pluggy.PluginManager):
         Registration order is: the kernel core, built-ins, entry points, ``-p``
         (``tryfirst``/``trylast`` move an implementation to an end). A plugin
         that raises is reported as that plugin's fault (:class:`PluginError`),
-        never as a kernel failure.
+        never as a kernel failure. With a ``config`` argument, plugins of another
+        architecture (``FUZZER_ARCH``) are skipped.
         """
+        arch = getattr(kwargs.get("config"), "arch", None)
         out: list[tuple[str, Any]] = []
         for impl in self.impls(hook):
+            if arch is not None and not self.serves(impl.plugin, arch):
+                continue
             name = self._name_of(impl.plugin)
             args = [kwargs[a] for a in impl.argnames]
             try:

@@ -24,6 +24,9 @@ from fuzzer._machine import Breakpoint
 if TYPE_CHECKING:
     from fuzzer import Cpu
 
+#: Only runs of this architecture call this plugin's hooks (see fuzzer._hookspec).
+FUZZER_ARCH = "powerpc"
+
 Gen = Generator[Any, None, Any]
 HW_BREAKPOINT_C = "arch/powerpc/kernel/hw_breakpoint.c"
 EINVAL = 22
@@ -34,15 +37,11 @@ WATCH_OFFSETS = (0x0, 0x100, 0x200, 0x400, 0xA000)
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    if config.arch != "powerpc":
-        return []
     return [hw_breakpoint_install]
 
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    if config.arch != "powerpc":
-        return []
     slots = int(config.config.values.get("CONFIG_PPC_NR_DAWR", 1) or 1)
     return [
         Operation(

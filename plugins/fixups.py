@@ -43,6 +43,9 @@ from fuzzer._kernel.locking import down_read, up_read
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine
 
+#: Only runs of this architecture call this plugin's hooks (see fuzzer._hookspec).
+FUZZER_ARCH = "powerpc"
+
 Gen = Generator[Any, None, Any]
 FEATURE_FIXUPS_C = "arch/powerpc/lib/feature-fixups.c"
 EINVAL = 22
@@ -83,8 +86,6 @@ def read_sequence(m: Machine, cpu: Cpu) -> tuple[int, ...]:
 
 @hookimpl
 def fuzzer_machine_setup(machine: Machine) -> None:
-    if machine.run.arch != "powerpc":
-        return
     machine.write_text(SEQUENCE_AT, OLD)
     for i in range(FTRACE_SITES):
         # The two nops of -fpatchable-function-entry: ftrace_init_nop makes
@@ -115,16 +116,12 @@ def fuzzer_machine_setup(machine: Machine) -> None:
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    if config.arch != "powerpc":
-        return []
     return [do_entry_flush_fixups, ftrace_replace_code, ftrace_init, ftrace_init_nop,
             bpf_arch_text_copy, bpf_arch_text_invalidate]
 
 
 @hookimpl
 def fuzzer_initcalls(config: RunConfig) -> list[Initcall]:
-    if config.arch != "powerpc":
-        return []
     # In 6.12 ftrace's boot-time patching runs in start_kernel, before any
     # initcall; the earlier modelled versions patch nothing there.
     if config.kernel == "v6.12":
@@ -167,8 +164,6 @@ def ftrace_init_nop(cpu: Cpu, ip: int) -> Gen:
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    if config.arch != "powerpc":
-        return []
     return [
         Operation("fixups.entry_flush", op_toggle, {"enable": st.booleans()},
                   doc="debugfs entry_flush: patch the exception-entry flush sequence", comm="bash"),

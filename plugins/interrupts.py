@@ -31,20 +31,19 @@ from fuzzer import InterruptSource, RunConfig, hookimpl, routine
 if TYPE_CHECKING:
     from fuzzer import Cpu
 
+#: Only runs of this architecture call this plugin's hooks (see fuzzer._hookspec).
+FUZZER_ARCH = "powerpc"
+
 Gen = Generator[Any, None, Any]
 
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    if config.arch != "powerpc":
-        return []
     return [smp_ipi_demux, perf_callchain_user_64, system_reset_exception]
 
 
 @hookimpl
 def fuzzer_interrupt_sources(config: RunConfig) -> list[InterruptSource]:
-    if config.arch != "powerpc":
-        return []
     sources = [
         InterruptSource("perf_pmi", perf_event_interrupt,
                         doc="a perf sampling interrupt that walks the user stack of current"),

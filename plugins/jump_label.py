@@ -30,6 +30,9 @@ from fuzzer._kernel.locking import down_read, up_read
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine
 
+#: Only runs of this architecture call this plugin's hooks (see fuzzer._hookspec).
+FUZZER_ARCH = "powerpc"
+
 Gen = Generator[Any, None, Any]
 JUMP_LABEL_C = "kernel/jump_label.c"
 ARCH_JUMP_LABEL_C = "arch/powerpc/kernel/jump_label.c"
@@ -51,23 +54,17 @@ def branch_to_target(i: int) -> int:
 
 @hookimpl
 def fuzzer_machine_setup(machine: Machine) -> None:
-    if machine.run.arch != "powerpc":
-        return
     machine.write_text(SITES_AT, [NOP] * NSITES)
     machine.attach("jump_label", {"mutex": Mutex("jump_label_mutex"), "enabled": [False] * NSITES})
 
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    if config.arch != "powerpc":
-        return []
     return [static_key_toggle, arch_jump_label_transform]
 
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    if config.arch != "powerpc":
-        return []
     keys = st.integers(0, NSITES - 1)
     return [
         Operation("jump_label.toggle", op_toggle, {"key": keys},

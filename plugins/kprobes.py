@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
     from fuzzer import Cpu, Machine
 
+#: Only runs of this architecture call this plugin's hooks (see fuzzer._hookspec).
+FUZZER_ARCH = "powerpc"
+
 Gen = Generator[Any, None, Any]
 KPROBES_C = "kernel/kprobes.c"
 ARCH_KPROBES_C = "arch/powerpc/kernel/kprobes.c"
@@ -174,8 +177,6 @@ def fuzzer_configure(config: RunConfig) -> None:
 
 @hookimpl
 def fuzzer_machine_setup(machine: Machine) -> None:
-    if machine.run.arch != "powerpc":
-        return
     st_ = machine.attach("kprobes", KprobesState())
     for sym in TEXT:
         machine.write_text(PAGE_OFFSET + sym.offset, sym.words)
@@ -193,15 +194,11 @@ def fuzzer_machine_setup(machine: Machine) -> None:
 
 @hookimpl
 def fuzzer_initcalls(config: RunConfig) -> list[Initcall]:
-    if config.arch != "powerpc":
-        return []
     return [Initcall("init_kprobes", init_kprobes, level="early")]
 
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    if config.arch != "powerpc":
-        return []
     return [
         init_kprobes, arch_init_kprobes, register_kprobe, arch_prepare_kprobe,
         arm_kprobe, arch_arm_kprobe, disarm_kprobe, arch_disarm_kprobe,
@@ -211,8 +208,6 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    if config.arch != "powerpc":
-        return []
     sites = st.sampled_from(_sites(config))
     return [
         Operation("kprobes.register", op_register, {"site": sites},

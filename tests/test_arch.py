@@ -80,3 +80,23 @@ def test_a_kthread_operation_runs_without_an_mm_of_its_own():
     mm, active, loaded = seen[0]
     # The default MMU has no lazy TLB: a kernel thread runs on init_mm.
     assert mm is None and active is loaded and loaded.is_init
+
+
+def test_a_plugin_declaring_another_architecture_takes_no_part_in_the_run():
+    def setup(machine):
+        machine.state["toy_setup_ran"] = True
+
+    toy_ops = plugin_module(
+        "toy_ops",
+        FUZZER_ARCH="toy",
+        fuzzer_operations=lambda config: [fuzzer.Operation("toy.op", lambda cpu: iter(()))],
+        fuzzer_machine_setup=setup,
+    )
+    powerpc = make_model("v6.12", extra=[toy_arch(), toy_ops])
+    assert "toy.op" not in [o.name for o in powerpc.operations]
+    assert not any(name == "toy_ops" for name, _ in powerpc.machine_setups)
+    toy = make_model(mmu="toymmu", extra=[toy_arch(), toy_ops])
+    assert "toy.op" in [o.name for o in toy.operations]
+    assert any(name == "toy_ops" for name, _ in toy.machine_setups)
+    # The powerpc built-ins declare theirs: none of their operations reaches a toy run.
+    assert not any(o.name.startswith(("kprobes.", "jump_label.", "fixups.")) for o in toy.operations)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from fuzzer._kernel.mm import VmArea
     from fuzzer._machine import Cpu, Machine
 
+#: Only runs of this architecture call this plugin's hooks (see fuzzer._hookspec).
+FUZZER_ARCH = "powerpc"
+
 Gen = Generator[Any, None, Any]
 CP = "arch/powerpc/lib/code-patching.c"
 PROCESS_C = "arch/powerpc/kernel/process.c"
@@ -105,8 +108,6 @@ def instr_words(instr: int) -> tuple[int, ...]:
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    if config.arch != "powerpc":
-        return []
     return [
         poking_init_v61, poking_init,
         text_area_cpu_up_v61, text_area_cpu_up, text_area_cpu_down_v61, text_area_cpu_down,
@@ -867,16 +868,12 @@ def patch_instructions(cpu: Cpu, addr: int, code: tuple[int, ...], repeat: bool,
 
 @hookimpl
 def fuzzer_machine_setup(machine: Machine) -> None:
-    if machine.run.arch != "powerpc":
-        return
     # empty_zero_page: a page of the linear map just past kernel text.
     machine.state["empty_zero_page"] = PAGE_OFFSET + 0x0280_0000
 
 
 @hookimpl
 def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
-    if config.arch != "powerpc":
-        return []
     return [
         Invariant("patch window", _patch_window,
                   doc="a loaded patching mm means IRQs off, on its own CPU only"),

@@ -71,6 +71,9 @@ from fuzzer import (
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine, Task
 
+#: Only runs of this architecture call this plugin's hooks (see fuzzer._hookspec).
+FUZZER_ARCH = "x86"
+
 Gen = Generator[Any, None, Any]
 ALTERNATIVE_C = "arch/x86/kernel/alternative.c"
 TLB_C = "arch/x86/mm/tlb.c"
@@ -289,8 +292,6 @@ def fuzzer_mmus() -> list[MmuSpec]:
 
 @hookimpl
 def fuzzer_machine_setup(machine: Machine) -> None:
-    if machine.run.arch != "x86":
-        return
     machine.attach("x86", X86State())
     for site in SITES:
         machine.write_text(site, [NOP4])
@@ -298,8 +299,6 @@ def fuzzer_machine_setup(machine: Machine) -> None:
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    if config.arch != "x86":
-        return []
     return [
         poking_init, text_poke, __text_poke, use_temporary_mm_v59, use_temporary_mm,
         unuse_temporary_mm, unuse_temporary_mm_current, switch_mm_irqs_off, switch_mm_irqs_off_lazy,
@@ -311,8 +310,6 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    if config.arch != "x86":
-        return []
     poke = {"site": st.integers(0, len(SITES) - 1), "jump": st.booleans()}
     return [
         Operation("x86.syscall", op_syscall, doc="a process enters the kernel and leaves; the CPU's"
@@ -328,8 +325,6 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
 
 @hookimpl
 def fuzzer_interrupt_sources(config: RunConfig) -> list[InterruptSource]:
-    if config.arch != "x86":
-        return []
     return [
         InterruptSource("apic_timer", apic_timer_interrupt, doc="local APIC timer"),
         InterruptSource("perf_nmi", perf_nmi, nmi=True,
@@ -339,8 +334,6 @@ def fuzzer_interrupt_sources(config: RunConfig) -> list[InterruptSource]:
 
 @hookimpl
 def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
-    if config.arch != "x86":
-        return []
     return [
         Invariant("lazy TLB", _lazy_tlb, doc="a kernel thread running on a borrowed user mm is in"
                   " lazy TLB mode (what abee7c494d8c restores)"),
