@@ -358,9 +358,14 @@ class Shrinker:
         self.deadline = deadline
         self.runs = 0
         self.emulated_steps = 0
+        # Each argument's sampler once (a strategy outside the four simple kinds costs a
+        # Hypothesis run): its simplifier, and the simplest arguments of each operation.
+        samplers = {op.name: {k: sampler(s) for k, s in op.args.items()} for op in model.operations}
         self.simplifiers: dict[str, dict[str, Callable[[Any], list[Any]]]] = {
-            op.name: {k: sampler(s)[1] for k, s in op.args.items()} for op in model.operations
+            op: {k: simplify for k, (_, simplify) in args.items()} for op, args in samplers.items()
         }
+        self.simplest_args = {op: {k: _simplest(*pair) for k, pair in args.items()}
+                              for op, args in samplers.items()}
         self.op_order = {op.name: i for i, op in enumerate(model.operations)}
         failure = self.check(steps)
         if failure is None:
@@ -483,8 +488,8 @@ class Shrinker:
             step = self.best[i]
             if step.action == "start":
                 for op in self.model.operations[:self.op_order.get(step.name, 0)]:
-                    args = {k: _simplest(s) for k, s in op.args.items()}
-                    cand = (*self.best[:i], Step("start", cpu=step.cpu, name=op.name, args=args),
+                    cand = (*self.best[:i],
+                            Step("start", cpu=step.cpu, name=op.name, args=self.simplest_args[op.name]),
                             *self.best[i + 1:])
                     if self.consider(cand, simpler=True):
                         break
@@ -541,9 +546,8 @@ class Shrinker:
             i += 1
 
 
-def _simplest(strategy: Any) -> Any:
-    """The simplest value the walk would draw for ``strategy`` (what its simplifier ends at)."""
-    draw, simplify = sampler(strategy)
+def _simplest(draw: Sampler, simplify: Callable[[Any], list[Any]]) -> Any:
+    """The simplest value a sampler offers (what its simplifier ends at)."""
     value = draw(random.Random(0))
     simpler = simplify(value)
     return simpler[0] if simpler else value
