@@ -18,17 +18,6 @@ from fuzzer._errors import (
     Signature,
     UsageError,
 )
-from fuzzer._kernel.locking import (
-    Mutex,
-    RwSem,
-    lockdep_assert_irqs_disabled,
-    might_sleep,
-    mutex_lock,
-    mutex_unlock,
-    spin_lock,
-    spin_unlock,
-)
-from fuzzer._kernel.mm import pte_alloc
 from fuzzer._machine import Breakpoint, Cpu, Machine, Task
 from fuzzer._mm import (
     MM,
@@ -54,6 +43,17 @@ from fuzzer._plugins import (
 from fuzzer._routines import routine
 from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
 from fuzzer._steps import Step
+from fuzzer.kernel.locking import (
+    Mutex,
+    RwSem,
+    lockdep_assert_irqs_disabled,
+    might_sleep,
+    mutex_lock,
+    mutex_unlock,
+    spin_lock,
+    spin_unlock,
+)
+from fuzzer.kernel.mm import pte_alloc
 
 __all__ = [
     "AUTOLOAD_ENV",

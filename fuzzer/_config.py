@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from fuzzer._errors import UsageError
 
 ConfigValue = bool | int | str
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -64,6 +65,53 @@ class KernelVersion:
     """A version whose routines apply where this one defines none of its own."""
     arch: str = "powerpc"
     """The architecture it is a version of: only MMUs of the same ``arch`` run it."""
+
+
+@attrs.frozen
+class VersionChain:
+    """A kernel version and the versions it is ``based_on``, nearest first.
+
+    Everything version-dependent in the model resolves along it: routines
+    (:func:`fuzzer._routines.resolve`), predicates (:meth:`is_`) and per-version
+    tables such as cited line numbers (:meth:`lookup`). A version derived from
+    ``v6.12`` is ``v6.12`` wherever it defines nothing of its own.
+    """
+
+    names: tuple[str, ...]
+    """The version itself first, then its ``based_on``, and so on to the root."""
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    @classmethod
+    def of(cls, version: str, based_on: Mapping[str, str | None]) -> VersionChain:
+        """The chain of ``version`` given each known version's ``based_on``."""
+        names: list[str] = []
+        v: str | None = version
+        while v is not None and v not in names:
+            names.append(v)
+            v = based_on.get(v)
+        return cls(tuple(names))
+
+    def is_(self, *versions: str) -> bool:
+        """Whether this version is, or is based on, one of ``versions`` (``in V61`` tests)."""
+        return any(v in versions for v in self.names)
+
+    def lookup(self, table: Mapping[str, T], what: str) -> T:
+        """``table``'s entry for the nearest version of the chain that has one.
+
+        A version with no entry anywhere along its chain is a model limitation
+        naming it -- never a silent fallback to another version's data.
+        """
+        for v in self.names:
+            if v in table:
+                return table[v]
+        from fuzzer._errors import ModelLimitation
+
+        ancestors = f" or the versions it is based on ({', '.join(self.names[1:])})" if self.names[1:] else ""
+        known = ", ".join(table) or "none"
+        raise ModelLimitation(f"{what}: nothing for kernel {self.name}{ancestors}; known for: {known}")
 
 
 @attrs.frozen

@@ -11,7 +11,7 @@ Two signals, for two purposes:
   the table (``cpu.k.<name>``), which is how the model calls them; a routine
   called directly by name is not seen. It feeds the statistics and guidance.
 * :class:`CoverageSession` -- coverage.py with branch coverage, restricted to
-  the modelled kernel (``fuzzer/_kernel``) and the loaded plugins' modules,
+  the modelled kernel (``fuzzer/kernel``) and the loaded plugins' modules,
   never the host, Hypothesis or pluggy. ``run --coverage`` writes its data
   and an HTML report, and names the routines of the resolved table whose
   code never ran.
@@ -32,7 +32,7 @@ from fuzzer._routines import RoutineFn, RoutineInfo, RoutineTable
 
 #: Where ``run --coverage`` writes by default (relative to the working directory).
 DEFAULT_DIR = "fuzzer-coverage"
-_KERNEL_DIR = Path(__file__).resolve().parent / "_kernel"
+_KERNEL_DIR = Path(__file__).resolve().parent / "kernel"
 
 
 class RoutineRecorder:
@@ -87,7 +87,7 @@ class CoverageSummary:
 
 def measured_files(infos: Iterable[RoutineInfo], plugin_modules: Iterable[str]) -> list[str]:
     """coverage.py ``include`` patterns: the kernel model and the loaded plugins' code only."""
-    patterns = {str(_KERNEL_DIR / "*")}
+    patterns = {str(_KERNEL_DIR / "*"), str(_KERNEL_DIR / "*" / "*")}
     host = Path(__file__).resolve().parent
     for info in infos:
         patterns.add(os.path.realpath(info.fn.__code__.co_filename))

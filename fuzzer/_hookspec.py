@@ -63,7 +63,8 @@ def fuzzer_kernel_versions() -> Iterable[KernelVersion] | None:
     """Return the kernel versions this plugin models.
 
     Results are concatenated; the newest (highest ``order``) is the default
-    of ``--kernel``. A version may name ``based_on``: routines it does not
+    of ``--kernel``. A version may name ``based_on``: routines, version predicates
+    (``machine.version.is_``) and cited lines (``machine.version.lookup``) it does not
     define itself are taken from that version.
     """
 

@@ -119,16 +119,26 @@ class Cpu:
         """Hardware breakpoint registers (DAWR/DAWRX), as loaded."""
         self.current_brk: list[Any] = [None] * machine.nr_wp_slots
         """``current_brk``: the breakpoints the kernel intends to be installed."""
-        self.percpu: dict[str, Any] = {}
-        """Kernel per-CPU variables by name (``cpu_patching_context``)."""
-        self.ext: dict[str, Any] = {}
-        """Plugins' own per-CPU state, by plugin name."""
+        self.state: dict[str, Any] = {}
+        """Per-CPU state by name: the kernel's per-CPU variables (``cpu_patching_context``)
+        and plugins' own per-CPU objects (see :meth:`attach`)."""
         self.stack: list[Activation] = []
         self.wait: Wait | None = None
         self.idle_task = Task(pid=0, comm=f"swapper/{n}", mm=None, active_mm=None)
 
     def __repr__(self) -> str:
         return f"<CPU {self.n}>"
+
+    def attach(self, name: str, obj: Any) -> Any:
+        """Attach per-CPU state (a kernel per-CPU variable, a plugin's object) under ``name``.
+
+        The per-CPU counterpart of :meth:`Machine.attach`: what ``DEFINE_PER_CPU``
+        is to a global. Returns ``obj``; a name attached twice is an error.
+        """
+        if name in self.state:
+            raise ValueError(f"CPU {self.n} state {name!r} is attached twice")
+        self.state[name] = obj
+        return obj
 
     @property
     def current(self) -> Task:
@@ -209,6 +219,8 @@ class Machine:
         self.model = model
         self.run = model.run
         self.config = model.run.config
+        self.version = model.chain
+        """The kernel version and those it is based on (``m.version.is_("v6.1")``)."""
         self.k = model.routines
         self.nr_wp_slots = int(self.config.values.get("CONFIG_PPC_NR_DAWR", 1) or 1)
         self.max_steps = max_steps
@@ -233,6 +245,8 @@ class Machine:
         self.mm_ids = 1
         self.next_pid = 2
         self.state: dict[str, Any] = {}
+        """Machine-wide state by name: the kernel's global objects (``text_mutex``,
+        ``cpu_hotplug_lock``) and plugins' own state (see :meth:`attach`)."""
         self.log: list[str] = []
         self.failure: KernelFailure | None = None
         self.cpus = [Cpu(self, n) for n in range(model.run.cpus)]
@@ -240,7 +254,6 @@ class Machine:
         self.geometry: Geometry = self.mmu.geometry(model.run.page_shift)
         self.init_mm = MM("init_mm", 0, self.geometry, is_init=True)
         self.mms: dict[int, MM] = {0: self.init_mm}
-        self.locks: dict[str, Any] = {}
         self._step_checks = model.step_invariants
         self._end_checks = model.end_invariants
         self._observers: list[Callable[[Cpu], None]] = []
@@ -256,7 +269,11 @@ class Machine:
     # -- plugin state ------------------------------------------------------------
 
     def attach(self, name: str, obj: Any) -> Any:
-        """Attach a plugin's own state object to this machine, under ``name``."""
+        """Attach machine-wide state (a kernel global, a plugin's own object) under ``name``.
+
+        The one home for state on the machine; per-CPU state goes to
+        :meth:`Cpu.attach`. Returns ``obj``; a name attached twice is an error.
+        """
         if name in self.state:
             raise ValueError(f"machine state {name!r} is attached twice")
         self.state[name] = obj

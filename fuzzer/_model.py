@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._config import KernelVersion, RunConfig
+from fuzzer._config import KernelVersion, RunConfig, VersionChain
 from fuzzer._errors import UsageError
 from fuzzer._routines import RoutineInfo, RoutineTable, resolve
 from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
@@ -24,6 +24,9 @@ class Model:
 
     run: RunConfig
     version: KernelVersion
+    chain: VersionChain
+    """The version and those it is based on, nearest first: what every version-dependent
+    part of the model (routines, predicates, cited lines) resolves along."""
     mmu: MmuSpec
     routines: RoutineTable
     routine_infos: dict[str, RoutineInfo]
@@ -85,7 +88,8 @@ class Model:
         routines: list[tuple[str, Any]] = []
         for plugin, result in pm.call_each("fuzzer_routines", config=run):
             routines.extend((plugin, fn) for fn in result or ())
-        table, infos = resolve(run.kernel, lambda v: versions[v].based_on, routines)
+        chain = VersionChain.of(run.kernel, {name: v.based_on for name, v in versions.items()})
+        table, infos = resolve(chain, routines)
 
         def collect(hook: str) -> list[Any]:
             out: list[Any] = []
@@ -113,6 +117,7 @@ class Model:
         return cls(
             run=run,
             version=version,
+            chain=chain,
             mmu=mmu,
             routines=table,
             routine_infos=infos,

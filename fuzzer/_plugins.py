@@ -33,7 +33,7 @@ hookimpl = pluggy.HookimplMarker("fuzzer")
 def module_for(name: str) -> str:
     """The module a short plugin name stands for (``radix`` -> ``fuzzer_plugins.radix``)."""
     if name in ESSENTIAL_PLUGINS:
-        return f"fuzzer._kernel.{name}"
+        return f"fuzzer.kernel.{name}"
     if name in BUILTIN_PLUGINS:
         return f"fuzzer_plugins.{name}"
     return name

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from fuzzer._errors import Frame, UsageError
+
+if TYPE_CHECKING:
+    from fuzzer._config import VersionChain
 
 #: A modelled kernel routine: a generator function whose every ``yield`` is a
 #: point where real hardware could interleave. It is called with the CPU that
@@ -104,8 +107,7 @@ class RoutineTable:
 
 
 def resolve(
-    version: str,
-    based_on: Callable[[str], str | None],
+    chain: VersionChain,
     candidates: Iterable[tuple[str, RoutineFn]],
 ) -> tuple[RoutineTable, dict[str, RoutineInfo]]:
     """Pick, for each routine name, the definition that applies to ``version``.
@@ -121,11 +123,7 @@ def resolve(
         info = attrs.evolve(info_of(fn), plugin=plugin)
         by_name.setdefault(info.name, []).append(info)
 
-    chain: list[str] = []
-    v: str | None = version
-    while v is not None and v not in chain:
-        chain.append(v)
-        v = based_on(v)
+    version = chain.name
 
     table = RoutineTable()
     chosen: dict[str, RoutineInfo] = {}
@@ -135,9 +133,9 @@ def resolve(
         owners: dict[bool, RoutineInfo] = {}
         for info in infos:
             if info.versions is None:
-                vrank = len(chain)
+                vrank = len(chain.names)
             else:
-                hits = [i for i, c in enumerate(chain) if c in info.versions]
+                hits = [i for i, c in enumerate(chain.names) if c in info.versions]
                 if not hits:
                     continue
                 vrank = hits[0]

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
 
-from fuzzer import Operation, RunConfig, hookimpl, routine
-from fuzzer._kernel.patching import context
-from fuzzer._machine import Breakpoint
+from fuzzer import Breakpoint, Operation, RunConfig, hookimpl, routine
+from fuzzer.kernel import context
 
 if TYPE_CHECKING:
     from fuzzer import Cpu

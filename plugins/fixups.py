@@ -38,7 +38,7 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer._kernel.locking import down_read, up_read
+from fuzzer.kernel import down_read, up_read
 
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine
@@ -190,9 +190,9 @@ def bpf_arch_text_copy(cpu: Cpu, dst: int, code: tuple[int, ...]) -> Gen:
     """``bpf_arch_text_copy()`` (arch/powerpc/net/bpf_jit_comp.c, v6.12): under
     ``text_mutex``, ``patch_instructions(dst, src, len, false)``."""
     m = cpu.m
-    yield from mutex_lock(cpu, m.locks["text_mutex"])
+    yield from mutex_lock(cpu, m.state["text_mutex"])
     err = yield from cpu.k.patch_instructions(cpu, dst, code, False, len(code))
-    yield from mutex_unlock(cpu, m.locks["text_mutex"])
+    yield from mutex_unlock(cpu, m.state["text_mutex"])
     return err
 
 
@@ -200,9 +200,9 @@ def bpf_arch_text_copy(cpu: Cpu, dst: int, code: tuple[int, ...]) -> Gen:
 def bpf_arch_text_invalidate(cpu: Cpu, dst: int, nwords: int) -> Gen:
     """``bpf_arch_text_invalidate()`` (v6.12): fill with traps, ``patch_instructions(.., true)``."""
     m = cpu.m
-    yield from mutex_lock(cpu, m.locks["text_mutex"])
+    yield from mutex_lock(cpu, m.state["text_mutex"])
     err = yield from cpu.k.patch_instructions(cpu, dst, (BPF_TRAP,), True, nwords)
-    yield from mutex_unlock(cpu, m.locks["text_mutex"])
+    yield from mutex_unlock(cpu, m.state["text_mutex"])
     return err
 
 
@@ -255,23 +255,23 @@ def op_ftrace(cpu: Cpu, enable: bool) -> Gen:
     """ftrace_startup/ftrace_shutdown: under ``ftrace_lock`` and ``text_mutex``."""
     m = cpu.m
     s = m.state["fixups"]
-    yield from down_read(cpu, m.locks["cpu_hotplug_lock"])
-    yield from mutex_lock(cpu, m.locks["text_mutex"])
+    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
+    yield from mutex_lock(cpu, m.state["text_mutex"])
     if s["tracing"] != enable:
         yield from cpu.k.ftrace_replace_code(cpu, enable)
         s["tracing"] = enable
-    yield from mutex_unlock(cpu, m.locks["text_mutex"])
-    yield from up_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from mutex_unlock(cpu, m.state["text_mutex"])
+    yield from up_read(cpu, m.state["cpu_hotplug_lock"])
 
 
 def op_toggle(cpu: Cpu, enable: bool) -> Gen:
     """The debugfs write: under ``cpus_read_lock`` and the fixups mutex, patch if the state changes."""
     m = cpu.m
     s = m.state["fixups"]
-    yield from down_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, s["mutex"])
     if s["enabled"] != enable:
         yield from cpu.k.do_entry_flush_fixups(cpu, enable)
         s["enabled"] = enable
     yield from mutex_unlock(cpu, s["mutex"])
-    yield from up_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from up_read(cpu, m.state["cpu_hotplug_lock"])

@@ -25,7 +25,7 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer._kernel.locking import down_read, up_read
+from fuzzer.kernel import down_read, up_read
 
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine
@@ -83,12 +83,12 @@ def static_key_toggle(cpu: Cpu, key: int) -> Gen:
     """
     m = cpu.m
     s = m.state["jump_label"]
-    yield from down_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, s["mutex"])
     s["enabled"][key] = not s["enabled"][key]
     yield from cpu.k.arch_jump_label_transform(cpu, key, s["enabled"][key])
     yield from mutex_unlock(cpu, s["mutex"])
-    yield from up_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from up_read(cpu, m.state["cpu_hotplug_lock"])
 
 
 @routine("arch_jump_label_transform", ARCH_JUMP_LABEL_C)

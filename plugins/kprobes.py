@@ -33,7 +33,7 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer._kernel.locking import down_read, up_read
+from fuzzer.kernel import down_read, up_read
 
 if TYPE_CHECKING:
     import argparse
@@ -275,11 +275,11 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         kp.opcode = s.table[kp.addr][0].opcode
         kp.armed = s.table[kp.addr][0].armed
     else:
-        yield from down_read(cpu, m.locks["cpu_hotplug_lock"])
-        yield from mutex_lock(cpu, m.locks["text_mutex"])
+        yield from down_read(cpu, m.state["cpu_hotplug_lock"])
+        yield from mutex_lock(cpu, m.state["text_mutex"])
         ret = yield from cpu.k.arch_prepare_kprobe(cpu, kp)
-        yield from mutex_unlock(cpu, m.locks["text_mutex"])
-        yield from up_read(cpu, m.locks["cpu_hotplug_lock"])
+        yield from mutex_unlock(cpu, m.state["text_mutex"])
+        yield from up_read(cpu, m.state["cpu_hotplug_lock"])
         if ret == 0:
             s.table[kp.addr] = [kp]
             if not kp.disabled:
@@ -294,11 +294,11 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 def arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """``arm_kprobe()`` (kernel/kprobes.c): ``cpus_read_lock``, ``text_mutex``, arch_arm_kprobe."""
     m = cpu.m
-    yield from down_read(cpu, m.locks["cpu_hotplug_lock"])
-    yield from mutex_lock(cpu, m.locks["text_mutex"])
+    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
+    yield from mutex_lock(cpu, m.state["text_mutex"])
     yield from cpu.k.arch_arm_kprobe(cpu, kp)
-    yield from mutex_unlock(cpu, m.locks["text_mutex"])
-    yield from up_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from mutex_unlock(cpu, m.state["text_mutex"])
+    yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     return 0
 
 
@@ -306,11 +306,11 @@ def arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """``disarm_kprobe()`` (kernel/kprobes.c): as arm_kprobe, with arch_disarm_kprobe."""
     m = cpu.m
-    yield from down_read(cpu, m.locks["cpu_hotplug_lock"])
-    yield from mutex_lock(cpu, m.locks["text_mutex"])
+    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
+    yield from mutex_lock(cpu, m.state["text_mutex"])
     yield from cpu.k.arch_disarm_kprobe(cpu, kp)
-    yield from mutex_unlock(cpu, m.locks["text_mutex"])
-    yield from up_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from mutex_unlock(cpu, m.state["text_mutex"])
+    yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     return 0
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fuzzer import Breakpoint, HardwareViolation, Step
-from fuzzer._kernel.patching import context
 from fuzzer._machine import Machine
+from fuzzer.kernel.patching import context
 from fuzzer_plugins.breakpoints import validate
 
 from modelkit import boot_steps, make_model, replay

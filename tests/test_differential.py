@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
 from fuzzer import KernelFailure
-from fuzzer._kernel.patching import context
 from fuzzer._machine import USER_MEMORY_START, Machine
+from fuzzer.kernel.patching import context
 
 from modelkit import make_model
 

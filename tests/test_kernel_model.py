@@ -9,7 +9,7 @@ import pytest
 
 from fuzzer import PAGE_OFFSET, Step
 from fuzzer._cli import main
-from fuzzer._kernel.patching import context
+from fuzzer.kernel.patching import context
 from fuzzer_plugins.kprobes import BREAKPOINT_INSTRUCTION, SYMBOLS, kstate, site_addr
 
 from modelkit import boot_steps, make_model, replay, search

@@ -53,7 +53,7 @@ def test_builtins_load_in_order_with_origins(cli):
     assert list(plugins) == [*ESSENTIAL, *BUILTIN]
     for name in ESSENTIAL:
         assert plugins[name][0].startswith("essential"), plugins[name]
-        assert plugins[name][1].endswith(f"_kernel/{name}.py")
+        assert plugins[name][1].endswith((f"kernel/{name}.py", f"kernel/{name}/__init__.py"))
     for name in BUILTIN:
         assert plugins[name][0] == "built-in", plugins[name]
         assert plugins[name][1].endswith(f"{name}.py")

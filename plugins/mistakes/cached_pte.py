@@ -15,7 +15,7 @@ from collections.abc import Generator
 from typing import Any
 
 from fuzzer import PAGE_KERNEL, Cpu, Pte, RunConfig, hookimpl, routine
-from fuzzer._kernel.patching import CP, _random_patching_addr, context, get_patch_pfn
+from fuzzer.kernel import CP, context, get_patch_pfn, random_patching_addr
 
 V612 = ("v6.12",)
 
@@ -25,7 +25,7 @@ def text_area_cpu_up_mm(cpu: Cpu) -> Generator[Any, None, Any]:
     """v6.12's text_area_cpu_up_mm, caching the PTE pointer as c28c15b6d28a did."""
     k = cpu.k
     mm = yield from k.mm_alloc(cpu)
-    addr = _random_patching_addr(cpu)
+    addr = random_patching_addr(cpu)
     pte, ptl = yield from k.__get_locked_pte(cpu, mm, addr)
     yield from k.pte_unmap_unlock(cpu, pte, ptl)
     ctx = context(cpu)

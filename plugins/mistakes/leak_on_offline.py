@@ -11,7 +11,7 @@ from collections.abc import Generator
 from typing import Any
 
 from fuzzer import Cpu, RunConfig, hookimpl, routine
-from fuzzer._kernel.patching import CP, context
+from fuzzer.kernel import CP, context
 
 
 @routine("text_area_cpu_down_mm", CP, versions=("v6.2",), override=True)

@@ -10,7 +10,7 @@ from collections.abc import Generator
 from typing import Any
 
 from fuzzer import PAGE_KERNEL, Cpu, Pte, RunConfig, hookimpl, routine
-from fuzzer._kernel.patching import CP, context, get_patch_pfn
+from fuzzer.kernel import CP, context, get_patch_pfn
 
 
 @routine("__do_patch_instruction_mm", CP, versions=("v6.2",), override=True, inlined=True)

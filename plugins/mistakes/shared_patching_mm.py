@@ -12,7 +12,7 @@ from collections.abc import Generator
 from typing import Any
 
 from fuzzer import Cpu, RunConfig, hookimpl, routine
-from fuzzer._kernel.patching import CP, _random_patching_addr, context
+from fuzzer.kernel import CP, context, random_patching_addr
 
 
 @routine("text_area_cpu_up_mm", CP, versions=("v6.2",), override=True)
@@ -22,7 +22,7 @@ def text_area_cpu_up_mm(cpu: Cpu) -> Generator[Any, None, Any]:
     shared = cpu.m.state.get("shared_patching")
     if shared is None:
         mm = yield from k.mm_alloc(cpu)
-        addr = _random_patching_addr(cpu)
+        addr = random_patching_addr(cpu)
         pte, ptl = yield from k.__get_locked_pte(cpu, mm, addr)
         yield from k.pte_unmap_unlock(cpu, pte, ptl)
         shared = cpu.m.state["shared_patching"] = (mm, addr)

@@ -10,7 +10,7 @@ from collections.abc import Generator
 from typing import Any
 
 from fuzzer import MM, Cpu, RunConfig, hookimpl, lockdep_assert_irqs_disabled, routine
-from fuzzer._kernel.patching import CP
+from fuzzer.kernel import CP
 
 
 @routine("stop_using_temp_mm", CP, versions=("v6.2",), override=True, inlined=True)

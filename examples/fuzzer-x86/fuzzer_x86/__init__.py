@@ -174,7 +174,7 @@ class X86Mmu(Mmu):
 
     def switch_context(self, cpu: Cpu, mm: MM) -> None:
         # Outside any routine (boot, CPU bring-up): what switch_mm_irqs_off leaves behind.
-        load_mm(cpu, mm, lazy_cpumask=cpu.m.run.kernel in LAZY_CPUMASK)
+        load_mm(cpu, mm, lazy_cpumask=cpu.m.version.is_(*LAZY_CPUMASK))
 
     def context_switch(self, cpu: Cpu, task: Task) -> None:
         """``context_switch()``: a process gets its mm (``switch_mm_irqs_off``); a kernel
@@ -211,7 +211,7 @@ class X86Mmu(Mmu):
         # A dead CPU loses its TLB and registers; perf_event_exit_cpu removed its events.
         cpu.tlb.clear()
         cpu.hw = X86Cpu()
-        cpu.percpu["cpu_dr7"] = 0
+        cpu.state["cpu_dr7"] = 0
 
     def translations_of(self, cpu: Cpu, mm: MM, va: int) -> bool:
         for asid, (ctx, _) in enumerate(cpu.hw.ctxs):
@@ -373,7 +373,7 @@ def _poking_private(m: Machine) -> str | None:
 
 def _dr7_restored(m: Machine) -> str | None:
     for cpu in m.cpus:
-        want = cpu.percpu.get("cpu_dr7", 0)
+        want = cpu.state.get("cpu_dr7", 0)
         if cpu.online and cpu.hw.dr7 != want:
             return f"CPU {cpu.n} finished with DR7={cpu.hw.dr7:#x}, cpu_dr7={want:#x}"
     return None
@@ -397,7 +397,7 @@ def op_syscall(cpu: Cpu) -> Gen:
 
 
 def op_text_poke(cpu: Cpu, site: int, jump: bool) -> Gen:
-    lock = cpu.m.locks["text_mutex"]
+    lock = cpu.m.state["text_mutex"]
     yield from fuzzer.mutex_lock(cpu, lock)
     yield from cpu.k.text_poke(cpu, SITES[site], JMP if jump else NOP4)
     yield from fuzzer.mutex_unlock(cpu, lock)
@@ -443,8 +443,8 @@ def arch_install_hw_breakpoint(cpu: Cpu, enable: bool) -> Gen:
     """
     flags = cpu.local_irq_save()
     yield
-    dr7 = (cpu.percpu.get("cpu_dr7", 0) | 0x2) if enable else (cpu.percpu.get("cpu_dr7", 0) & ~0x3)
-    cpu.percpu["cpu_dr7"] = dr7
+    dr7 = (cpu.state.get("cpu_dr7", 0) | 0x2) if enable else (cpu.state.get("cpu_dr7", 0) & ~0x3)
+    cpu.state["cpu_dr7"] = dr7
     cpu.hw.dr7 = dr7
     cpu.local_irq_restore(flags)
     yield
@@ -461,12 +461,12 @@ def hw_breakpoint_disable(cpu: Cpu) -> Gen:
 def hw_breakpoint_restore(cpu: Cpu) -> Gen:
     """``hw_breakpoint_restore()`` (hw_breakpoint.c): reload DR0-3, then DR7 from ``cpu_dr7``."""
     yield
-    cpu.hw.dr7 = cpu.percpu.get("cpu_dr7", 0)
+    cpu.hw.dr7 = cpu.state.get("cpu_dr7", 0)
 
 
 def hw_breakpoint_active(cpu: Cpu) -> bool:
     """``hw_breakpoint_active()`` (asm/debugreg.h): ``cpu_dr7 & DR_GLOBAL_ENABLE_MASK``."""
-    return bool(cpu.percpu.get("cpu_dr7", 0) & DR7_ENABLE_MASK)
+    return bool(cpu.state.get("cpu_dr7", 0) & DR7_ENABLE_MASK)
 
 
 # ---------------------------------------------------------------------------
@@ -503,7 +503,7 @@ def poking_init(cpu: Cpu) -> Gen:
 def text_poke(cpu: Cpu, addr: int, opcode: int) -> Gen:
     """``text_poke()`` (alternative.c:2208 in 6.12): ``lockdep_assert_held(&text_mutex)``,
     then ``__text_poke(text_poke_memcpy, ...)``."""
-    lock = cpu.m.locks["text_mutex"]
+    lock = cpu.m.state["text_mutex"]
     if lock.owner is not cpu.current:
         raise KernelWarning(f"{ALTERNATIVE_C}:2210", detail="lockdep_assert_held(&text_mutex)")
     return (yield from cpu.k.__text_poke(cpu, addr, opcode))
@@ -746,11 +746,11 @@ def flush_tlb_func(cpu: Cpu, info: FlushInfo) -> Gen:
     local = cpu.n == info.initiating_cpu
     yield
     if cpu.loaded_mm is not mm:
-        if not local and cpu.m.run.kernel in LAZY_CPUMASK:
+        if not local and cpu.m.version.is_(*LAZY_CPUMASK):
             mm.cpumask.discard(cpu.n)
         return
     if cpu.hw.is_lazy:
-        load_mm(cpu, cpu.m.init_mm, lazy_cpumask=cpu.m.run.kernel in LAZY_CPUMASK)
+        load_mm(cpu, cpu.m.init_mm, lazy_cpumask=cpu.m.version.is_(*LAZY_CPUMASK))
         return
     hw: X86Cpu = cpu.hw
     local_tlb_gen = hw.ctxs[hw.asid][1]

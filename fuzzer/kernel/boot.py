@@ -6,10 +6,11 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from fuzzer._config import ConfigOption, KernelVersion, RunConfig
-from fuzzer._kernel.locking import Mutex, RwSem
+from fuzzer._mm import SpinLock
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import InterruptSource, Invariant
+from fuzzer.kernel.locking import Mutex, RwSem
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine
@@ -64,8 +65,8 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 
 @hookimpl
 def fuzzer_machine_setup(machine: Machine) -> None:
-    machine.locks["text_mutex"] = Mutex("text_mutex")
-    machine.locks["cpu_hotplug_lock"] = RwSem("cpu_hotplug_lock")
+    machine.attach("text_mutex", Mutex("text_mutex"))
+    machine.attach("cpu_hotplug_lock", RwSem("cpu_hotplug_lock"))
     for cpu in machine.cpus:
         cpu.irqs_enabled = False
 
@@ -88,11 +89,14 @@ def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
 
 
 def _locks_released(m: Machine) -> str | None:
-    for name, lock in m.locks.items():
+    for name, lock in m.state.items():
+        if not isinstance(lock, Mutex | RwSem | SpinLock):
+            continue
         if getattr(lock, "owner", None) is not None or getattr(lock, "writer", None) is not None:
             return f"{name} still held: {lock!r}"
-        if getattr(lock, "readers", 0):
-            return f"{name} still held by {lock.readers} readers"
+        readers = getattr(lock, "readers", 0)
+        if readers:
+            return f"{name} still held by {readers} readers"
     for mm in m.mms.values():
         for page in mm.pte_pages():
             if page.ptl.owner is not None:

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from fuzzer._config import RunConfig
 from fuzzer._errors import ModelLimitation
-from fuzzer._kernel.locking import down_read, down_write, up_read, up_write
 from fuzzer._machine import CpuhpState
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import Invariant
+from fuzzer.kernel.locking import down_read, down_write, up_read, up_write
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine
@@ -50,7 +50,7 @@ def cpuhp_setup_state(cpu: Cpu, name: str, startup: Callback | None, teardown: C
     CPU online, the caller.
     """
     m = cpu.m
-    yield from down_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     online = [c for c in m.cpus if c.online]
     if online != [cpu]:
         raise ModelLimitation(
@@ -72,7 +72,7 @@ def cpuhp_setup_state(cpu: Cpu, name: str, startup: Callback | None, teardown: C
     else:
         m.cpuhp_states.append(state)
         ret = CPUHP_AP_ONLINE_DYN + len(m.cpuhp_states) - 1
-    yield from up_read(cpu, m.locks["cpu_hotplug_lock"])
+    yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     return ret
 
 
@@ -86,7 +86,7 @@ def cpuhp_bringup_ap(cpu: Cpu) -> Gen:
     already run back and leaves the CPU offline.
     """
     m = cpu.m
-    lock = m.locks["cpu_hotplug_lock"]
+    lock = m.state["cpu_hotplug_lock"]
     # The model runs the control side's cpus_write_lock in the AP's own
     # activation; the hotplug thread it stands for runs with IRQs on.
     cpu.irqs_enabled = True
@@ -120,7 +120,7 @@ def cpuhp_teardown_ap(cpu: Cpu) -> Gen:
     under ``cpus_write_lock``; then the CPU dies and its TLB is gone.
     """
     m = cpu.m
-    lock = m.locks["cpu_hotplug_lock"]
+    lock = m.state["cpu_hotplug_lock"]
     yield from down_write(cpu, lock)
     for state in reversed(m.cpuhp_states):
         if state.teardown is not None:

@@ -14,10 +14,10 @@ import attrs
 
 from fuzzer._config import RunConfig
 from fuzzer._errors import KernelBug, KernelWarning
-from fuzzer._kernel.locking import might_sleep, spin_lock, spin_unlock
 from fuzzer._mm import MM, Pte, PtePage, PtePtr, SpinLock, Table
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
+from fuzzer.kernel.locking import might_sleep, spin_lock, spin_unlock
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu

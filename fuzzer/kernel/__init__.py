@@ -1,0 +1,103 @@
+"""The modelled kernel core, shared by every MMU: a public package for plugin authors.
+
+Its modules are also the essential plugins of every run (``boot``, ``cpuhp``,
+``mm``, ``patching``: they cannot be blocked with ``-p no:``). A plugin that
+models more kernel code, or injects a suspected bug into a routine, builds
+on the names exported here:
+
+* the locking primitives (spinlocks, mutexes, rwsems with lockdep- and
+  might_sleep-style checks): :func:`spin_lock`, :func:`mutex_lock`,
+  :func:`down_read` and their unlocks, :class:`Mutex`, :class:`RwSem`,
+  :func:`might_sleep`, :func:`lockdep_assert_irqs_disabled`;
+* the generic mm code: :func:`pte_alloc`, :class:`VmArea`;
+* code patching: the per-CPU :class:`PatchingContext` (:func:`context`),
+  :func:`get_patch_pfn`, :func:`random_patching_addr`, :func:`mm_patch_enabled`,
+  :func:`instr_words`, the version tuples (``V61``, ``NEXT``, ``V62``,
+  ``V612``, ``TEMP_MM``, ``SINCE_TEMP_MM``), the cited files (``CP``,
+  ``PROCESS_C``) and :func:`line` (a cited line at the running version);
+* :data:`Gen`, the type of a modelled routine (a generator function declared
+  with :func:`fuzzer.routine`; every ``yield`` is a point where hardware could
+  interleave).
+
+Kernel state lives on the machine and its CPUs: ``machine.state[name]`` for
+globals (``text_mutex``, ``cpu_hotplug_lock``), ``cpu.state[name]`` for per-CPU
+variables (``cpu_patching_context``); a plugin attaches its own with
+``machine.attach(name, obj)`` and ``cpu.attach(name, obj)``.
+"""
+
+from fuzzer.kernel.locking import (
+    Mutex,
+    RwSem,
+    down_read,
+    down_write,
+    lockdep_assert_irqs_disabled,
+    might_sleep,
+    mutex_lock,
+    mutex_unlock,
+    spin_lock,
+    spin_unlock,
+    up_read,
+    up_write,
+)
+from fuzzer.kernel.mm import VmArea, pte_alloc
+from fuzzer.kernel.patching import (
+    CP,
+    EINVAL,
+    ENOMEM,
+    EPERM,
+    NEXT,
+    PROCESS_C,
+    SINCE_TEMP_MM,
+    TEMP_MM,
+    V61,
+    V62,
+    V612,
+    Gen,
+    PatchingContext,
+    context,
+    default_map_window,
+    get_patch_pfn,
+    instr_words,
+    is_prefixed,
+    line,
+    mm_patch_enabled,
+    random_patching_addr,
+)
+
+__all__ = [
+    "CP",
+    "EINVAL",
+    "ENOMEM",
+    "EPERM",
+    "NEXT",
+    "PROCESS_C",
+    "SINCE_TEMP_MM",
+    "TEMP_MM",
+    "V61",
+    "V62",
+    "V612",
+    "Gen",
+    "Mutex",
+    "PatchingContext",
+    "RwSem",
+    "VmArea",
+    "context",
+    "default_map_window",
+    "down_read",
+    "down_write",
+    "get_patch_pfn",
+    "instr_words",
+    "is_prefixed",
+    "line",
+    "lockdep_assert_irqs_disabled",
+    "might_sleep",
+    "mm_patch_enabled",
+    "mutex_lock",
+    "mutex_unlock",
+    "pte_alloc",
+    "random_patching_addr",
+    "spin_lock",
+    "spin_unlock",
+    "up_read",
+    "up_write",
+]
