@@ -1,6 +1,8 @@
 """A plugin-based, Hypothesis-driven fuzzer for powerpc kernel logic."""
 
+from fuzzer._args import ArgType, Boolean, Choice, Constant, IntRange
 from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig
+from fuzzer._engine.records import ExitCode, Finding, Outcome, Status
 from fuzzer._errors import (
     Deadlock,
     EndStateViolation,
@@ -18,6 +20,7 @@ from fuzzer._errors import (
     Signature,
     UsageError,
 )
+from fuzzer._known import KnownFinding
 from fuzzer._machine import Breakpoint, Cpu, Machine, Task
 from fuzzer._mm import (
     MM,
@@ -33,6 +36,7 @@ from fuzzer._mm import (
 )
 from fuzzer._mmu import KERNEL_TEXT_END, PAGE_OFFSET, VMALLOC_END, VMALLOC_START, Mmu, check_access
 from fuzzer._model import Model
+from fuzzer._options import OptionGroup
 from fuzzer._plugins import (
     AUTOLOAD_ENV,
     BUILTIN_PLUGINS,
@@ -42,7 +46,7 @@ from fuzzer._plugins import (
 )
 from fuzzer._routines import routine
 from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
-from fuzzer._steps import Step
+from fuzzer._steps import Step, StepAction
 from fuzzer.kernel.locking import (
     Mutex,
     RwSem,
@@ -66,16 +70,23 @@ __all__ = [
     "PAGE_OFFSET",
     "VMALLOC_END",
     "VMALLOC_START",
+    "ArgType",
+    "Boolean",
     "Breakpoint",
+    "Choice",
     "ConfigOption",
+    "Constant",
     "Cpu",
     "Deadlock",
     "EndStateViolation",
+    "ExitCode",
+    "Finding",
     "Frame",
     "FuzzerPluginManager",
     "Geometry",
     "HardwareViolation",
     "Initcall",
+    "IntRange",
     "InterruptSource",
     "Invariant",
     "InvariantViolation",
@@ -84,6 +95,7 @@ __all__ = [
     "KernelFailure",
     "KernelVersion",
     "KernelWarning",
+    "KnownFinding",
     "Livelock",
     "LockdepSplat",
     "Machine",
@@ -94,6 +106,8 @@ __all__ = [
     "ModelLimitation",
     "Mutex",
     "Operation",
+    "OptionGroup",
+    "Outcome",
     "PluginError",
     "Prot",
     "Pte",
@@ -103,7 +117,9 @@ __all__ = [
     "RwSem",
     "Signature",
     "SpinLock",
+    "Status",
     "Step",
+    "StepAction",
     "Table",
     "Task",
     "UsageError",

@@ -40,12 +40,15 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._errors import KernelFailure, Signature, UsageError
+from fuzzer._errors import Signature, UsageError
 from fuzzer._steps import Step, StepFormatError
+
+if TYPE_CHECKING:
+    from fuzzer._engine.records import Finding
 
 #: The corpus format version this fuzzer writes and reads.
 SCHEMA = 1
@@ -107,7 +110,7 @@ class Entry:
         plugins: Sequence[str],
         config: Mapping[str, bool | int | str],
         options: Mapping[str, Any],
-        failure: KernelFailure | None,
+        failure: Finding | None,
         steps: Sequence[Step],
         title: str = "",
     ) -> Entry:

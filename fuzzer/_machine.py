@@ -30,7 +30,7 @@ from fuzzer._errors import (
 from fuzzer._mm import MM, Geometry, Prot, Pte, PtePage, SpinLock, Table
 from fuzzer._mmu import KERNEL_TEXT_END, MEMORY_SIZE, PAGE_OFFSET, VMALLOC_END, VMALLOC_START
 from fuzzer._routines import frame_of_code
-from fuzzer._steps import ACTIONS, Step
+from fuzzer._steps import Step
 
 if TYPE_CHECKING:
     from fuzzer._mmu import Mmu
@@ -258,13 +258,8 @@ class Machine:
         self._end_checks = model.end_invariants
         self._observers: list[Callable[[Cpu], None]] = []
         self._entry_hooks: list[Callable[[Cpu], None]] = []
-        for plugin, setup in model.machine_setups:
-            try:
-                setup(machine=self)
-            except KernelFailure:
-                raise
-            except Exception as exc:
-                raise PluginError(plugin, "hook fuzzer_machine_setup", exc) from exc
+        if model.machine_setup is not None:
+            model.machine_setup(self)  # through pluggy; a raising plugin is blamed by name
 
     # -- plugin state ------------------------------------------------------------
 
@@ -595,30 +590,7 @@ class Machine:
             busy[0],
         )
 
-    # -- applying steps ------------------------------------------------------------------
-
-    def apply(self, step: Step) -> None:
-        """Apply one recorded step (replay)."""
-        if step.action == "boot":
-            self.boot(step.seed)
-        elif step.action == "online":
-            self.cpu_up(self._cpu(step))
-        elif step.action == "offline":
-            self.cpu_down(self._cpu(step))
-        elif step.action == "start":
-            self.start(self._cpu(step), self.model.operation(step.name), dict(step.args))
-        elif step.action == "irq":
-            self.interrupt(self._cpu(step), self.model.interrupt(step.name))
-        elif step.action == "run":
-            self._record_run(list(step.cpus))
-            self.run_cpus(step.cpus)
-        else:
-            raise ValueError(f"unknown step action {step.action!r}; known: {', '.join(ACTIONS)}")
-
-    def _cpu(self, step: Step) -> Cpu:
-        if step.cpu is None or not 0 <= step.cpu < len(self.cpus):
-            raise ValueError(f"step {step.action} names CPU {step.cpu}, machine has {len(self.cpus)}")
-        return self.cpus[step.cpu]
+    # -- steps (fuzzer._engine.replay.apply_step applies a recorded one) --------------
 
     def boot(self, seed: int) -> None:
         """Boot CPU 0 (``start_kernel`` to the end of initcalls); only CPU 0 is online."""

@@ -20,8 +20,8 @@ import json
 import os
 from typing import Any, TextIO
 
+from fuzzer._engine.records import StatsSnapshot
 from fuzzer._errors import UsageError
-from fuzzer._statemachine import Stats
 
 #: Seconds between two samples (the last one is always taken).
 INTERVAL = 1.0
@@ -40,7 +40,7 @@ def check_plot_path(path: str) -> None:
 
 
 class StatsLog:
-    """Samples a campaign's :class:`Stats` over time; writes them as JSON lines as they come."""
+    """Samples a campaign's statistics over time; writes them as JSON lines as they come."""
 
     def __init__(self, path: str | None, routines_total: int) -> None:
         self.samples: list[dict[str, Any]] = []
@@ -48,7 +48,7 @@ class StatsLog:
         self.last = -INTERVAL
         self.stream: TextIO | None = open(path, "w", encoding="utf-8") if path else None  # noqa: SIM115
 
-    def sample(self, stats: Stats, elapsed: float, *, final: bool = False) -> None:
+    def sample(self, stats: StatsSnapshot, elapsed: float, *, final: bool = False) -> None:
         if not final and elapsed - self.last < INTERVAL:
             return
         self.last = elapsed

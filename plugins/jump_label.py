@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from hypothesis import strategies as st
-
 from fuzzer import (
     PAGE_OFFSET,
+    IntRange,
     InvariantViolation,
     Mutex,
     Operation,
@@ -65,7 +64,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    keys = st.integers(0, NSITES - 1)
+    keys = IntRange(0, NSITES - 1)
     return [
         Operation("jump_label.toggle", op_toggle, {"key": keys},
                   doc="static_key_enable()/disable(): patch a branch or a nop", comm="sysctl"),

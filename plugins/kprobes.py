@@ -12,12 +12,12 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from hypothesis import strategies as st
 
 from fuzzer import (
     PAGE_KERNEL,
     PAGE_KERNEL_ROX,
     PAGE_OFFSET,
+    Choice,
     Initcall,
     InvariantViolation,
     KernelFailure,
@@ -36,9 +36,7 @@ from fuzzer import (
 from fuzzer.kernel import down_read, up_read
 
 if TYPE_CHECKING:
-    import argparse
-
-    from fuzzer import Cpu, Machine
+    from fuzzer import Cpu, Machine, OptionGroup
 
 #: Only runs of this architecture call this plugin's hooks (see fuzzer._hookspec).
 FUZZER_ARCH = "powerpc"
@@ -144,8 +142,8 @@ def kstate(m: Machine) -> KprobesState:
 
 
 @hookimpl
-def fuzzer_addoption(parser: argparse._ArgumentGroup) -> None:
-    parser.add_argument(
+def fuzzer_addoption(parser: OptionGroup) -> None:
+    parser.addoption(
         "--kprobe-sites",
         metavar="LIST",
         default=None,
@@ -208,7 +206,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    sites = st.sampled_from(_sites(config))
+    sites = Choice(_sites(config))
     return [
         Operation("kprobes.register", op_register, {"site": sites},
                   doc="register_kprobe() on a text site (armed at once)", comm="perf"),
