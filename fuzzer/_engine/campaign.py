@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
 from fuzzer._engine.hypothesis import HypothesisEngine
-from fuzzer._engine.records import Finding, Outcome, Stats, Status
+from fuzzer._engine.records import Caught, Finding, Outcome, Stats, Status
 from fuzzer._engine.replay import replay
 from fuzzer._engine.search import Engine, Events, Search
 from fuzzer._engine.shrink import Shrinker
@@ -65,28 +65,33 @@ def run_campaign(
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
-    events = events if events is not None else Events()
-    started = time.monotonic()
+    if isinstance(database, str):
+        database = DirectoryBasedExampleDatabase(database)
+    search = Search(model=model, stats=Stats(), seed=seed, max_examples=max_examples,
+                    time_budget=time_budget, database=database, guide=guide, shrink=shrink,
+                    should_stop=should_stop, known=frozenset(known),
+                    events=events if events is not None else Events())
+    return _run(ENGINES[engine], search)
+
+
+def _run(engine: Engine, search: Search) -> Outcome:
+    """Search, then shrink and verify what was found; Ctrl-C keeps what there is."""
+    stats, events, started = search.stats, search.events, search.started
     first: dict[str, float] = {}
 
-    def first_failure(caught: object) -> None:
+    def first_failure(caught: Caught) -> None:
         first.setdefault("time", time.monotonic() - started)
         first.setdefault("example", stats.examples + 1)  # noted before the example is counted
         if events.failure_found is not None:
-            events.failure_found(caught)  # type: ignore[arg-type]
+            events.failure_found(caught)
 
-    stats = Stats(on_first_failure=first_failure)
-    if isinstance(database, str):
-        database = DirectoryBasedExampleDatabase(database)
-    search = Search(model=model, stats=stats, seed=seed, max_examples=max_examples,
-                    time_budget=time_budget, started=started, database=database, guide=guide,
-                    shrink=shrink, should_stop=should_stop, known=frozenset(known), events=events)
+    stats.on_first_failure = first_failure
     shrinker: Shrinker | None = None
     try:
-        found = ENGINES[engine].search(search)
-        if isinstance(found, Finding) and shrink:
-            shrinker = Shrinker(model, found.steps, found.signature,
-                                deadline=time.monotonic() + SHRINK_BUDGET, seed=seed)
+        found = engine.search(search)
+        if isinstance(found, Finding) and search.shrink:
+            shrinker = Shrinker(search.model, found.steps, found.signature,
+                                deadline=time.monotonic() + SHRINK_BUDGET, seed=search.seed)
             shrinker.shrink()
     except KeyboardInterrupt:
         return _interrupted(search, shrinker, first)
