@@ -327,9 +327,7 @@ def cmd_replay(pm: FuzzerPluginManager, paths_given: Sequence[str], *, kernel: s
                expect_clean: bool, plugins: Sequence[str], out: TextIO, err: TextIO) -> int:
     started = time.monotonic()
     if kernel is not None:
-        versions = [v.name for v in pm.kernel_versions()]
-        if kernel not in versions:
-            raise UsageError(f"unknown kernel version {kernel!r}; choose from: {', '.join(versions)}")
+        pm.check_kernel(kernel)
     paths = find(paths_given)
     if not paths:
         raise UsageError(f"no corpus entries (*.json) in {', '.join(paths_given)}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pluggy
 
-from fuzzer import _hookspec
+import fuzzer._hookspec as _hookspec
 from fuzzer._config import ConfigOption, KernelVersion, RunConfig
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, UsageError
 from fuzzer._known import KnownFinding, known_for
@@ -317,6 +317,13 @@ class FuzzerPluginManager(pluggy.PluginManager):
         if mmu not in mmus:
             raise UsageError(f"unknown MMU {mmu!r}; loaded MMU plugins: {', '.join(sorted(mmus)) or 'none'}")
         return mmus[mmu].arch
+
+    def check_kernel(self, kernel: str) -> None:
+        """A usage error naming the choices unless ``kernel`` is a loaded version (any
+        architecture; :meth:`resolve_kernel` checks it against an MMU)."""
+        versions = [v.name for v in self.kernel_versions()]
+        if kernel not in versions:
+            raise UsageError(f"unknown kernel version {kernel!r}; choose from: {', '.join(versions)}")
 
     def resolve_kernel(self, kernel: str | None, mmu: str) -> str:
         """The ``--kernel`` for ``--mmu``: the newest version of the MMU's architecture when

@@ -70,12 +70,11 @@ def entry_settings(pm: FuzzerPluginManager, entry: Entry, *, kernel: str | None 
     """The settings an entry's configuration gives (through :func:`build_settings`, so every
     check runs); a field that does not fit the loaded plugins is a :class:`CorpusError`."""
     file = entry.path or entry.title
-    versions = [v.name for v in pm.kernel_versions()]
     kernel = kernel or entry.kernel
-    if kernel not in versions:
-        field = "kernel" if kernel == entry.kernel else "--kernel"
-        raise CorpusError(file, field,
-                          f"unknown kernel version {kernel!r}; choose from: {', '.join(versions)}")
+    try:
+        pm.check_kernel(kernel)
+    except UsageError as exc:
+        raise CorpusError(file, "kernel" if kernel == entry.kernel else "--kernel", str(exc)) from None
     mmus = pm.mmus()
     if entry.mmu not in mmus:
         raise CorpusError(file, "mmu", f"unknown MMU {entry.mmu!r}; loaded MMU plugins:"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fuzzer._engine.records import Finding
 from fuzzer._model import Model
 from fuzzer._steps import Step
+
+if TYPE_CHECKING:
+    from fuzzer._engine.records import Finding
 
 CUT = "------------[ cut here ]------------"
 
