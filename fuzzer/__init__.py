@@ -1,6 +1,6 @@
 """A plugin-based, Hypothesis-driven fuzzer for powerpc kernel logic."""
 
-from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig
+from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig, VersionChain
 from fuzzer._errors import (
     Deadlock,
     EndStateViolation,
@@ -41,7 +41,7 @@ from fuzzer._plugins import (
     hookimpl,
 )
 from fuzzer._routines import routine
-from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
+from fuzzer._specs import BOOK3S64, AddressLayout, Initcall, InterruptSource, Invariant, MmuSpec, Operation
 from fuzzer._steps import Step
 from fuzzer.kernel.locking import (
     Mutex,
@@ -57,6 +57,7 @@ from fuzzer.kernel.mm import pte_alloc
 
 __all__ = [
     "AUTOLOAD_ENV",
+    "BOOK3S64",
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
     "KERNEL_TEXT_END",
@@ -66,6 +67,7 @@ __all__ = [
     "PAGE_OFFSET",
     "VMALLOC_END",
     "VMALLOC_START",
+    "AddressLayout",
     "Breakpoint",
     "ConfigOption",
     "Cpu",
@@ -107,6 +109,7 @@ __all__ = [
     "Table",
     "Task",
     "UsageError",
+    "VersionChain",
     "check_access",
     "hookimpl",
     "lockdep_assert_irqs_disabled",
