@@ -18,6 +18,7 @@ from fuzzer._errors import (
     Signature,
     UsageError,
 )
+from fuzzer._export import Action as ExportAction
 from fuzzer._machine import Breakpoint, Cpu, Machine, Task
 from fuzzer._mm import (
     MM,
@@ -73,6 +74,7 @@ __all__ = [
     "Cpu",
     "Deadlock",
     "EndStateViolation",
+    "ExportAction",
     "Frame",
     "FuzzerPluginManager",
     "Geometry",

@@ -31,6 +31,7 @@ from fuzzer._coverage import DEFAULT_DIR as DEFAULT_COVERAGE_DIR
 from fuzzer._coverage import CoverageSession, CoverageSummary, measured_files
 from fuzzer._database import check_spec, is_redis, open_database
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, Signature, UsageError
+from fuzzer._export import FORMATS, write_export
 from fuzzer._model import Model
 from fuzzer._plugins import AUTOLOAD_ENV, FuzzerPluginManager
 from fuzzer._report import failure_json, format_failure, write_json
@@ -191,6 +192,13 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
     plugins = sub.add_parser("plugins", help="list loaded plugins, their origin and hooks")
     plugins.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                          help=plugin_help)
+    exp = sub.add_parser("export", help="turn a reproduction into a program for a real kernel")
+    exp.add_argument("repro", metavar="REPRO", help="a corpus entry or a --report-json report")
+    exp.add_argument("--format", dest="fmt", choices=FORMATS, default=FORMATS[0],
+                     help="init-c: a static init against the kernel's nolibc; shell: a script for a"
+                     f" machine with a userland (default: {FORMATS[0]})")
+    exp.add_argument("--out", metavar="DIR", default=".", help="directory to write it to (default: .)")
+    exp.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME", help=plugin_help)
     return parser
 
 
@@ -646,6 +654,18 @@ def cmd_replay(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, e
     return code
 
 
+def cmd_export(pm: FuzzerPluginManager, repro: str, fmt: str, directory: str, out: TextIO) -> int:
+    """``export``: write the program, say where, and what it checks."""
+    path = write_export(repro, fmt, directory,
+                        lambda name, args: pm.hook.fuzzer_export_operation(name=name, args=args))
+    out.write(f"wrote {path} ({fmt})\n")
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.lstrip("#/* ").rstrip()
+        if text.startswith(("expect:", "verdict:")):
+            out.write(f"  {text}\n")
+    return EXIT_OK
+
+
 def _underline(text: str) -> str:
     width = 78
     pad = max(width - len(text) - 2, 4)
@@ -665,12 +685,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         parser = build_parser(pm)
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("a command is required: run, replay or plugins (see --help)")
+            raise UsageError("a command is required: run, replay, export or plugins (see --help)")
         if args.command == "plugins":
             return cmd_plugins(pm, out)
         if args.command == "replay":
             args.plugins = requested  # global and subcommand -p alike
             return cmd_replay(pm, args, out, err)
+        if args.command == "export":
+            return cmd_export(pm, args.repro, args.fmt, args.out, out)
         return cmd_run(pm, args, out, err, plugins=requested)
     except UsageError as exc:
         err.write(f"ERROR: {exc}\n")
