@@ -1,7 +1,7 @@
 """A plugin-based, Hypothesis-driven fuzzer for powerpc kernel logic."""
 
 from fuzzer._args import ArgType, Boolean, Choice, Constant, IntRange
-from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig
+from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig, VersionChain
 from fuzzer._engine.records import ExitCode, Finding, Outcome, Status
 from fuzzer._errors import (
     Deadlock,
@@ -20,6 +20,7 @@ from fuzzer._errors import (
     Signature,
     UsageError,
 )
+from fuzzer._export import Action as ExportAction
 from fuzzer._known import KnownFinding
 from fuzzer._machine import Breakpoint, Cpu, Machine, Task
 from fuzzer._mm import (
@@ -45,7 +46,7 @@ from fuzzer._plugins import (
     hookimpl,
 )
 from fuzzer._routines import routine
-from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
+from fuzzer._specs import BOOK3S64, AddressLayout, Initcall, InterruptSource, Invariant, MmuSpec, Operation
 from fuzzer._steps import Step, StepAction
 from fuzzer.kernel.locking import (
     Mutex,
@@ -61,6 +62,7 @@ from fuzzer.kernel.mm import pte_alloc
 
 __all__ = [
     "AUTOLOAD_ENV",
+    "BOOK3S64",
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
     "KERNEL_TEXT_END",
@@ -70,6 +72,7 @@ __all__ = [
     "PAGE_OFFSET",
     "VMALLOC_END",
     "VMALLOC_START",
+    "AddressLayout",
     "ArgType",
     "Boolean",
     "Breakpoint",
@@ -80,6 +83,7 @@ __all__ = [
     "Deadlock",
     "EndStateViolation",
     "ExitCode",
+    "ExportAction",
     "Finding",
     "Frame",
     "FuzzerPluginManager",
@@ -123,6 +127,7 @@ __all__ = [
     "Table",
     "Task",
     "UsageError",
+    "VersionChain",
     "check_access",
     "hookimpl",
     "lockdep_assert_irqs_disabled",

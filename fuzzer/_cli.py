@@ -24,10 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from fuzzer._boot import boot as boot_real
 from fuzzer._corpus import find, load
 from fuzzer._database import is_redis, open_database
 from fuzzer._engine import ENGINES, ExitCode, Outcome, Status, run_campaign
 from fuzzer._errors import ModelLimitation, PluginError, UsageError
+from fuzzer._export import FORMATS, write_export
 from fuzzer._model import Model
 from fuzzer._plugins import AUTOLOAD_ENV, FuzzerPluginManager
 from fuzzer._regression import Replayed, replay_entry
@@ -138,7 +140,30 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
                      help=_plugin_help() + "; loaded for every entry, besides the entry's own")
     plugins = sub.add_parser("plugins", help="list loaded plugins, their origin and hooks")
     _add_p(plugins)
+    _add_real_kernel_commands(sub)
     return parser
+
+
+def _add_real_kernel_commands(sub: Any) -> None:
+    """``export`` and ``boot``: from a reproduction to a program, and to a real kernel's verdict."""
+    exp = sub.add_parser("export", help="turn a reproduction into a program for a real kernel")
+    exp.add_argument("repro", metavar="REPRO", help="a corpus entry or a --report-json report")
+    exp.add_argument("--format", dest="fmt", choices=FORMATS, default=FORMATS[0],
+                     help="init-c: a static init against the kernel's nolibc; shell: a script for a"
+                     f" machine with a userland (default: {FORMATS[0]})")
+    exp.add_argument("--out", metavar="DIR", default=".", help="directory to write it to (default: .)")
+    _add_p(exp)
+    boot = sub.add_parser("boot", help="build a real kernel, boot it in QEMU with a reproduction,"
+                          " print the verdict")
+    boot.add_argument("repro", metavar="REPRO", help="a corpus entry or a --report-json report")
+    boot.add_argument("--source", metavar="DIR", required=True,
+                      help="an unpacked kernel source tree (Debian: /usr/src/linux-source-6.12.tar.xz)")
+    boot.add_argument("--patch", metavar="FILE", default=None,
+                      help="also build the tree with this patch applied (a candidate fix) and boot both")
+    boot.add_argument("--work", metavar="DIR", default="fuzzer-boot",
+                      help="build trees, logs and consoles (kept and reused; default: fuzzer-boot)")
+    boot.add_argument("--timeout", type=_seconds, default=600.0, metavar="SECONDS",
+                      help="give up on a boot after this long (default 600)")
 
 
 def _add_model_options(run: argparse.ArgumentParser, pm: FuzzerPluginManager) -> None:
@@ -385,6 +410,34 @@ def _replay_summary(failed: list[Replayed], errors: list[tuple[Path, str]], tota
     rule(f"{', '.join(parts)} in {duration:.2f}s", out)
 
 
+def cmd_export(pm: FuzzerPluginManager, repro: str, fmt: str, directory: str, out: TextIO) -> int:
+    """``export``: write the program, say where, and what it checks."""
+    path = write_export(repro, fmt, directory,
+                        lambda name, args: pm.hook.fuzzer_export_operation(name=name, args=args))
+    out.write(f"wrote {path} ({fmt})\n")
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.lstrip("#/* ").rstrip()
+        if text.startswith(("expect:", "verdict:")):
+            out.write(f"  {text}\n")
+    return ExitCode.OK
+
+
+def cmd_boot(repro: str, source: str, patch: str | None, work: str, timeout: float, out: TextIO,
+             err: TextIO) -> int:
+    """``boot``: build, boot, and print each boot's verdict (side by side with ``--patch``)."""
+    def echo(text: str) -> None:
+        err.write(text + "\n")
+        err.flush()
+
+    results = boot_real(repro, source, patch=patch, work=work, timeout=timeout, echo=echo)
+    for result in results:
+        out.write(f"{result.label:>8}: {result.verdict}\n")
+        for number in result.numbers:
+            out.write(f"{'':>10}{number}\n")
+        out.write(f"{'':>10}console: {result.log}\n")
+    return ExitCode.OK
+
+
 def _underline(text: str) -> str:
     width = 78
     pad = max(width - len(text) - 2, 4)
@@ -408,9 +461,13 @@ def _dispatch(argv: list[str], out: TextIO, err: TextIO) -> int:
     pm.reserved_options.update(HOST_OPTIONS)
     args = build_parser(pm).parse_args(argv)
     if args.command is None:
-        raise UsageError("a command is required: run, replay or plugins (see --help)")
+        raise UsageError("a command is required: run, replay, export, boot or plugins (see --help)")
     if args.command == "plugins":
         return cmd_plugins(pm, out)
+    if args.command == "export":
+        return cmd_export(pm, args.repro, args.fmt, args.out, out)
+    if args.command == "boot":
+        return cmd_boot(args.repro, args.source, args.patch, args.work, args.timeout, out, err)
     if args.command == "replay":  # global and subcommand -p alike
         return cmd_replay(pm, args.paths, kernel=args.kernel, expect_clean=args.expect_clean,
                           plugins=requested, out=out, err=err)

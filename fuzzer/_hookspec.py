@@ -18,7 +18,7 @@ interrupt sources, resolved routines) so the hot path pays nothing for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fuzzer._config import ConfigOption, KernelVersion, RunConfig
     from fuzzer._engine.records import Finding, Outcome, StatsSnapshot
     from fuzzer._errors import PluginError
+    from fuzzer._export import Action as ExportAction
     from fuzzer._known import KnownFinding
     from fuzzer._machine import Machine
     from fuzzer._options import OptionGroup
@@ -234,3 +235,22 @@ def fuzzer_failure_found(session: Session, failure: Finding | PluginError, worke
 @hookspec
 def fuzzer_failure_shrunk(session: Session, failure: Finding) -> None:
     """The failure, shrunk and replay-verified: ``failure.steps`` is the minimal reproduction."""
+
+
+# ---------------------------------------------------------------------------
+# Export to a real kernel: ``python -m fuzzer export``.
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def fuzzer_export_operation(name: str, args: Mapping[str, Any]) -> ExportAction | None:
+    """Say what a real kernel runs for one of this plugin's operations.
+
+    ``name`` is the operation (``kprobes.register``), ``args`` its recorded
+    arguments. Return a :class:`fuzzer.ExportAction` (shell commands, C
+    statements against the exported init's helpers, and a note where the
+    equivalent is approximate), or None for an operation that is not yours.
+    First non-None wins; operations nobody answers fall back to the built-in
+    table, and are listed in the program's header as having no real
+    equivalent when that does not know them either.
+    """
