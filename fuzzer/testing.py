@@ -30,7 +30,7 @@ from fuzzer._engine.replay import replay as _replay
 from fuzzer._machine import Machine
 from fuzzer._model import Model
 from fuzzer._plugins import FuzzerPluginManager
-from fuzzer._settings import run_config
+from fuzzer._settings import build_settings
 from fuzzer._steps import Step
 
 __all__ = ["Finding", "Outcome", "Status", "boot_steps", "make_model", "plugin_module", "replay",
@@ -65,8 +65,9 @@ def make_model(
     for mod in extra:
         pm.register(mod, getattr(mod, "__name__", None) or repr(mod))
     pm.check_pending()
-    run = run_config(pm, kernel=kernel, mmu=mmu, config=config, cpus=cpus, options=options)
-    return Model.build(pm, run)
+    settings = build_settings(pm, kernel=kernel, mmu=mmu, config=config, cpus=cpus, options=options,
+                              seed=0, corpus=None, plugins=tuple(plugins))
+    return Model.build(pm, settings.run)
 
 
 def replay(model: Model, steps: Iterable[Step]) -> tuple[Machine | None, Finding | None]:

@@ -313,3 +313,20 @@ def test_a_failure_in_the_users_suite_prints_the_kernel_report_and_reproduction(
     assert "Signature: END-STATE in patching mm leak" in notes
     assert re.search(r"Minimal reproduction \(\d+ steps\):", notes)
     assert "take CPU" in notes and "offline" in notes
+
+
+def test_a_seeded_hypothesis_campaign_replays_its_database_first():
+    """The database stays on for a seeded batch (public API: @seed on the state machine
+    class, the settings' database): the failure saved is found again at once."""
+    from hypothesis.database import InMemoryExampleDatabase
+
+    from fuzzer._engine import run_campaign
+
+    db = InMemoryExampleDatabase()
+    model = make_model("v6.2", plugins=[LEAK])
+    first = run_campaign(model, seed=1, max_examples=2000, time_budget=60, engine="hypothesis",
+                         database=db, shrink=False)
+    assert first.status == "failed" and db.data  # Hypothesis saved what it found
+    again = run_campaign(model, seed=5, max_examples=2000, time_budget=60, engine="hypothesis",
+                         database=db, shrink=False)
+    assert again.status == "failed" and again.examples_to_first_failure == 1
