@@ -29,6 +29,7 @@ from fuzzer._errors import (
 )
 from fuzzer._mm import MM, Geometry, Prot, Pte, PtePage, SpinLock, Table
 from fuzzer._mmu import KERNEL_TEXT_END, MEMORY_SIZE, PAGE_OFFSET, VMALLOC_END, VMALLOC_START
+from fuzzer._oops import oops_of
 from fuzzer._routines import frame_of_code
 from fuzzer._steps import ACTIONS, Step
 
@@ -481,7 +482,11 @@ class Machine:
         except (PluginError, ModelLimitation):
             raise
         except Exception as exc:
-            raise self._blame(exc) from exc
+            oops = oops_of(exc)  # a modelled routine followed a NULL kernel pointer
+            if oops is None:
+                raise self._blame(exc) from exc
+            self._annotate(oops, cpu, traceback_frames(exc.__traceback__) + _below(cpu))
+            raise oops from exc
         self.nsteps += 1
         if self.nsteps > self.max_steps:
             self._fail(Livelock(f"{self.max_steps} steps without the example ending"), cpu)

@@ -26,6 +26,7 @@ EXPECTED = {
     "hash_no_hpte_flush": ("END-STATE", "patching mapping removed"),
     "unsafe_sequence_order": ("INVARIANT", "patched sequence safe at every step"),
     "cached_pte": ("BUG", "assert_pte_locked"),
+    "null_patching_context": ("OOPS", "walk_to_pmd"),
 }
 #: The kernel version each mistake changes (the default is the newest, v6.12).
 KERNEL = {"cached_pte": "v6.12"}
