@@ -27,6 +27,8 @@ EXPECTED = {
     "unsafe_sequence_order": ("INVARIANT", "patched sequence safe at every step"),
     "cached_pte": ("BUG", "assert_pte_locked"),
     "null_patching_context": ("OOPS", "walk_to_pmd"),
+    "aggr_disarm_early": ("INVARIANT", "kprobes match the text"),
+    "static_key_dec_no_update": ("INVARIANT", "static keys match their sites"),
 }
 #: The kernel version each mistake changes (the default is the newest, v6.12).
 KERNEL = {"cached_pte": "v6.12"}
@@ -46,6 +48,8 @@ NEEDS_SEARCH = {
     "skip_suspend_breakpoints": "start",
     "skip_restore_breakpoints": "start",
     "unsafe_sequence_order": "start",
+    "aggr_disarm_early": "start",
+    "static_key_dec_no_update": "start",
 }
 
 

@@ -21,4 +21,6 @@ MISTAKES = (
     "unsafe_sequence_order",
     "cached_pte",
     "null_patching_context",
+    "aggr_disarm_early",
+    "static_key_dec_no_update",
 )
