@@ -214,8 +214,7 @@ def static_key_slow_inc_cpuslocked(cpu: Cpu, k: StaticKey) -> Gen:
 
 @routine("static_key_slow_dec", JUMP_LABEL_C)
 def static_key_slow_dec(cpu: Cpu, k: StaticKey) -> Gen:
-    """``static_key_slow_dec()`` (kernel/jump_label.c:330 v6.1, :333 v6.12): ``__static_key_slow_dec``
-    under ``cpus_read_lock``."""
+    """``static_key_slow_dec()`` (kernel/jump_label.c:330 v6.1, :333 v6.12): under ``cpus_read_lock``."""
     m = cpu.m
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from cpu.k.__static_key_slow_dec_cpuslocked(cpu, k)
@@ -255,9 +254,12 @@ def static_key_slow_dec_cpuslocked(cpu: Cpu, k: StaticKey) -> Gen:
 
 @routine("jump_label_update", JUMP_LABEL_C)
 def jump_label_update(cpu: Cpu, k: StaticKey) -> Gen:
-    """``jump_label_update()`` -> ``__jump_label_update()`` (kernel/jump_label.c), ``jump_label_mutex``
-    held: each of the key's entries gets ``jump_label_type()`` -- a jump while
-    ``static_key_enabled()`` (a count other than 0, -1 included), else a nop."""
+    """``jump_label_update()`` -> ``__jump_label_update()`` (kernel/jump_label.c): each site.
+
+    With ``jump_label_mutex`` held, each of the key's entries gets
+    ``jump_label_type()``: a jump while ``static_key_enabled()`` (a count
+    other than 0, -1 included), else a nop.
+    """
     for i in k.sites:
         yield from cpu.k.arch_jump_label_transform(cpu, i, k.enabled != 0)
 

@@ -327,11 +327,11 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 
 @routine("register_aggr_kprobe", KPROBES_C)
 def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
-    """``register_aggr_kprobe()`` (kernel/kprobes.c:1296 v6.1, :1305 v6.12): a second probe
-    at one address.
+    """``register_aggr_kprobe()`` (kernel/kprobes.c:1296 v6.1, :1305 v6.12): a second probe.
 
-    Under ``cpus_read_lock``, ``jump_label_lock`` and ``text_mutex``: if the
-    hashed probe is not an aggregator yet, ``alloc_aggr_kprobe`` and
+    The second or later probe at an address. Under ``cpus_read_lock``,
+    ``jump_label_lock`` and ``text_mutex``: if the hashed probe is not an
+    aggregator yet, ``alloc_aggr_kprobe`` and
     ``init_aggr_kprobe`` (the aggregator copies its opcode and insn slot,
     takes its flags, lists it, and replaces it in the hash table); then
     ``copy_kprobe(ap, p)`` and ``add_new_kprobe``. After unlocking, an
@@ -430,8 +430,10 @@ def aggr_kprobe_disabled(ap: Kprobe) -> bool:
 
 @routine("disable_kprobe", KPROBES_C)
 def disable_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``disable_kprobe()`` (kernel/kprobes.c:2410 v6.1, :2406 v6.12): ``__disable_kprobe``
-    under ``kprobe_mutex``."""
+    """``disable_kprobe()`` (kernel/kprobes.c:2410 v6.1, :2406 v6.12): under ``kprobe_mutex``.
+
+    ``__disable_kprobe``; -EINVAL when the probe is not registered.
+    """
     s = kstate(cpu.m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
     p = yield from cpu.k.__disable_kprobe(cpu, kp)
@@ -463,8 +465,11 @@ def enable_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 
 @routine("unregister_kprobe", KPROBES_C)
 def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``unregister_kprobes()`` (kernel/kprobes.c): ``__unregister_kprobe_top`` under
-    ``kprobe_mutex``, ``synchronize_rcu()``, then ``__unregister_kprobe_bottom``."""
+    """``unregister_kprobes()`` (kernel/kprobes.c): top half, ``synchronize_rcu()``, bottom half.
+
+    ``__unregister_kprobe_top`` under ``kprobe_mutex``, ``synchronize_rcu()``,
+    then ``__unregister_kprobe_bottom``.
+    """
     s = kstate(cpu.m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
     ret = yield from cpu.k.__unregister_kprobe_top(cpu, kp)
