@@ -203,14 +203,14 @@ class KernelOops(KernelFailure):
 
     def __init__(self, address: int, *, write: bool = False, what: str = "") -> None:
         access = "write" if write else "read"
-        lines = []
+        self.kuap = ""
+        """The line KUAP prints before the oops (a user address: NULL), or ``""``."""
         if address < 0x1_0000:  # below PAGE_SIZE: a NULL pointer plus a field offset
-            lines.append(f"Kernel attempted to {access} user page ({address:x})"
+            self.kuap = (f"Kernel attempted to {access} user page ({address:x})"
                          " - exploit attempt? (uid: 0)")
-            lines.append(f"BUG: Kernel NULL pointer dereference on {access} at 0x{address:08x}")
+            super().__init__(f"BUG: Kernel NULL pointer dereference on {access} at 0x{address:08x}")
         else:
-            lines.append(f"BUG: Unable to handle kernel data access at 0x{address:08x}")
-        super().__init__("\n".join(lines))
+            super().__init__(f"BUG: Unable to handle kernel data access at 0x{address:08x}")
         self.address = address
         self.write = write
         self.detail = what

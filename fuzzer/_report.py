@@ -51,6 +51,7 @@ def format_failure(failure: KernelFailure, model: Model, steps: Sequence[Step]) 
         out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
     elif isinstance(failure, KernelOops):  # die() from __bad_page_fault: no cut line
         fn = failure.signature.function or "?"
+        out += [failure.kuap] if failure.kuap else []
         out += [failure.message, f"Faulting instruction address: in {fn} (modelled)",
                 "Oops: Kernel access of bad area, sig: 11 [#1]", _banner(model)]
         out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
