@@ -19,6 +19,7 @@ on the names exported here:
   a freed object as the kernel would (:class:`fuzzer.KernelOops`);
   :func:`kernel_struct` registers a class as a kernel struct, so a routine
   reading its members through ``None`` is a NULL-pointer oops too;
+* :func:`dawr_slots`, the powerpc MMU specs' ``breakpoint_slots``;
 * :data:`Gen`, the type of a modelled routine (a generator function declared
   with :func:`fuzzer.routine`; every ``yield`` is a point where hardware could
   interleave).
@@ -30,6 +31,7 @@ variables (``cpu_patching_context``); a plugin attaches its own with
 """
 
 from fuzzer._oops import POISON_POINTER, deref, kernel_struct
+from fuzzer.kernel.boot import dawr_slots
 from fuzzer.kernel.locking import (
     Mutex,
     RwSem,
@@ -88,6 +90,7 @@ __all__ = [
     "RwSem",
     "VmArea",
     "context",
+    "dawr_slots",
     "default_map_window",
     "deref",
     "down_read",
