@@ -231,6 +231,8 @@ class Machine:
         """Kernel text as built, before any patching (for the torn-fetch invariant)."""
         self.text_writes: dict[int, set[int]] = {}
         """Per physical text word, every value a patch was asked to write there."""
+        self.stores = 0
+        """Words stored to memory so far: a check of some text can skip a step that stored none."""
         self.rodata_ro = False
         """``mark_rodata_ro`` done: kernel text is read-only in the linear map."""
         self.static_keys: dict[str, bool] = {}
@@ -360,6 +362,7 @@ class Machine:
 
     def _write_word(self, pa: int, value: int) -> None:
         self.mem[pa] = value
+        self.stores += 1
 
     def fetch(self, cpu: Cpu, va: int) -> int:
         """Instruction fetch of one word: kernel text, or executable vmalloc (insn slots)."""

@@ -76,7 +76,17 @@ def branch_to_target(i: int) -> int:
     return 0x4800_0000 | ((TARGET_OFFSET - 4 * i + 4 * NSITES) & 0x03FF_FFFC)
 
 
-@attrs.define(eq=False)
+#: Bumped by every change to a key or to the references users hold (any machine's):
+#: with ``Machine.stores``, what lets the check skip a step that changed nothing.
+CHANGES = [0]
+
+
+def _changed(inst: Any, attribute: Any, value: Any) -> Any:
+    CHANGES[0] += 1
+    return value
+
+
+@attrs.define(eq=False, on_setattr=_changed)
 class StaticKey:
     """A ``struct static_key`` and the jump entries of its sites."""
 
@@ -84,9 +94,14 @@ class StaticKey:
     sites: tuple[int, ...]
     enabled: int = 0
     """``key->enabled``: 0 off, the number of users, -1 while the first enable patches."""
+    words: tuple[tuple[int, int, int], ...] = attrs.field(init=False)
+    """(site, physical address, branch) of each site: what the check reads."""
+
+    def __attrs_post_init__(self) -> None:
+        self.words = tuple((i, site(i) - PAGE_OFFSET, branch_to_target(i)) for i in self.sites)
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_changed)
 class JumpLabelState:
     """The keys, ``jump_label_mutex``, and the references users hold on the counted key."""
 
@@ -97,6 +112,8 @@ class JumpLabelState:
     )
     references: int = 0
     """Increments of the counted key that users completed and have not dropped yet."""
+    checked: tuple[int, int] = attrs.field(default=(-1, -1), on_setattr=attrs.setters.NO_OP)
+    """(``Machine.stores``, ``CHANGES``) when the check last found everything consistent."""
 
 
 def jl_state(m: Machine) -> JumpLabelState:
@@ -290,18 +307,23 @@ def keys_match_sites(m: Machine) -> str | None:
     s = m.state.get("jump_label")
     if s is None or s.mutex.owner is not None:
         return None
+    seen = (m.stores, CHANGES[0])
+    if seen == s.checked:
+        return None  # nothing stored, no key changed: still consistent
+    mem = m.mem
     for k in s.keys:
         if k.enabled < 0:
             return f"{k.name}->enabled is {k.enabled} with jump_label_mutex free"
         want = k.enabled > 0
-        for i in k.sites:
-            word = m.mem.get(site(i) - PAGE_OFFSET, NOP)
-            if word != (branch_to_target(i) if want else NOP):
+        for i, pa, branch in k.words:
+            word = mem.get(pa, NOP)
+            if word != (branch if want else NOP):
                 state = f"enabled ({k.enabled})" if want else "disabled"
                 return f"{k.name} is {state} but its site {i} holds {word:#010x}"
     counted = s.keys[COUNTED]
     if counted.enabled < s.references:
         return f"{counted.name}->enabled is {counted.enabled}, below the {s.references} references users hold"
+    s.checked = seen
     return None
 
 

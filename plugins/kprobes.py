@@ -107,8 +107,56 @@ def site_name(i: int) -> str:
     return f"{sym}+{off:#x}"
 
 
+#: Bumped by every change to a kprobe, a probe list or the hash table (any machine's):
+#: with ``Machine.stores``, what lets the table check skip a step that changed nothing.
+CHANGES = [0]
+
+
+def _changed(inst: Any, attribute: Any, value: Any) -> Any:
+    CHANGES[0] += 1
+    return value
+
+
+class ProbeList(list):
+    """An aggregator's ``ap->list``: a list whose every change is noted in ``CHANGES``."""
+
+    def _note(name: str) -> Any:  # type: ignore[misc]  # a class-body helper, not a method
+        base = getattr(list, name)
+
+        def method(self: Any, *args: Any) -> Any:
+            CHANGES[0] += 1
+            return base(self, *args)
+
+        return method
+
+    append = _note("append")
+    remove = _note("remove")
+    clear = _note("clear")
+    insert = _note("insert")
+    pop = _note("pop")
+    extend = _note("extend")
+    __setitem__ = _note("__setitem__")
+    __delitem__ = _note("__delitem__")
+
+
+class ProbeTable(dict):
+    """``kprobe_table``: a dict whose every change is noted in ``CHANGES``."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        CHANGES[0] += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        CHANGES[0] += 1
+        super().__delitem__(key)
+
+    def pop(self, *args: Any) -> Any:
+        CHANGES[0] += 1
+        return super().pop(*args)
+
+
 @kernel_struct("struct kprobe")
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_changed)
 class Kprobe:
     """A ``struct kprobe``: boot's trampoline probe, an operation's, or an aggregator."""
 
@@ -136,12 +184,16 @@ class KprobesState:
     """Per-machine kprobes state: the kprobe table, insn slots, the mutex."""
 
     kprobe_mutex: Mutex = attrs.Factory(lambda: Mutex("kprobe_mutex"))
-    table: dict[int, Kprobe] = attrs.Factory(dict)
+    table: dict[int, Kprobe] = attrs.Factory(ProbeTable)
     """``kprobe_table``: the hashed probe at each address (an aggregator when there are several)."""
     user: dict[tuple[int, int], Kprobe] = attrs.Factory(dict)
     """Operations' own kprobes, by (site index, which of the two a user may have there)."""
     free_slots: list[int] = attrs.Factory(list)
     initialized: bool = False
+    probed: tuple[tuple[int, int], ...] = ()
+    """(address, physical address) of every place a probe can be: what the table check reads."""
+    checked: tuple[int, int] = (-1, -1)
+    """(``Machine.stores``, ``CHANGES``) when the table check last found everything consistent."""
 
 
 def kstate(m: Machine) -> KprobesState:
@@ -200,6 +252,7 @@ def fuzzer_machine_setup(machine: Machine) -> None:
     rox = machine.config.enabled("CONFIG_STRICT_KERNEL_RWX")
     machine.map_page(machine.init_mm, va, Pte(pfn, PAGE_KERNEL_ROX if rox else PAGE_KERNEL | Prot.EXEC))
     st_.free_slots = [va + 64 * i for i in range(16)]
+    st_.probed = tuple((a, a - PAGE_OFFSET) for a in probed_addresses())
 
 
 @hookimpl
@@ -349,7 +402,7 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
     if orig.children is None:
         yield  # alloc_aggr_kprobe(): kzalloc(GFP_KERNEL)
         ap = Kprobe(orig.addr, owner="aggr_kprobe", opcode=orig.opcode, insn_slot=orig.insn_slot,
-                    armed=orig.armed, disabled=orig.disabled, children=[orig])
+                    armed=orig.armed, disabled=orig.disabled, children=ProbeList([orig]))
         orig.parent = ap
         s.table[orig.addr] = ap  # hlist_replace_rcu
     p.opcode, p.insn_slot = ap.opcode, ap.insn_slot  # copy_kprobe(ap, p)
@@ -651,7 +704,7 @@ def kprobe_handler(cpu: Cpu, addr: int) -> Gen:
 # ---------------------------------------------------------------------------
 
 
-def probed_addresses(m: Machine) -> list[int]:
+def probed_addresses() -> list[int]:
     """Every address a probe can be registered at: boot's trampoline and the sites."""
     return [PAGE_OFFSET + SYMBOLS["__kretprobe_trampoline"].offset,
             *(site_addr(i) for i in range(len(SITES)) if not site_addr(i) & 3)]
@@ -669,16 +722,21 @@ def table_matches_text(m: Machine) -> str | None:
     s = m.state.get("kprobes")
     if s is None or s.kprobe_mutex.owner is not None:
         return None
-    for addr in probed_addresses(m):
-        p = s.table.get(addr)
-        word = m.mem.get(addr - PAGE_OFFSET)
+    seen = (m.stores, CHANGES[0])
+    if seen == s.checked:
+        return None  # nothing stored, no kprobe or table changed: still consistent
+    table, mem = s.table, m.mem
+    for addr, pa in s.probed:
+        p = table.get(addr)
         if p is None:
-            if word == BREAKPOINT_INSTRUCTION:
+            if mem.get(pa) == BREAKPOINT_INSTRUCTION:
                 return f"{addr:#x} holds a kprobe trap but no kprobe is registered there"
-            continue
-        msg = _probe_matches(p, word)
-        if msg is not None:
-            return f"kprobe at {addr:#x}: {msg}"
+        elif p.disabled == (mem.get(pa) == BREAKPOINT_INSTRUCTION) or p.children is not None \
+                or p.freed or p.opcode == BREAKPOINT_INSTRUCTION:
+            msg = _probe_matches(p, mem.get(pa))
+            if msg is not None:
+                return f"kprobe at {addr:#x}: {msg}"
+    s.checked = seen
     return None
 
 
