@@ -20,4 +20,7 @@ MISTAKES = (
     "hash_no_hpte_flush",
     "unsafe_sequence_order",
     "cached_pte",
+    "null_patching_context",
+    "aggr_disarm_early",
+    "static_key_dec_no_update",
 )
