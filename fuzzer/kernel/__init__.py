@@ -15,6 +15,10 @@ on the names exported here:
   :func:`instr_words`, the version tuples (``V61``, ``NEXT``, ``V62``,
   ``V612``, ``TEMP_MM``, ``SINCE_TEMP_MM``), the cited files (``CP``,
   ``PROCESS_C``) and :func:`line` (a cited line at the running version);
+* preemption control: :func:`preempt_disable`, :func:`get_cpu`,
+  :func:`migrate_disable` and their counterparts, :func:`smp_processor_id`,
+  :func:`preemptible` (with ``CONFIG_PREEMPT`` the search may migrate a
+  preemptible task to another CPU: see :mod:`fuzzer.kernel.sched`);
 * :data:`Gen`, the type of a modelled routine (a generator function declared
   with :func:`fuzzer.routine`; every ``yield`` is a point where hardware could
   interleave).
@@ -63,6 +67,16 @@ from fuzzer.kernel.patching import (
     mm_patch_enabled,
     random_patching_addr,
 )
+from fuzzer.kernel.sched import (
+    get_cpu,
+    migrate_disable,
+    migrate_enable,
+    preempt_disable,
+    preempt_enable,
+    preemptible,
+    put_cpu,
+    smp_processor_id,
+)
 
 __all__ = [
     "CP",
@@ -85,17 +99,25 @@ __all__ = [
     "default_map_window",
     "down_read",
     "down_write",
+    "get_cpu",
     "get_patch_pfn",
     "instr_words",
     "is_prefixed",
     "line",
     "lockdep_assert_irqs_disabled",
     "might_sleep",
+    "migrate_disable",
+    "migrate_enable",
     "mm_patch_enabled",
     "mutex_lock",
     "mutex_unlock",
+    "preempt_disable",
+    "preempt_enable",
+    "preemptible",
     "pte_alloc",
+    "put_cpu",
     "random_patching_addr",
+    "smp_processor_id",
     "spin_lock",
     "spin_unlock",
     "up_read",

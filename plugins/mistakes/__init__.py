@@ -20,4 +20,6 @@ MISTAKES = (
     "hash_no_hpte_flush",
     "unsafe_sequence_order",
     "cached_pte",
+    "local_kernel_tlb_flush",
+    "percpu_context_preemptible",
 )
