@@ -59,7 +59,8 @@ BENCH = Path(__file__).resolve().parent
 #: Kernel and MMU each mistake needs (as in tests/test_injected_mistakes.py; a test checks they agree).
 KERNEL = {"cached_pte": "v6.12", "local_kernel_tlb_flush": "v6.1",
           "percpu_context_preemptible": "v6.12"}
-MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash"}
+MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash",
+       "hash_local_kernel_flush": "hash"}
 CONFIG = {"percpu_context_preemptible": ("CONFIG_PREEMPT=y",)}
 
 #: Known-minimal reproduction length, in steps: the shortest reproduction seen (shipped
@@ -78,6 +79,7 @@ MINIMAL = {
     "skip_suspend_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
     # boot, online CPU 1, run, start a patching user, run into the window, another CPU's fill
     "local_kernel_tlb_flush": 6,
+    "hash_local_kernel_flush": 6,   # as local_kernel_tlb_flush, the fill once the HPTE exists
     # boot, online CPU 1, run, start a patching user, run to the preemption point, migrate
     "percpu_context_preemptible": 6,
 }

@@ -46,7 +46,7 @@ from hypothesis import HealthCheck, Phase
 
 from fuzzer import _sched
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, Signature, UsageError
-from fuzzer._machine import Machine
+from fuzzer._machine import Cpu, Machine
 from fuzzer._model import Model
 from fuzzer._steps import Step
 
@@ -199,18 +199,25 @@ def apply_if_possible(m: Machine, step: Step) -> bool:
         if src is None or not m.can_interrupt(cpu, src):
             return False
         m.interrupt(cpu, src)
-    elif action == "fill":
+    elif action in ("fill", "migrate"):
+        return _apply_hidden(m, cpu, step)
+    else:
+        return False
+    return True
+
+
+def _apply_hidden(m: Machine, cpu: Cpu, step: Step) -> bool:
+    """A ``fill`` or ``migrate`` step, when it still makes sense."""
+    if step.action == "fill":
         va = dict(step.args).get("va")
         if not isinstance(va, int) or not _sched.can_fill(m, cpu, va):
             return False
         m.speculative_fill(cpu, va)
-    elif action == "migrate":
-        to = m.cpus[step.cpus[0]] if step.cpus and step.cpus[0] < len(m.cpus) else None
-        if to is None or not _sched.can_migrate(m, cpu, to):
-            return False
-        m.migrate(cpu, to)
-    else:
+        return True
+    to = m.cpus[step.cpus[0]] if step.cpus and step.cpus[0] < len(m.cpus) else None
+    if to is None or not _sched.can_migrate(m, cpu, to):
         return False
+    m.migrate(cpu, to)
     return True
 
 

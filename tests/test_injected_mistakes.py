@@ -30,6 +30,7 @@ EXPECTED = {
     "unsafe_sequence_order": ("INVARIANT", "patched sequence safe at every step"),
     "cached_pte": ("BUG", "assert_pte_locked"),
     "local_kernel_tlb_flush": ("END-STATE", "patching mapping removed"),
+    "hash_local_kernel_flush": ("END-STATE", "patching mapping removed"),
     # On CPU B with CPU A's patching mm: start_using_temp_mm's WARN_ON(!mm_is_thread_local)
     # or the patch-window check, whichever the interleaving reaches first.
     "percpu_context_preemptible": None,
@@ -46,6 +47,7 @@ MMU = {
     # half-patched sequence. (On Radix only an interrupt landing between two of
     # the patches shows it: found, but not reliably within the default budget.)
     "unsafe_sequence_order": "hash",
+    "hash_local_kernel_flush": "hash",
 }
 #: Mistakes that boot alone cannot show: the search has to find the steps.
 NEEDS_SEARCH = {
@@ -56,6 +58,7 @@ NEEDS_SEARCH = {
     "skip_restore_breakpoints": "start",
     "unsafe_sequence_order": "start",
     "local_kernel_tlb_flush": "fill",
+    "hash_local_kernel_flush": "fill",
     "percpu_context_preemptible": "migrate",
 }
 
@@ -105,14 +108,16 @@ def test_mistakes_change_nothing_on_other_versions(mistake):
 
 
 #: Mistakes only a modelled mechanism shows: the step kind of that mechanism.
-MECHANISM = {"local_kernel_tlb_flush": "fill", "percpu_context_preemptible": "migrate"}
+MECHANISM = {"local_kernel_tlb_flush": "fill", "hash_local_kernel_flush": "fill",
+             "percpu_context_preemptible": "migrate"}
 
 
 @pytest.mark.parametrize("mistake", sorted(MECHANISM))
 def test_mistakes_need_their_mechanism(mistake):
     """The reproduction without its speculative fills (or migrations) runs clean: no other
     modelled code shows these mistakes."""
-    model = make_model(KERNEL[mistake], plugins=[f"fuzzer_plugins.mistakes.{mistake}"],
+    model = make_model(KERNEL.get(mistake, "v6.2"), mmu=MMU.get(mistake, "radix"),
+                       plugins=[f"fuzzer_plugins.mistakes.{mistake}"],
                        config=CONFIG.get(mistake, ("",))[1:])
     outcome = search(model, seed=1, max_examples=2000)
     assert outcome.status == "failed"

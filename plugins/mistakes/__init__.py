@@ -21,5 +21,6 @@ MISTAKES = (
     "unsafe_sequence_order",
     "cached_pte",
     "local_kernel_tlb_flush",
+    "hash_local_kernel_flush",
     "percpu_context_preemptible",
 )
