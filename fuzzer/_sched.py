@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fuzzer._mmu import PAGE_OFFSET, VMALLOC_START, Mmu
+from fuzzer._mmu import Mmu
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine
@@ -51,7 +51,7 @@ def speculates(m: Machine) -> bool:
 def fill_context(m: Machine, cpu: Cpu, va: int) -> MM | None:
     """The mm whose translation of ``va`` ``cpu`` could load: init_mm for a kernel
     address, else the mm the CPU has loaded (None if that is not a user mm)."""
-    if va >= PAGE_OFFSET:
+    if va >= m.layout.page_offset:
         return m.init_mm
     mm = cpu.loaded_mm
     return None if mm is None or mm.is_init or mm.freed else mm
@@ -60,7 +60,7 @@ def fill_context(m: Machine, cpu: Cpu, va: int) -> MM | None:
 def fill_candidates(m: Machine, cpu: Cpu) -> list[int]:
     """Every page ``cpu`` could load a translation of now: mapped in init_mm's kernel
     tables or in its loaded mm."""
-    out = m.init_mm.mapped(VMALLOC_START)  # the linear map is not in the model's tables
+    out = m.init_mm.mapped(m.layout.vmalloc_start)  # the linear map is not in the tables
     mm = fill_context(m, cpu, 0)
     if mm is not None:
         out.extend(mm.mapped(0))

@@ -19,6 +19,7 @@ on the names exported here:
   :func:`migrate_disable` and their counterparts, :func:`smp_processor_id`,
   :func:`preemptible` (with ``CONFIG_PREEMPT`` the search may migrate a
   preemptible task to another CPU: see :mod:`fuzzer.kernel.sched`);
+* :func:`dawr_slots`, the powerpc MMU specs' ``breakpoint_slots``;
 * :data:`Gen`, the type of a modelled routine (a generator function declared
   with :func:`fuzzer.routine`; every ``yield`` is a point where hardware could
   interleave).
@@ -29,6 +30,7 @@ variables (``cpu_patching_context``); a plugin attaches its own with
 ``machine.attach(name, obj)`` and ``cpu.attach(name, obj)``.
 """
 
+from fuzzer.kernel.boot import dawr_slots
 from fuzzer.kernel.locking import (
     Mutex,
     RwSem,
@@ -96,6 +98,7 @@ __all__ = [
     "RwSem",
     "VmArea",
     "context",
+    "dawr_slots",
     "default_map_window",
     "down_read",
     "down_write",
