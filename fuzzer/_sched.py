@@ -3,9 +3,10 @@
 *Speculative translation fills.* A POWER core may load a translation into its
 TLB for any address mapped in a context it has live -- the mm it has loaded,
 and init_mm's kernel mappings -- at any time, whether or not code touches the
-address (Power ISA 3.1B Book III 6.10.1: translations may be loaded
-speculatively, and only a ``tlbie``/``tlbiel`` removes them; that is why the
-kernel flushes every CPU in ``mm_cpumask`` and flushes kernel ranges globally).
+address (the Power ISA lets an implementation load translations into its
+TLB speculatively, and only ``tlbie``/``tlbiel`` remove them; that is why the
+kernel flushes every CPU in ``mm_cpumask`` -- radix_tlb.c's
+``flush_type_needed`` -- and kernel ranges globally, ``flush_tlb_kernel_range``).
 The search chooses such a fill like any other step; the MMU plugin does it
 (:meth:`fuzzer.Mmu.speculative_fill`).
 
