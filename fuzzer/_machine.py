@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from fuzzer import _sched
 from fuzzer._errors import (
     Deadlock,
     EndStateViolation,
@@ -28,6 +29,7 @@ from fuzzer._errors import (
     PluginError,
 )
 from fuzzer._mm import MM, Geometry, Prot, Pte, PtePage, SpinLock, Table
+from fuzzer._oops import oops_of
 from fuzzer._routines import frame_of_code
 from fuzzer._steps import Step
 
@@ -54,6 +56,10 @@ class Task:
     user_sp: int = 0
     """The user stack pointer saved at kernel entry (``task_pt_regs(current)->gpr[1]``)."""
     result: Any = None
+    pinned: bool = False
+    """A per-CPU kernel thread (``is_percpu_thread()``: the cpuhp threads): never migrates."""
+    migration_disabled: int = 0
+    """``migrate_disable()`` depth: preemptible, but resumes on the same CPU."""
 
 
 @attrs.frozen
@@ -230,6 +236,8 @@ class Machine:
         """Kernel text as built, before any patching (for the torn-fetch invariant)."""
         self.text_writes: dict[int, set[int]] = {}
         """Per physical text word, every value a patch was asked to write there."""
+        self.stores = 0
+        """Words stored to memory so far: a check of some text can skip a step that stored none."""
         self.rodata_ro = False
         """``mark_rodata_ro`` done: kernel text is read-only in the linear map."""
         self.static_keys: dict[str, bool] = {}
@@ -354,6 +362,7 @@ class Machine:
 
     def _write_word(self, pa: int, value: int) -> None:
         self.mem[pa] = value
+        self.stores += 1
 
     def fetch(self, cpu: Cpu, va: int) -> int:
         """Instruction fetch of one word: kernel text, or executable vmalloc (insn slots)."""
@@ -475,7 +484,11 @@ class Machine:
         except (PluginError, ModelLimitation):
             raise
         except Exception as exc:
-            raise self._blame(exc) from exc
+            oops = oops_of(exc)  # a modelled routine followed a NULL kernel pointer
+            if oops is None:
+                raise self._blame(exc) from exc
+            self._annotate(oops, cpu, traceback_frames(exc.__traceback__) + _below(cpu))
+            raise oops from exc
         self.nsteps += 1
         if self.nsteps > self.max_steps:
             self._fail(Livelock(f"{self.max_steps} steps without the example ending"), cpu)
@@ -631,7 +644,7 @@ class Machine:
             raise ValueError(f"CPU {cpu.n} cannot come online now")
         self.steps.append(Step("online", cpu=cpu.n))
         self.hotplug_busy = True
-        task = Task(pid=self.next_pid, comm=f"cpuhp/{cpu.n}", active_mm=self.init_mm)
+        task = Task(pid=self.next_pid, comm=f"cpuhp/{cpu.n}", active_mm=self.init_mm, pinned=True)
         self.next_pid += 1
 
         def done(_: Any) -> None:
@@ -644,7 +657,7 @@ class Machine:
             raise ValueError(f"CPU {cpu.n} cannot go offline now")
         self.steps.append(Step("offline", cpu=cpu.n))
         self.hotplug_busy = True
-        task = Task(pid=self.next_pid, comm=f"cpuhp/{cpu.n}", active_mm=self.init_mm)
+        task = Task(pid=self.next_pid, comm=f"cpuhp/{cpu.n}", active_mm=self.init_mm, pinned=True)
         self.next_pid += 1
 
         def done(_: Any) -> None:
@@ -687,6 +700,42 @@ class Machine:
             self._annotate(failure, cpu, list(cpu.trace()))
             raise
         except (PluginError, ModelLimitation):
+            raise
+        except Exception as exc:
+            raise self._blame(exc) from exc
+
+    def speculative_fill(self, cpu: Cpu, va: int) -> None:
+        """The MMU loads a translation of ``va`` into ``cpu``'s TLB unasked (see ``_sched``)."""
+        if not _sched.can_fill(self, cpu, va):
+            raise ValueError(f"CPU {cpu.n} has no live mapping of {va:#x} to fill")
+        self.steps.append(Step("fill", cpu=cpu.n, args={"va": va}))
+        mm = _sched.fill_context(self, cpu, va)
+        assert mm is not None
+        try:
+            self.mmu.speculative_fill(cpu, mm, va)
+        except Exception as exc:
+            raise self._blame(exc) from exc
+        self._check_now(cpu)
+
+    def migrate(self, cpu: Cpu, to: Cpu) -> None:
+        """Preempt the task on ``cpu`` (CONFIG_PREEMPT); it resumes on ``to`` (see ``_sched``)."""
+        if not _sched.can_migrate(self, cpu, to):
+            raise ValueError(f"the task on CPU {cpu.n} cannot move to CPU {to.n} now")
+        self.steps.append(Step("migrate", cpu=cpu.n, cpus=(to.n,)))
+        try:
+            _sched.migrate(self, cpu, to)
+        except Exception as exc:
+            raise self._blame(exc) from exc
+        self._check_now(cpu)
+
+    def _check_now(self, cpu: Cpu) -> None:
+        """The step invariants, after a decision that is not an emulated step."""
+        try:
+            for check in self._step_checks:
+                msg = check.check(self)
+                if msg is not None:
+                    self._fail(InvariantViolation(check.name, msg), cpu)
+        except KernelFailure:
             raise
         except Exception as exc:
             raise self._blame(exc) from exc

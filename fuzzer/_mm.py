@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from fuzzer._errors import MemoryCorruption
+from fuzzer._oops import kernel_struct
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu
@@ -95,6 +96,7 @@ class Table:
     freed: bool = False
 
 
+@kernel_struct("struct page")
 @attrs.define(eq=False)
 class PtePage:
     """A PTE page with its split page-table lock (``ptlock_ptr(page)``)."""
@@ -135,6 +137,7 @@ class PtePtr:
         return old
 
 
+@kernel_struct("struct mm_struct")
 @attrs.define(eq=False)
 class MM:
     """An ``mm_struct``: page tables, the context id (radix PID) and the CPU mask."""
@@ -182,6 +185,24 @@ class MM:
         if page is None:
             return None
         return page.entries.get(self.geometry.indices(addr)[3])
+
+    def mapped(self, base: int = 0) -> list[int]:
+        """Every page address with a present PTE, as ``base`` OR the table indices
+        (``base`` supplies the region bits above the top level: kernel addresses)."""
+        shifts = self.geometry.shifts
+        out: list[int] = []
+
+        def rec(node: Table | PtePage, level: int, va: int) -> None:
+            for idx, e in node.entries.items():
+                addr = va | (idx << shifts[level])
+                if isinstance(e, (Table, PtePage)):
+                    if not e.freed:
+                        rec(e, level + 1, addr)
+                else:
+                    out.append(addr)
+
+        rec(self.pgd, 0, base)
+        return out
 
     def pte_pages(self) -> list[PtePage]:
         out: list[PtePage] = []

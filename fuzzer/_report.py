@@ -51,6 +51,12 @@ def format_failure(failure: Finding, model: Model, steps: Sequence[Step]) -> str
         fn = failure.signature.function
         out += [CUT, f"WARNING: CPU: {cpu} {task.split(' Comm')[0]} at {failure.at} {fn}", _banner(model)]
         out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
+    elif failure.kind == "OOPS":  # die() from __bad_page_fault: no cut line
+        fn = failure.signature.function or "?"
+        out += [failure.kuap] if failure.kuap else []
+        out += [failure.message, f"Faulting instruction address: in {fn} (modelled)",
+                "Oops: Kernel access of bad area, sig: 11 [#1]", _banner(model)]
+        out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
     else:
         out += [CUT, failure.message, _banner(model)]
         out.append(f"CPU: {cpu} {task} ({run.kernel}, modelled)")

@@ -24,6 +24,10 @@ class StepAction(enum.StrEnum):
     """Advance the CPUs listed in ``cpus``, one emulated step each."""
     IRQ = "irq"
     """Deliver interrupt source ``name`` on ``cpu``."""
+    FILL = "fill"
+    """The MMU loads a translation of ``args["va"]`` into ``cpu``'s TLB, unasked."""
+    MIGRATE = "migrate"
+    """Preempt the task running on ``cpu`` (CONFIG_PREEMPT); it resumes on ``cpus[0]``."""
 
 
 #: Step actions, in the order a reproduction usually shows them.
@@ -47,13 +51,16 @@ class Step:
     action: StepAction = attrs.field(converter=StepAction)
     """What the step does."""
     cpu: int | None = None
-    """The CPU the step concerns (``online``, ``offline``, ``start``, ``irq``)."""
+    """The CPU the step concerns (``online``, ``offline``, ``start``, ``irq``, ``fill``,
+    ``migrate``: the CPU the task is preempted on)."""
     name: str = ""
     """The operation (``start``) or interrupt source (``irq``)."""
     args: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze_args)
-    """Operation arguments as ``(name, value)`` pairs of plain JSON values."""
+    """Operation arguments as ``(name, value)`` pairs of plain JSON values (``fill``:
+    ``va``, the address whose translation the CPU loads)."""
     cpus: tuple[int, ...] = attrs.field(default=(), converter=lambda c: tuple(c))
-    """``run``: the CPU advanced at each emulated step, in order."""
+    """``run``: the CPU advanced at each emulated step, in order; ``migrate``: the CPU
+    the preempted task resumes on."""
     seed: int = 0
     """``boot``: the seed of the kernel's own random numbers (get_random_long)."""
 
@@ -138,6 +145,8 @@ _FIELDS = {
     "start": ("cpu", "name", "args"),
     "run": ("cpus",),
     "irq": ("cpu", "name"),
+    "fill": ("cpu", "args"),
+    "migrate": ("cpu", "cpus"),
 }
 _REQUIRED = {
     "boot": ("seed",),
@@ -146,6 +155,8 @@ _REQUIRED = {
     "start": ("cpu", "name"),
     "run": (),
     "irq": ("cpu", "name"),
+    "fill": ("cpu", "args"),
+    "migrate": ("cpu", "cpus"),
 }
 
 
@@ -156,6 +167,9 @@ _DESCRIBE = {
     StepAction.START: lambda s: f"CPU {s.cpu}: start {s.name}({_args(s.args)})",
     StepAction.IRQ: lambda s: f"CPU {s.cpu}: deliver interrupt {s.name}",
     StepAction.RUN: lambda s: "advance " + _runs(s.cpus),
+    StepAction.FILL: lambda s: f"CPU {s.cpu}: speculative TLB fill of {_fmt(dict(s.args).get('va'))}",
+    StepAction.MIGRATE: lambda s: (f"CPU {s.cpu}: preempt the running task; it resumes on CPU"
+                                   f" {s.cpus[0] if s.cpus else '?'}"),
 }
 
 

@@ -56,8 +56,10 @@ def _runtime_imports(path: Path, modules: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            found.update(subs)
+            if not subs <= modules:  # ``from fuzzer import _sched`` imports the submodule only
+                found.add(node.module)
         for child in ast.iter_child_nodes(node):
             visit(child)
 

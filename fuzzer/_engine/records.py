@@ -62,12 +62,34 @@ class Finding:
     """The steps that reach it; a strict replay of them fails the same way."""
     context: Mapping[str, Any] = attrs.field(factory=dict)
     """Machine context: ``irqs_enabled``, ``in_interrupt``."""
+    details: Mapping[str, Any] = attrs.field(factory=dict)
+    """The failure's own fields beyond these (an oops's ``address`` and ``kuap`` line, an
+    invariant's ``name``), also readable as attributes: ``finding.address``."""
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_") and name != "details":
+            details = object.__getattribute__(self, "details")
+            if name in details:
+                return details[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def from_failure(cls, exc: KernelFailure, steps: Iterable[Step]) -> Finding:
         return cls(kind=exc.kind, message=exc.message, signature=exc.signature, at=exc.at,
                    detail=getattr(exc, "detail", "") or "", cpu=exc.cpu, task=exc.task,
-                   trace=tuple(exc.trace), steps=tuple(steps), context=dict(exc.context))
+                   trace=tuple(exc.trace), steps=tuple(steps), context=dict(exc.context),
+                   details=_details(exc))
+
+
+#: Attributes every KernelFailure has: the Finding's own fields.
+_COMMON = frozenset({"message", "at", "function", "cpu", "task", "step_index", "trace", "context",
+                     "detail", "args"})
+
+
+def _details(exc: KernelFailure) -> dict[str, Any]:
+    """A failure's own plain fields (``KernelOops.address``, ``.kuap``), by name."""
+    return {k: v for k, v in vars(exc).items()
+            if not k.startswith("_") and k not in _COMMON and isinstance(v, bool | int | str | None)}
 
 
 #: What an engine catches from an example: a kernel failure, a plugin's fault, or a model

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from fuzzer import _sched
 from fuzzer._engine.records import Finding
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError
 from fuzzer._machine import Cpu, Machine
@@ -32,6 +33,10 @@ def perform(m: Machine, action: StepAction, cpu: Cpu, what: Any = None,
         m.start(cpu, what, args or {})
     elif action is StepAction.IRQ:
         m.interrupt(cpu, what)
+    elif action is StepAction.FILL:
+        m.speculative_fill(cpu, what)  # what: the virtual address
+    elif action is StepAction.MIGRATE:
+        m.migrate(cpu, what)  # what: the CPU the task resumes on
     else:
         raise ValueError(f"{action} is not a step on one CPU")
 
@@ -44,6 +49,10 @@ def allowed(m: Machine, action: StepAction, cpu: Cpu, what: Any = None) -> bool:
         return m.can_offline(cpu)
     if action is StepAction.START:
         return m.can_start(cpu)
+    if action is StepAction.FILL:
+        return isinstance(what, int) and _sched.can_fill(m, cpu, what)
+    if action is StepAction.MIGRATE:
+        return what is not None and _sched.can_migrate(m, cpu, what)
     return m.can_interrupt(cpu, what)
 
 
@@ -78,8 +87,19 @@ def apply_step(m: Machine, step: Step, *, strict: bool = True) -> bool:
 
 
 def _target(m: Machine, step: Step, strict: bool) -> Any:
-    """The operation or interrupt source a step names (None for a hotplug step, or for one
-    the model does not have when not ``strict``)."""
+    """What a step acts on besides its CPU: the operation or interrupt source it names (None
+    for one the model does not have when not ``strict``), a ``fill``'s address, a
+    ``migrate``'s target CPU; None for a hotplug step."""
+    if step.action is StepAction.FILL:
+        va = dict(step.args).get("va")
+        return int(va or 0) if strict else va
+    if step.action is StepAction.MIGRATE:
+        n = step.cpus[0] if step.cpus else None
+        if n is None or not 0 <= n < len(m.cpus):
+            if strict:
+                raise ValueError(f"step migrate names CPU {n}, machine has {len(m.cpus)}")
+            return None
+        return m.cpus[n]
     if step.action is StepAction.START:
         return m.model.operation(step.name) if strict else _find(m.model.operations, step.name)
     if step.action is StepAction.IRQ:

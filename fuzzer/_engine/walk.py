@@ -35,6 +35,7 @@ from typing import Any
 
 import attrs
 
+from fuzzer import _sched
 from fuzzer._args import sampler
 from fuzzer._coverage import RoutineRecorder
 from fuzzer._engine.records import Finding
@@ -90,7 +91,8 @@ class Walker:
         self.ops = [(op, {k: checked_sampler(model, op.name, k, s, seed)[0]
                           for k, s in op.args.items()}, f"op:{op.name}")
                     for op in model.operations]
-        self.kinds = (["online", "offline"] + [f"op:{op.name}" for op in model.operations]
+        self.kinds = (["online", "offline", "fill", "migrate"]
+                      + [f"op:{op.name}" for op in model.operations]
                       + [f"irq:{src.name}" for src in model.interrupts])
 
     def example(self, prefix: Sequence[Step] = ()) -> tuple[Machine | None, Finding | Fault | None]:
@@ -146,6 +148,7 @@ class Walker:
                 ok = [c for c in cpus if m.can_interrupt(c, src)]
                 if ok:
                     choices.append((StepAction.IRQ, src, ok))
+        _hidden_choices(m, on, choices)
         if len(choices) == 0 or rng.randrange(len(choices) + 1) == len(choices):
             m.run_bytes(rng.randbytes(rng.randint(1, SCHEDULE_BLOCK)))
             return
@@ -154,8 +157,27 @@ class Walker:
         if action is StepAction.START:
             op, draw, _ = what
             perform(m, action, cpu, op, {k: d(rng) for k, d in draw.items()})
+        elif action is StepAction.FILL:
+            vas = _sched.fill_candidates(m, cpu)
+            if vas:
+                perform(m, action, cpu, rng.choice(vas))
+        elif action is StepAction.MIGRATE:
+            perform(m, action, cpu, rng.choice(_sched.migration_targets(m, cpu)))
         else:
             perform(m, action, cpu, what)
+
+
+def _hidden_choices(m: Machine, on: set[str], choices: list[tuple[StepAction, Any, list[Any]]]) -> None:
+    """The decisions taken behind the kernel's back: a speculative TLB fill on an online
+    CPU (when the MMU models it), preempting a task onto an idle CPU (CONFIG_PREEMPT)."""
+    if "fill" in on and m.booted and _sched.speculates(m):
+        online = [c for c in m.cpus if c.online]
+        if online:
+            choices.append((StepAction.FILL, None, online))
+    if "migrate" in on and m.booted and _sched.preempt_enabled(m):
+        movable = [c for c in m.cpus if _sched.preemptible(c) and _sched.migration_targets(m, c)]
+        if movable:
+            choices.append((StepAction.MIGRATE, None, movable))
 
 
 class WalkEngine:

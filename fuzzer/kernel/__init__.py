@@ -15,6 +15,14 @@ on the names exported here:
   :func:`instr_words`, the version tuples (``V61``, ``NEXT``, ``V62``,
   ``V612``, ``TEMP_MM``, ``SINCE_TEMP_MM``), the cited files (``CP``,
   ``PROCESS_C``) and :func:`line` (a cited line at the running version);
+* bad pointers: :func:`deref` follows a kernel pointer and oopses on NULL or
+  a freed object as the kernel would (:class:`fuzzer.KernelOops`);
+  :func:`kernel_struct` registers a class as a kernel struct, so a routine
+  reading its members through ``None`` is a NULL-pointer oops too;
+* preemption control: :func:`preempt_disable`, :func:`get_cpu`,
+  :func:`migrate_disable` and their counterparts, :func:`smp_processor_id`,
+  :func:`preemptible` (with ``CONFIG_PREEMPT`` the search may migrate a
+  preemptible task to another CPU: see :mod:`fuzzer.kernel.sched`);
 * :func:`dawr_slots`, the powerpc MMU specs' ``breakpoint_slots``;
 * :data:`Gen`, the type of a modelled routine (a generator function declared
   with :func:`fuzzer.routine`; every ``yield`` is a point where hardware could
@@ -26,6 +34,7 @@ variables (``cpu_patching_context``); a plugin attaches its own with
 ``machine.attach(name, obj)`` and ``cpu.attach(name, obj)``.
 """
 
+from fuzzer._oops import POISON_POINTER, deref, kernel_struct
 from fuzzer.kernel.boot import dawr_slots
 from fuzzer.kernel.locking import (
     Mutex,
@@ -65,6 +74,16 @@ from fuzzer.kernel.patching import (
     mm_patch_enabled,
     random_patching_addr,
 )
+from fuzzer.kernel.sched import (
+    get_cpu,
+    migrate_disable,
+    migrate_enable,
+    preempt_disable,
+    preempt_enable,
+    preemptible,
+    put_cpu,
+    smp_processor_id,
+)
 
 __all__ = [
     "CP",
@@ -72,6 +91,7 @@ __all__ = [
     "ENOMEM",
     "EPERM",
     "NEXT",
+    "POISON_POINTER",
     "PROCESS_C",
     "SINCE_TEMP_MM",
     "TEMP_MM",
@@ -86,19 +106,29 @@ __all__ = [
     "context",
     "dawr_slots",
     "default_map_window",
+    "deref",
     "down_read",
     "down_write",
+    "get_cpu",
     "get_patch_pfn",
     "instr_words",
     "is_prefixed",
+    "kernel_struct",
     "line",
     "lockdep_assert_irqs_disabled",
     "might_sleep",
+    "migrate_disable",
+    "migrate_enable",
     "mm_patch_enabled",
     "mutex_lock",
     "mutex_unlock",
+    "preempt_disable",
+    "preempt_enable",
+    "preemptible",
     "pte_alloc",
+    "put_cpu",
     "random_patching_addr",
+    "smp_processor_id",
     "spin_lock",
     "spin_unlock",
     "up_read",

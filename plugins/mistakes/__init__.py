@@ -20,4 +20,10 @@ MISTAKES = (
     "hash_no_hpte_flush",
     "unsafe_sequence_order",
     "cached_pte",
+    "null_patching_context",
+    "aggr_disarm_early",
+    "static_key_dec_no_update",
+    "local_kernel_tlb_flush",
+    "hash_local_kernel_flush",
+    "percpu_context_preemptible",
 )
