@@ -17,6 +17,7 @@ plugins' option registry into a parser, and the parsed values into
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import traceback
@@ -28,7 +29,7 @@ from fuzzer._boot import boot as boot_real
 from fuzzer._corpus import find, load
 from fuzzer._database import is_redis, open_database
 from fuzzer._engine import ENGINES, ExitCode, Outcome, Status, run_campaign
-from fuzzer._errors import ModelLimitation, PluginError, UsageError
+from fuzzer._errors import ModelLimitation, PluginError, Signature, UsageError
 from fuzzer._export import FORMATS, write_export
 from fuzzer._model import Model
 from fuzzer._plugins import AUTOLOAD_ENV, FuzzerPluginManager
@@ -45,7 +46,6 @@ from fuzzer._settings import (
     build_settings,
 )
 from fuzzer._steps import Step
-from fuzzer._workers import WorkerSpec, run_workers, split_examples, worker_seed
 
 #: ``run``'s own options (dest -> option); every other dest is a plugin's.
 HOST_OPTIONS = {
@@ -54,7 +54,7 @@ HOST_OPTIONS = {
     "report_json": "--report-json", "corpus": "--corpus", "db": "--db", "workers": "--workers",
     "coverage": "--coverage", "coverage_dir": "--coverage-dir", "stats": "--stats",
     "stats_plot": "--stats-plot", "guide": "--guide", "engine": "--engine",
-    "report_known": "--report-known", "plugins": "-p", "command": "COMMAND",
+    "report_known": "--report-known", "scheduler": "--scheduler", "plugins": "-p", "command": "COMMAND",
 }
 
 
@@ -195,9 +195,14 @@ def _add_campaign_options(run: argparse.ArgumentParser) -> None:
                      f" extra), or 'none' (default: {DEFAULT_DB} without --seed; none with"
                      " --seed, so a seed always gives the same result)")
     run.add_argument("--workers", type=_count, default=1, metavar="N",
-                     help="run N worker processes sharing the corpus and the example database;"
-                     " each gets its own seed (derived from --seed) and a share of --max-examples"
-                     " (default 1)")
+                     help="run the campaign on N worker processes of a Dask LocalCluster (the"
+                     " cluster extra): shards of the search, each from its own seed derived from"
+                     " --seed, taken by workers as they free up (default 1: this process, no"
+                     " cluster); with --scheduler, wait for N workers")
+    run.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                     help="run the campaign on an existing Dask cluster: its scheduler's"
+                     " tcp://HOST:PORT, or the file `dask scheduler --scheduler-file` wrote (the"
+                     " cluster extra; see the README's 'Running across machines')")
     run.add_argument("--engine", choices=tuple(ENGINES), default=next(iter(ENGINES)),
                      help="how examples are generated: walk (random walks at emulator speed, a"
                      " step-level shrinker) or hypothesis (a Hypothesis RuleBasedStateMachine,"
@@ -276,7 +281,7 @@ def settings_from_args(pm: FuzzerPluginManager, args: argparse.Namespace,
         max_examples=args.max_examples, time_budget=args.time_budget, engine=args.engine,
         guide=args.guide, workers=args.workers, report_json=args.report_json, stats=args.stats,
         stats_plot=args.stats_plot, coverage=args.coverage, coverage_dir=args.coverage_dir,
-        report_known=args.report_known,
+        report_known=args.report_known, scheduler=args.scheduler,
     )
 
 
@@ -304,43 +309,73 @@ class _RunError(Exception):
 
 def cmd_run(pm: FuzzerPluginManager, settings: Settings, out: TextIO, err: TextIO) -> int:
     """``run``: a session whose outputs are the lifecycle hooks' built-in plugins."""
+    cluster_module = _cluster_module(settings) if settings.on_cluster else None
     model = Model.build(pm, settings.run)
     database: Any = settings.database
     if database is not None and is_redis(database):
         database = open_database(database)  # an unreachable server is a usage error, now
     session = Session(settings, model, pm, out, err, known=pm.known_findings(settings.run))
-    registered = [pm.register(cls(), f"fuzzer-{name}") for name, cls in SESSION_PLUGINS]
-    pm.session_plugins.update(name for name in registered if name is not None)
-    try:
-        session.hook("fuzzer_session_start")
-        outcome = _campaign(session, database)
-        session.hook("fuzzer_session_finish", outcome=outcome)
-    finally:
-        for name in registered:
-            if name is not None:
-                pm.unregister(name=name)
+    with contextlib.ExitStack() as stack:
+        spec = None
+        if cluster_module is not None:  # reached (or started) before the header names it
+            spec = _cluster_spec(cluster_module, session)
+            session.cluster = stack.enter_context(cluster_module.connect(
+                spec, model, workers=settings.workers, scheduler=settings.scheduler))
+        registered = [pm.register(cls(), f"fuzzer-{name}") for name, cls in SESSION_PLUGINS]
+        pm.session_plugins.update(name for name in registered if name is not None)
+        try:
+            session.hook("fuzzer_session_start")
+            outcome = _campaign(session, database, cluster_module, spec)
+            session.hook("fuzzer_session_finish", outcome=outcome)
+        finally:
+            for name in registered:
+                if name is not None:
+                    pm.unregister(name=name)
     if outcome.status is Status.ERROR:
         assert outcome.error is not None
         raise _RunError(outcome.error, outcome.steps)
     return session.exitcode if session.exitcode is not None else ExitCode.OK
 
 
-def _campaign(session: Session, database: Any) -> Outcome:
+def _known(session: Session) -> tuple[Signature, ...]:
+    """The known findings' signatures the search counts and goes past (none: --report-known)."""
+    return () if session.settings.report_known else tuple(k.signature for k in session.known)
+
+
+def _cluster_module(settings: Settings) -> Any:
+    """``fuzzer._cluster``, or a usage error naming the extra that brings Dask's ``distributed``."""
+    try:
+        import distributed  # noqa: F401  (an optional extra)
+    except ImportError:
+        option = (f"--scheduler {settings.scheduler}" if settings.scheduler
+                  else f"--workers {settings.workers}")
+        raise UsageError(f"{option} needs Dask's distributed: pip install 'ppc-kernel-fuzzer[cluster]'"
+                         ) from None
+    from fuzzer import _cluster
+
+    return _cluster
+
+
+def _cluster_spec(cluster_module: Any, session: Session) -> Any:
+    from fuzzer._reporters import coverage_include
+
+    include = tuple(coverage_include(session)) if session.settings.coverage else None
+    return cluster_module.CampaignSpec(session.settings, coverage=include, known=frozenset(_known(session)))
+
+
+def _campaign(session: Session, database: Any, cluster_module: Any, spec: Any) -> Outcome:
     settings, model = session.settings, session.model
-    known = () if settings.report_known else tuple(k.signature for k in session.known)
-    if settings.workers == 1:
+    if cluster_module is None:
         return run_campaign(model, seed=settings.seed, max_examples=settings.max_examples,
                             time_budget=settings.time_budget, events=session.events(),
                             database=database, guide=settings.guide, engine=settings.engine,
-                            known=known)
-    from fuzzer._reporters import coverage_include
-
-    include = tuple(coverage_include(session)) if settings.coverage else ()
-    shares = split_examples(settings.max_examples, settings.workers)
-    specs = [WorkerSpec(index=i, settings=settings, seed=worker_seed(settings.seed, i),
-                        max_examples=shares[i], coverage_include=include, known=frozenset(known))
-             for i in range(settings.workers)]
-    return run_workers(model, specs, events=session.events(examples=False))
+                            known=_known(session))
+    done = cluster_module.run_cluster(session.cluster, model, spec, events=session.events(examples=False),
+                                      database=database)
+    session.notes += done.notes()
+    session.measured += done.coverage
+    outcome: Outcome = done.outcome
+    return outcome
 
 
 # ---------------------------------------------------------------------------

@@ -208,27 +208,28 @@ def fuzzer_session_finish(session: Session, outcome: Outcome) -> None:
 def fuzzer_campaign_progress(session: Session, stats: StatsSnapshot, elapsed: float) -> None:
     """Statistics so far (frozen), about five times a second, and ``elapsed`` seconds.
 
-    With ``--workers``, called in the main process with every worker's merged statistics.
+    With ``--workers`` or ``--scheduler``, called in the client with the cluster's merged statistics.
     """
 
 
 @hookspec
 def fuzzer_example_start(session: Session) -> None:
-    """An example is about to run (in the process that runs it; not with ``--workers``)."""
+    """An example is about to run (in the process that runs it; not on a cluster)."""
 
 
 @hookspec
 def fuzzer_example_finish(session: Session, machine: Machine | None,
                           failure: Finding | PluginError | None) -> None:
     """An example ended: the machine it ran (None if it could not be built) and its
-    failure, if any (a known finding included). Not called with ``--workers``."""
+    failure, if any (a known finding included). Not called on a cluster."""
 
 
 @hookspec
-def fuzzer_failure_found(session: Session, failure: Finding | PluginError, worker: int | None) -> None:
+def fuzzer_failure_found(session: Session, failure: Finding | PluginError, worker: str | None) -> None:
     """The first failing example that is not a known finding, before shrinking.
 
-    ``worker`` is the worker process that found it (``--workers``), else None.
+    ``worker`` says where a cluster found it (``--workers``, ``--scheduler``: ``shard 3
+    (seed N) on tcp://HOST:PORT``), else None.
     """
 
 

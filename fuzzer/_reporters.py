@@ -19,6 +19,7 @@ from fuzzer._plugins import hookimpl
 from fuzzer._report import failure_json, format_failure, write_json
 from fuzzer._session import Session
 from fuzzer._stats import StatsLog
+from fuzzer._steps import Step
 
 
 def rule(text: str, out: TextIO) -> None:
@@ -59,10 +60,10 @@ class Terminal:
         self.stream.flush()
 
     @hookimpl
-    def fuzzer_failure_found(self, failure: Finding | PluginError, worker: int | None) -> None:
+    def fuzzer_failure_found(self, failure: Finding | PluginError, worker: str | None) -> None:
         self.end()
         what = failure.message if isinstance(failure, Finding) else str(failure)
-        who = f"worker {worker}: " if worker is not None else ""
+        who = f"{worker}: " if worker else ""
         assert self.stream is not None
         self.stream.write(f"found: {who}{what} -- shrinking to a minimal reproduction...\n")
         self.stream.flush()
@@ -79,6 +80,8 @@ class Terminal:
         self.end()
         if outcome.failure is not None and outcome.status in (Status.FAILED, Status.INTERRUPTED):
             session.out.write("\n" + format_failure(outcome.failure, session.model, outcome.steps) + "\n\n")
+            for other in outcome.more_failures:
+                session.out.write(format_failure(other, session.model, other.steps) + "\n\n")
             if outcome.status is Status.INTERRUPTED:
                 session.out.write("(interrupted while shrinking: this reproduction is not minimal)\n")
         result = yield
@@ -102,11 +105,10 @@ def header(session: Session) -> list[str]:
               f"{settings.time_budget:g} s" if settings.time_budget else "no time limit"]
     lines.append(f"budget: {' or '.join(budget)}")
     lines.append(f"corpus: {settings.corpus or 'not saved'}; example database: {db or 'none'}")
-    if settings.workers > 1:
-        from fuzzer._workers import worker_seed
-
-        seeds = ", ".join(str(worker_seed(settings.seed, i)) for i in range(settings.workers))
-        lines.append(f"workers: {settings.workers} processes, seeds {seeds}")
+    if session.cluster is not None:
+        lines.append(f"cluster: {session.cluster.describe()}")
+        dashboard = session.cluster.dashboard or "none (a Dask scheduler serves one when bokeh is installed)"
+        lines.append(f"dashboard: {dashboard}")
     if settings.coverage:
         lines.append(f"coverage: coverage.py (branches) of the modelled kernel -> {settings.coverage_dir}")
     from fuzzer._engine import ENGINES
@@ -142,10 +144,12 @@ def summarize(session: Session, outcome: Outcome) -> None:
              f" ({speed:,.0f} steps/s) in {outcome.duration:.2f}s")
     if outcome.status is Status.FAILED:
         assert outcome.failure is not None
-        first = (f", first found after {outcome.time_to_first_failure:.2f}s"
-                 f" (example {outcome.examples_to_first_failure})"
+        example = (f" (example {outcome.examples_to_first_failure})"
+                   if outcome.examples_to_first_failure is not None else "")
+        first = (f", first found after {outcome.time_to_first_failure:.2f}s{example}"
                  if outcome.time_to_first_failure is not None else "")
-        rule(f"1 failed: {outcome.failure.message} -- {stats}{first}", out)
+        failures = [outcome.failure, *outcome.more_failures]
+        rule(f"{len(failures)} failed: {'; '.join(f.message for f in failures)} -- {stats}{first}", out)
         session.exitcode = ExitCode.FAILED
     elif outcome.status is Status.INTERRUPTED:
         found = ", 1 failure found (not shrunk)" if outcome.failure is not None else ""
@@ -187,14 +191,15 @@ class StatsReporter:
             session.notes.append(f"statistics written to {settings.stats} ({len(log.samples)} samples)")
         if settings.stats_plot:
             run = session.model.run
+            workers = session.cluster.workers if session.cluster is not None else 1
             log.plot(settings.stats_plot, f"{run.kernel}, {run.mmu}, seed {settings.seed}"
-                     + (f", {settings.workers} workers" if settings.workers > 1 else ""))
+                     + (f", {workers} workers" if workers > 1 else ""))
             session.notes.append(f"plot of coverage and failures over time written to {settings.stats_plot}")
 
 
 class CoverageReporter:
-    """``--coverage``: coverage.py over the modelled kernel while the campaign runs (worker
-    processes measure their own; the data is combined here), then its report."""
+    """``--coverage``: coverage.py over the modelled kernel while the campaign runs (a
+    cluster's shards measure their own; their data is merged here), then its report."""
 
     def __init__(self) -> None:
         self.cov: CoverageSession | None = None
@@ -205,17 +210,17 @@ class CoverageReporter:
         if not settings.coverage:
             return
         self.cov = CoverageSession(settings.coverage_dir, coverage_include(session))
-        if settings.workers == 1:
+        if session.cluster is None:
             self.cov.start()
 
     @hookimpl
     def fuzzer_session_finish(self, session: Session, outcome: Outcome) -> None:
         if self.cov is None:
             return
-        if session.settings.workers == 1:
+        if session.cluster is None:
             self.cov.stop()
         else:
-            self.cov.combine()
+            self.cov.add(session.measured)
         if outcome.status is not Status.ERROR:
             session.notes[:0] = coverage_notes(self.cov.report(session.model.routine_infos))
 
@@ -255,13 +260,20 @@ class CorpusReporter:
 
     @hookimpl
     def fuzzer_session_finish(self, session: Session, outcome: Outcome) -> None:
-        corpus = session.settings.corpus
-        if corpus is None or outcome.status is not Status.FAILED or outcome.failure is None:
+        if session.settings.corpus is None or outcome.status is not Status.FAILED or outcome.failure is None:
             return
+        self.save(session, outcome.failure, outcome.steps)
+        for other in outcome.more_failures:
+            self.save(session, other, other.steps)
+
+    @staticmethod
+    def save(session: Session, failure: Finding, steps: tuple[Step, ...]) -> None:
+        corpus = session.settings.corpus
+        assert corpus is not None
         run = session.model.run
         entry = Entry.from_failure(kernel=run.kernel, mmu=run.mmu, cpus=run.cpus,
                                    plugins=session.settings.plugins, config=run.config.values,
-                                   options=run.options, failure=outcome.failure, steps=outcome.steps)
+                                   options=run.options, failure=failure, steps=steps)
         try:
             saved = save(entry, corpus)
         except OSError as exc:

@@ -34,6 +34,10 @@ class Session:
     """Lines printed after the report, before the summary line (outputs written, coverage)."""
     exitcode: ExitCode | None = None
     """Set by the terminal reporter once the outcome is known."""
+    cluster: Any = None
+    """The Dask cluster the campaign runs on (``fuzzer._cluster.Cluster``), or None: this process."""
+    measured: list[bytes] = attrs.Factory(list)
+    """coverage.py data measured elsewhere (``CoverageData.dumps`` of a cluster's shards)."""
 
     def hook(self, name: str, **kwargs: Any) -> list[Any]:
         """Call a lifecycle hook with this session, through pluggy, blaming a plugin that raises."""
@@ -42,7 +46,7 @@ class Session:
     def events(self, *, examples: bool = True) -> Events:
         """The engine's callbacks, resolved once: None for a hook no plugin implements, so an
         example pays nothing for it (trio's ``_instrumentation`` habit). ``examples=False``
-        leaves out the per-example hooks (worker processes run those examples)."""
+        leaves out the per-example hooks (a cluster's workers run those examples)."""
         def bound(name: str, *params: str) -> Callable[..., None] | None:
             pm = self.pluginmanager
             caller = pm.caller(name, self.model.run.arch)
@@ -65,7 +69,7 @@ class Session:
 
 
 def _with_worker(call: Callable[..., None] | None) -> Callable[..., None] | None:
-    """``failure_found(failure)`` from an engine: no worker."""
+    """``failure_found(failure)`` from an engine: no worker; a cluster says where."""
     if call is None:
         return None
     return lambda failure, worker=None: call(failure, worker)

@@ -57,7 +57,10 @@ class Settings:
     guide: bool = False
     """Coverage guidance (the routines each example entered)."""
     workers: int = 1
-    """Campaign processes."""
+    """Worker processes: more than 1 runs on a Dask LocalCluster (with :attr:`scheduler`,
+    the workers to wait for)."""
+    scheduler: str | None = None
+    """An existing Dask cluster's scheduler (``tcp://HOST:PORT`` or a scheduler file); None: none."""
     database: str | None = None
     """The example database: a directory or ``redis://`` URL; None: off."""
     corpus: str | None = DEFAULT_CORPUS
@@ -69,6 +72,11 @@ class Settings:
     coverage_dir: str = DEFAULT_COVERAGE_DIR
     report_known: bool = False
     """Report known findings as ordinary ones (stop, shrink, report, save)."""
+
+    @property
+    def on_cluster(self) -> bool:
+        """The campaign runs on a Dask cluster (``fuzzer._cluster``), not in this process."""
+        return self.workers > 1 or self.scheduler is not None
 
 
 def run_config(pm: FuzzerPluginManager, *, kernel: str | None = None, mmu: str = "radix",

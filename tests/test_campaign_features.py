@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -132,17 +133,23 @@ def test_stats_plot_without_matplotlib_names_the_extra(cli, monkeypatch):
 # ---------------------------------------------------------------------------
 
 
+#: --workers N > 1 runs on a Dask LocalCluster: the cluster extra (in the test extra).
+needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
+                                reason="the cluster extra is not installed (pip install -e '.[cluster]')")
+
+
 def test_workers_must_be_positive(cli):
     r = cli(*SHORT, "--workers", "0")
     assert (r.rc, r.out) == (4, "")
     assert r.err == "ERROR: --workers must be 1 or more, not 0\n"
 
 
+@needs_dask
 def test_two_workers_share_the_example_budget_and_merge(cli, tmp_path):
     r = cli("run", "--seed", "1", "--max-examples", "60", "--time-budget", "60", "--corpus", "none",
             "--workers", "2", "--stats", "s.jsonl", "--coverage", "--coverage-dir", "cov")
     assert r.rc == 0, r.out + r.err
-    assert "workers: 2 processes, seeds 1, " in r.out
+    assert "cluster: LocalCluster, 2 workers (processes, 1 thread each)" in r.out
     # Each worker stops at its share (30), give or take the few extra Hypothesis runs.
     last = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[-1])
     assert 60 <= last["examples"] <= 90
@@ -152,6 +159,7 @@ def test_two_workers_share_the_example_budget_and_merge(cli, tmp_path):
     assert "never reached" in r.out
 
 
+@needs_dask
 def test_two_workers_find_report_and_save_one_failure(cli, tmp_path):
     r = cli("-p", MISTAKE, "run", *V6_2, "--seed", "1", "--workers", "2", "--db", "db", "--stats", "s.jsonl")
     assert r.rc == 1, r.out + r.err
@@ -193,6 +201,7 @@ def _run_until_interrupted(tmp_path: Path, *, group: bool) -> subprocess.Complet
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+@needs_dask
 @pytest.mark.parametrize("group", [True, False], ids=["terminal", "parent-only"])
 def test_ctrl_c_stops_every_worker_and_reports(tmp_path, group):
     done = _run_until_interrupted(tmp_path, group=group)

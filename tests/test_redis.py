@@ -89,9 +89,10 @@ def test_two_workers_share_a_failure_through_redis(tmp_path, redis_url):
 
 
 def test_workers_in_one_run_share_redis(tmp_path, redis_url):
+    pytest.importorskip("distributed", reason="--workers 2: the cluster extra is not installed")
     both = worker(tmp_path, "ab", "--seed", "3", "--workers", "2", "--db", redis_url)
     assert both.returncode == 1, both.stdout + both.stderr
-    assert "workers: 2 processes" in both.stdout
+    assert "cluster: LocalCluster, 2 workers" in both.stdout
     again = worker(tmp_path, "c", "--seed", "4", "--max-examples", "1", "--db", redis_url)
     assert again.returncode == 1, again.stdout + again.stderr
     assert "(example 1)" in again.stdout.splitlines()[-1], again.stdout + both.stdout

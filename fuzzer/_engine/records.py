@@ -195,6 +195,9 @@ class Outcome:
     time_to_first_failure: float | None = None
     examples_to_first_failure: int | None = None
     """Which example first failed (1 = the first one run); shrinking runs more after it."""
+    more_failures: tuple[Finding, ...] = ()
+    """Other distinct failures of the same campaign (``failed``), each verified and shrunk,
+    its reproduction in its ``steps``: a cluster's shards may each find a different one."""
 
     @property
     def examples(self) -> int:
