@@ -105,17 +105,17 @@ def measured_files(infos: Iterable[RoutineInfo], plugin_modules: Iterable[str]) 
 
 
 class CoverageSession:
-    """coverage.py over the modelled kernel, for one process (``start``/``stop``) or combined."""
+    """coverage.py over the modelled kernel, for this process (``start``/``stop``), or data
+    measured elsewhere (``add``)."""
 
-    def __init__(self, directory: str | os.PathLike[str], include: list[str], *,
-                 parallel: bool = False) -> None:
+    def __init__(self, directory: str | os.PathLike[str], include: list[str]) -> None:
         import coverage  # ~85 ms: only when asked for
 
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.include = include
         self.cov = coverage.Coverage(
-            data_file=str(self.directory / ".coverage"), data_suffix=parallel or None,
+            data_file=str(self.directory / ".coverage"),
             include=include, branch=True, messages=False, config_file=False,
         )
 
@@ -128,13 +128,6 @@ class CoverageSession:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.cov.stop()
-            self.cov.save()
-
-    def combine(self) -> None:
-        """Merge the data files that worker processes saved beside this one."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.cov.combine([str(self.directory)], keep=False)
             self.cov.save()
 
     def add(self, datas: Iterable[bytes]) -> None:
