@@ -54,6 +54,12 @@ def fuzzer_kernel_versions() -> list[KernelVersion]:
             "v6.12", 6120, "linux-source-6.12 (6.12.117): patch_mem, patch_instructions;"
             " ftrace patches at boot, before kprobes"
         ),
+        KernelVersion(
+            # Sorts just before v6.12 so that the released kernel stays the default.
+            "v6.12-fixed", 6119, "v6.12 with the fixes for its two findings: tlb_finish_mmu() in"
+            " put_patching_mm() and 21641bd9a7a7 (lazy TLB off before CPU offline)",
+            based_on="v6.12",
+        ),
     ]
 
 
