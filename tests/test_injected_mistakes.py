@@ -26,9 +26,12 @@ EXPECTED = {
     "hash_no_hpte_flush": ("END-STATE", "patching mapping removed"),
     "unsafe_sequence_order": ("INVARIANT", "patched sequence safe at every step"),
     "cached_pte": ("BUG", "assert_pte_locked"),
+    "finish_gather_early": ("END-STATE", "page-table memory freed"),
+    "lazy_switch_after_disable": ("WARNING", "switch_mm_irqs_off"),
 }
 #: The kernel version each mistake changes (the default is the newest, v6.12).
-KERNEL = {"cached_pte": "v6.12"}
+KERNEL = {"cached_pte": "v6.12", "finish_gather_early": "v6.12-fixed",
+          "lazy_switch_after_disable": "v6.12-fixed"}
 #: Mistakes in one MMU's model: run with that MMU.
 MMU = {
     "hash_no_hpte_flush": "hash",
@@ -41,6 +44,8 @@ MMU = {
 NEEDS_SEARCH = {
     "shared_patching_mm": "online",
     "leak_on_offline": "offline",
+    "finish_gather_early": "offline",
+    "lazy_switch_after_disable": "offline",
     "pmi_in_patch_window": "irq",
     "skip_suspend_breakpoints": "start",
     "skip_restore_breakpoints": "start",

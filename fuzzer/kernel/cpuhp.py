@@ -153,6 +153,7 @@ def cpuhp_teardown_ap(cpu: Cpu) -> Gen:
     m = cpu.m
     lock = m.state["cpu_hotplug_lock"]
     cpu.current.active_mm = cpu.loaded_mm  # context_switch: a kthread borrows the mm
+    _woken_by_ipi(cpu)
     yield from down_write(cpu, lock)
     for state in reversed(m.cpuhp_states):
         if state.teardown is not None:
@@ -164,6 +165,12 @@ def cpuhp_teardown_ap(cpu: Cpu) -> Gen:
     yield from cpu.k.take_cpu_down(cpu)
     _become_idle(cpu, _idle_dies(cpu))
     yield  # the idle task runs from here
+
+
+def _woken_by_ipi(cpu: Cpu) -> None:
+    """The control CPU wakes this CPU's hotplug thread (``cpuhp_kick_ap``) and its stopper
+    (``stop_machine_cpuslocked``) with an IPI: the interrupt is context synchronising."""
+    cpu.m.mmu.isync(cpu)
 
 
 def _become_idle(cpu: Cpu, gen: Gen) -> None:
@@ -192,6 +199,7 @@ def take_cpu_down(cpu: Cpu) -> Gen:
     """``take_cpu_down()`` (kernel/cpu.c:1268, v6.12) on the stopper thread, IRQs off:
     ``__cpu_disable`` -> ``pnv_smp_cpu_disable`` (platforms/powernv/smp.c:130):
     ``set_cpu_online(cpu, false)`` and ``cleanup_cpu_mmu_context`` (:147)."""
+    _woken_by_ipi(cpu)
     cpu.irqs_enabled = False
     yield
     yield from cpu.k.cleanup_cpu_mmu_context(cpu)
@@ -202,6 +210,7 @@ def take_cpu_down_fixed(cpu: Cpu) -> Gen:
     """``take_cpu_down()`` with 21641bd9a7a7 ("lazy tlb: fix hotplug exit race with
     MMU_LAZY_TLB_SHOOTDOWN"): ``idle_task_prepare_exit()`` first, switching away from
     the lazy mm while this CPU is still in its ``mm_cpumask``; then as before."""
+    _woken_by_ipi(cpu)
     cpu.irqs_enabled = False
     yield
     yield from cpu.k.idle_task_prepare_exit(cpu)

@@ -20,4 +20,6 @@ MISTAKES = (
     "hash_no_hpte_flush",
     "unsafe_sequence_order",
     "cached_pte",
+    "finish_gather_early",
+    "lazy_switch_after_disable",
 )
