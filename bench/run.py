@@ -57,7 +57,8 @@ from fuzzer_plugins.mistakes import MISTAKES  # noqa: E402
 BENCH = Path(__file__).resolve().parent
 
 #: Kernel and MMU each mistake needs (as in tests/test_injected_mistakes.py; a test checks they agree).
-KERNEL = {"cached_pte": "v6.12"}
+KERNEL = {"cached_pte": "v6.12", "finish_gather_early": "v6.12-fixed",
+          "lazy_switch_after_disable": "v6.12-fixed"}
 MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash"}
 
 #: Known-minimal reproduction length, in steps: the shortest reproduction seen (shipped
@@ -74,6 +75,8 @@ MINIMAL = {
     "pmi_in_patch_window": 4,       # boot, start, run into the patch window, irq perf_pmi
     "skip_restore_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
     "skip_suspend_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
+    "finish_gather_early": 4,       # boot, online, run, offline
+    "lazy_switch_after_disable": 6,  # boot, online, run, start a process there, run, offline
 }
 
 #: Where a mistake shows in more than one way, the known-minimal length of a reproduction
