@@ -27,8 +27,8 @@ CPUHP_AP_ONLINE_DYN = 169
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
     return [cpuhp_setup_state, cpuhp_bringup_ap, cpuhp_teardown_ap, take_cpu_down, take_cpu_down_fixed,
-            cleanup_cpu_mmu_context, do_idle, arch_cpu_idle_dead, pnv_cpu_offline_self, idle_task_exit,
-            idle_task_prepare_exit, idle_task_exit_fixed, cpu_die]
+            cpu_disable, cleanup_cpu_mmu_context, do_idle, arch_cpu_idle_dead, pnv_cpu_offline_self,
+            idle_task_exit, idle_task_prepare_exit, idle_task_exit_fixed, cpu_die]
 
 
 @hookimpl
@@ -197,12 +197,11 @@ def _idle_dies(cpu: Cpu) -> Gen:
 @routine("take_cpu_down", "kernel/cpu.c")
 def take_cpu_down(cpu: Cpu) -> Gen:
     """``take_cpu_down()`` (kernel/cpu.c:1268, v6.12) on the stopper thread, IRQs off:
-    ``__cpu_disable`` -> ``pnv_smp_cpu_disable`` (platforms/powernv/smp.c:130):
-    ``set_cpu_online(cpu, false)`` and ``cleanup_cpu_mmu_context`` (:147)."""
+    ``__cpu_disable()`` (:1275)."""
     _woken_by_ipi(cpu)
     cpu.irqs_enabled = False
     yield
-    yield from cpu.k.cleanup_cpu_mmu_context(cpu)
+    yield from cpu.k.__cpu_disable(cpu)
 
 
 @routine("take_cpu_down", "kernel/cpu.c", versions=V612_FIXED)
@@ -214,6 +213,16 @@ def take_cpu_down_fixed(cpu: Cpu) -> Gen:
     cpu.irqs_enabled = False
     yield
     yield from cpu.k.idle_task_prepare_exit(cpu)
+    yield from cpu.k.__cpu_disable(cpu)
+
+
+@routine("__cpu_disable", "arch/powerpc/kernel/smp.c", symbol="pnv_smp_cpu_disable")
+def cpu_disable(cpu: Cpu) -> Gen:
+    """``__cpu_disable()`` (arch/powerpc/kernel/smp.c:1763) -> ``pnv_smp_cpu_disable()``
+    (platforms/powernv/smp.c:130, v6.12): ``set_cpu_online(cpu, false)`` (:138), then
+    ``cleanup_cpu_mmu_context()`` (:147)."""
+    cpu.online = False
+    yield
     yield from cpu.k.cleanup_cpu_mmu_context(cpu)
 
 

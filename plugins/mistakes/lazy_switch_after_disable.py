@@ -2,8 +2,8 @@
 
 21641bd9a7a7 calls ``idle_task_prepare_exit()`` at the top of
 ``take_cpu_down()``, before ``__cpu_disable()``. This variant calls it after
-``cleanup_cpu_mmu_context()`` instead: the switch away from the lazily used
-process mm then runs with the CPU already gone from that mm's cpumask, and
+``__cpu_disable()`` (and so after ``cleanup_cpu_mmu_context()``): the switch
+away from the lazily used process mm then runs with the CPU already gone from that mm's cpumask, and
 6.12's ``switch_mm_irqs_off`` warns (mmu_context.c:106). Only the modelled
 lazy TLB, the offline path and that check show it; it needs a process to have
 run on the CPU before it goes offline.
@@ -20,11 +20,11 @@ from fuzzer.kernel import V612_FIXED
 
 @routine("take_cpu_down", "kernel/cpu.c", versions=V612_FIXED, override=True)
 def take_cpu_down(cpu: Cpu) -> Generator[Any, None, Any]:
-    """take_cpu_down with ``idle_task_prepare_exit`` after ``cleanup_cpu_mmu_context``."""
+    """take_cpu_down with ``idle_task_prepare_exit`` after ``__cpu_disable``."""
     cpu.m.mmu.isync(cpu)  # woken by an IPI, as the original
     cpu.irqs_enabled = False
     yield
-    yield from cpu.k.cleanup_cpu_mmu_context(cpu)
+    yield from cpu.k.__cpu_disable(cpu)
     yield from cpu.k.idle_task_prepare_exit(cpu)
 
 
