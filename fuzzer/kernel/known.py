@@ -17,6 +17,7 @@ _BOOTS = "real 6.12.117 powernv boots (shared/reference/real-boots/"
 PAGE_TABLE_LEAK: dict[str, Any] = {
     "signature": {"kind": "END-STATE", "function": "page-table memory freed", "location": ""},
     "kernels": ("next-20221215", "v6.2", "v6.12"),
+    "fixed_in": ("v6.12-fixed",),
     "title": (
         "CPU offline leaks the patching mm's page tables on Radix: put_patching_mm()"
         " (arch/powerpc/lib/code-patching.c:142-149 in v6.12, :139-146 in next-20221215 and"
@@ -36,6 +37,7 @@ LAZY_TLB_HOTPLUG_WARN: dict[str, Any] = {
     "signature": {"kind": "WARNING", "function": "switch_mm_irqs_off",
                   "location": "arch/powerpc/mm/mmu_context.c:106"},
     "kernels": ("v6.12",),
+    "fixed_in": ("v6.12-fixed",),
     "title": (
         "WARNING at arch/powerpc/mm/mmu_context.c:106 switch_mm_irqs_off <- idle_task_exit <-"
         " pnv_cpu_offline_self <- arch_cpu_idle_dead: cleanup_cpu_mmu_context()"
