@@ -79,11 +79,13 @@ def replay(model: Model, steps: Iterable[Step]) -> tuple[Machine | None, Finding
 
 
 def search(model: Model, *, seed: int = 1, max_examples: int = 300, time_budget: float = 60,
-           engine: str = "walk", guide: bool = False, known: Iterable[Any] = ()) -> Outcome:
+           engine: str = "walk", guide: bool = False, known: Iterable[Any] | None = None) -> Outcome:
     """Search ``model`` as ``run`` does (``--engine``, ``--guide``); a failure comes back
     shrunk and replay-verified. ``known``: known findings (or their signatures) to count
-    and search past, as ``run`` does without ``--report-known``."""
-    signatures = [getattr(k, "signature", k) for k in known]
+    and search past; by default the model's own (``model.known``), as ``run`` does without
+    ``--report-known``; ``known=()`` reports them as ordinary findings."""
+    signatures: list[Signature] = [getattr(k, "signature", k)
+                                   for k in (model.known if known is None else known)]
     return run_campaign(model, seed=seed, max_examples=max_examples, time_budget=time_budget,
                         engine=engine, guide=guide, known=signatures)
 
