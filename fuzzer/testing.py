@@ -27,6 +27,7 @@ from fuzzer._engine.campaign import run_campaign
 from fuzzer._engine.hypothesis import Channel, state_machine_class
 from fuzzer._engine.records import Finding, Outcome, Status
 from fuzzer._engine.replay import replay as _replay
+from fuzzer._errors import Signature
 from fuzzer._machine import Machine
 from fuzzer._model import Model
 from fuzzer._plugins import FuzzerPluginManager
