@@ -85,8 +85,8 @@ def search(model: Model, *, seed: int = 1, max_examples: int = 300, time_budget:
     shrunk and replay-verified. ``known``: known findings (or their signatures) to count
     and search past; by default the model's own (``model.known``), as ``run`` does without
     ``--report-known``; ``known=()`` reports them as ordinary findings."""
-    signatures: list[Signature] = [getattr(k, "signature", k)
-                                   for k in (model.known if known is None else known)]
+    given: Iterable[Any] = model.known if known is None else known
+    signatures: list[Signature] = [k if isinstance(k, Signature) else k.signature for k in given]
     return run_campaign(model, seed=seed, max_examples=max_examples, time_budget=time_budget,
                         engine=engine, guide=guide, known=signatures)
 
