@@ -91,7 +91,7 @@ def search(model: Model, *, seed: int = 1, max_examples: int = 300, time_budget:
                         engine=engine, guide=guide, known=signatures)
 
 
-def state_machine(model: Model) -> type[RuleBasedStateMachine]:
+def state_machine(model: Model, *, report_known: bool = False) -> type[RuleBasedStateMachine]:
     """The model's Hypothesis ``RuleBasedStateMachine``, for your own test suite::
 
         TestMyPlugin = fuzzer.testing.state_machine(make_model(plugins=["my_plugin"])).TestCase
@@ -100,9 +100,12 @@ def state_machine(model: Model) -> type[RuleBasedStateMachine]:
     ``TestMyPlugin.settings``, or decorate the class with ``@settings``). A kernel
     failure is raised as the model raised it, and Hypothesis prints, under the
     falsifying example, the same kernel-style report and minimal reproduction as
-    ``python -m fuzzer run``.
+    ``python -m fuzzer run``. The kernel's known findings (``model.known``) end an
+    example as invalid and the search goes on, as ``run`` does; ``report_known=True``
+    raises them like any other failure.
     """
-    return state_machine_class(model, Channel(notes=True))
+    known = frozenset() if report_known else frozenset(k.signature for k in model.known)
+    return state_machine_class(model, Channel(notes=True, known=known))
 
 
 def boot_steps(seed: int = 0) -> list[Step]:

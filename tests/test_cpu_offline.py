@@ -167,9 +167,9 @@ def test_lazy_mm_survives_to_the_idle_task_exit():
 
 
 def test_known_findings_match_the_corpus():
-    sigs = {(f["signature"]["kind"], f["signature"]["function"], f["signature"]["location"]): f
-            for f in known_findings()}
+    sigs = {(f.signature.kind, f.signature.function, f.signature.location): f for f in known_findings()}
     assert set(sigs) == {(*LEAK, ""), WARN_106}
-    assert set(sigs[(*LEAK, "")]["kernels"]) == {"next-20221215", "v6.2", "v6.12"}
-    assert "tlb_finish_mmu" in sigs[(*LEAK, "")]["fix"]
-    assert "21641bd9a7a7" in sigs[WARN_106]["fix"]
+    assert set(sigs[(*LEAK, "")].kernels) == {"next-20221215", "v6.2", "v6.12"}
+    assert "tlb_finish_mmu" in sigs[(*LEAK, "")].fix
+    assert "21641bd9a7a7" in sigs[WARN_106].fix
+    assert all(f.fixed_in == {"v6.12-fixed"} for f in sigs.values())
