@@ -26,4 +26,6 @@ MISTAKES = (
     "local_kernel_tlb_flush",
     "hash_local_kernel_flush",
     "percpu_context_preemptible",
+    "finish_gather_early",
+    "lazy_switch_after_disable",
 )
