@@ -109,9 +109,11 @@ def dask_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Das
 
 @functools.cache
 def found_alone(plugins: tuple[str, ...], seed: int) -> str:
-    """What one process's search from ``seed`` finds first on v6.2 with ``plugins`` (a signature)."""
+    """What one process's search from ``seed`` finds first on v6.2 with ``plugins`` (a signature),
+    past the known findings as ``run`` goes."""
     model, _, _ = _model(plugins, kernel="v6.2")
-    outcome = run_campaign(model, seed=seed, max_examples=100, time_budget=0, shrink=False)
+    outcome = run_campaign(model, seed=seed, max_examples=100, time_budget=0, shrink=False,
+                           known=[k.signature for k in model.known])  # as run searches past them
     assert outcome.failure is not None, f"{plugins} seed {seed}: nothing found alone"
     return str(outcome.failure.signature)
 
@@ -216,7 +218,7 @@ def test_distinct_failures_are_each_shrunk_once_verified_reported_and_saved(tmp_
     seed = next(seed for seed in range(1, 50) if len(set(first_two(seed))) == 2)
     model, settings, pm = _model(TWO, kernel="v6.2", seed=seed, max_examples=0, time_budget=0,
                              corpus=str(tmp_path / "corpus"), workers=2)
-    spec = _cluster.CampaignSpec(settings)
+    spec = _cluster.CampaignSpec(settings, known=frozenset(k.signature for k in model.known))
     shrunk: list[str] = []
     events = _cluster.Events(failure_shrunk=lambda failure: shrunk.append(str(failure.signature)))
     with _cluster.connect(spec, model, workers=2, scheduler=None) as cluster:
