@@ -306,8 +306,8 @@ def test_a_failure_in_the_users_suite_prints_the_kernel_report_and_reproduction(
     from hypothesis.stateful import run_state_machine_as_test
 
     machine = state_machine(make_model("v6.2", plugins=[LEAK]))
-    with pytest.raises(fuzzer.KernelFailure) as info:
-        run_state_machine_as_test(machine, settings=QUICK)
+    with pytest.raises(fuzzer.KernelFailure) as info:  # a fixed seed: an unseeded search missed it 1 in 4
+        run_state_machine_as_test(machine, settings=settings(QUICK, derandomize=True))
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "end state 'patching mm leak' violated" in notes
     assert "Signature: END-STATE in patching mm leak" in notes
