@@ -224,6 +224,8 @@ class Machine:
         self.nsteps = 0
         self.steps: list[Step] = []
         self.rng = random.Random(0)
+        self.draws: list[int] = []
+        """The kernel's random draws still to make, as the boot step chose them."""
         self.mem: dict[int, int] = {}
         """Physical memory, one 32-bit word per 4-byte-aligned physical address."""
         self.pristine_text: dict[int, int] = {}
@@ -383,8 +385,21 @@ class Machine:
             self.text_writes.setdefault(va - self.layout.page_offset + 4 * i, set()).add(w)
 
     def get_random_long(self) -> int:
-        """``get_random_long()``: from the seeded generator, so a run is reproducible."""
-        return self.rng.getrandbits(64)
+        """``get_random_long()``: the next chosen draw (the boot step's ``draws``), else
+        from the seeded generator; either way a run is reproducible."""
+        return self.random_below(1 << 64)
+
+    def random_below(self, n: int) -> int:
+        """``get_random_long() % n``, the way the kernel narrows a draw to ``[0, n)``.
+
+        A chosen draw ``v`` gives ``v % n``: the search picks boundary values of
+        the range (0, 1, -1 for ``n - 1``, -2) without knowing ``n``. Without
+        one, the seeded generator's next 64 bits, as ``get_random_long`` was
+        before draws were decisions (so saved runs replay the same).
+        """
+        if self.draws:
+            return self.draws.pop(0) % n
+        return self.rng.getrandbits(64) % n
 
     # -- the scheduler -----------------------------------------------------------------
 
@@ -599,7 +614,7 @@ class Machine:
     def apply(self, step: Step) -> None:
         """Apply one recorded step (replay)."""
         if step.action == "boot":
-            self.boot(step.seed)
+            self.boot(step.seed, step.draws)
         elif step.action == "online":
             self.cpu_up(self._cpu(step))
         elif step.action == "offline":
@@ -619,10 +634,14 @@ class Machine:
             raise ValueError(f"step {step.action} names CPU {step.cpu}, machine has {len(self.cpus)}")
         return self.cpus[step.cpu]
 
-    def boot(self, seed: int) -> None:
-        """Boot CPU 0 (``start_kernel`` to the end of initcalls); only CPU 0 is online."""
-        self.steps.append(Step("boot", seed=seed))
+    def boot(self, seed: int, draws: Iterable[int] = ()) -> None:
+        """Boot CPU 0 (``start_kernel`` to the end of initcalls); only CPU 0 is online.
+
+        ``draws``: the kernel's random draws, chosen (see :meth:`random_below`).
+        """
+        self.steps.append(Step("boot", seed=seed, draws=draws))
         self.rng = random.Random(seed)
+        self.draws = list(draws)
         cpu0 = self.cpus[0]
         cpu0.online = True
         cpu0.loaded_mm = self.init_mm

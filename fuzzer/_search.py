@@ -162,7 +162,7 @@ def apply_if_possible(m: Machine, step: Step) -> bool:
     if action == "boot":
         if m.booted:
             return False
-        m.boot(step.seed)
+        m.boot(step.seed, step.draws)
         return True
     if not m.booted:
         return False

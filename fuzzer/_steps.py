@@ -36,11 +36,16 @@ class Step:
     """``run``: the CPU advanced at each emulated step, in order."""
     seed: int = 0
     """``boot``: the seed of the kernel's own random numbers (get_random_long)."""
+    draws: tuple[int, ...] = attrs.field(default=(), converter=lambda d: tuple(d))
+    """``boot``: the kernel's random draws, chosen by the search, in the order the kernel
+    makes them: a draw in ``[0, n)`` takes ``value % n`` (so -1 is the highest value).
+    Draws past the end, and every draw when empty, come from ``seed``."""
 
     def describe(self) -> str:
         """The step as a kernel developer reads it in a reproduction."""
         if self.action == "boot":
-            return f"boot CPU 0 (start_kernel, initcalls; kernel random seed {self.seed})"
+            draws = f"; random draws {list(self.draws)}" if self.draws else ""
+            return f"boot CPU 0 (start_kernel, initcalls; kernel random seed {self.seed}{draws})"
         if self.action == "online":
             return f"bring CPU {self.cpu} online (cpuhp AP_ONLINE_DYN callbacks)"
         if self.action == "offline":
@@ -66,6 +71,8 @@ class Step:
             out["cpus"] = list(self.cpus)
         if self.action == "boot":
             out["seed"] = self.seed
+            if self.draws:
+                out["draws"] = list(self.draws)
         return out
 
     @classmethod
@@ -111,7 +118,11 @@ class Step:
             _check_count(f"cpus[{i}]", n)
         seed = data.get("seed", 0)
         _check_count("seed", seed)
-        return cls(action, cpu=cpu, name=name, args=args, cpus=cpus, seed=seed)
+        draws = data.get("draws", [])
+        if not isinstance(draws, list) or any(isinstance(v, bool) or not isinstance(v, int)
+                                              for v in draws):
+            raise StepFormatError("draws", f"expected a list of whole numbers, not {draws!r}")
+        return cls(action, cpu=cpu, name=name, args=args, cpus=cpus, seed=seed, draws=draws)
 
 
 class StepFormatError(ValueError):
@@ -125,7 +136,7 @@ class StepFormatError(ValueError):
 
 #: The fields each action may carry (besides ``action``), and those it must.
 _FIELDS = {
-    "boot": ("seed",),
+    "boot": ("seed", "draws"),
     "online": ("cpu",),
     "offline": ("cpu",),
     "start": ("cpu", "name", "args"),

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from fuzzer import (
     PAGE_OFFSET,
+    Invariant,
     InvariantViolation,
     Mutex,
     Operation,
@@ -61,6 +62,24 @@ def fuzzer_machine_setup(machine: Machine) -> None:
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
     return [static_key_toggle, arch_jump_label_transform]
+
+
+@hookimpl
+def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
+    return [Invariant("jump label sites match their keys", sites_match_keys, when="end",
+                      doc="once every CPU is done, each key's site holds its branch iff it is on")]
+
+
+def sites_match_keys(m: Machine) -> str | None:
+    """What ``jump_label_update`` under ``jump_label_mutex`` guarantees between updates."""
+    s = m.state["jump_label"]
+    for key, on in enumerate(s["enabled"]):
+        want = branch_to_target(key) if on else NOP
+        word = m.mem.get(site(key) - m.layout.page_offset, NOP)
+        if word != want:
+            return (f"static key {key} is {'on' if on else 'off'} but its site holds {word:#010x},"
+                    f" not {'its branch' if on else 'a nop'}")
+    return None
 
 
 @hookimpl

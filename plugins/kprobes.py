@@ -33,7 +33,7 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer.kernel import down_read, up_read
+from fuzzer.kernel import down_read, synchronize_rcu, up_read
 
 if TYPE_CHECKING:
     import argparse
@@ -316,8 +316,9 @@ def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 
 @routine("unregister_kprobe", KPROBES_C)
 def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``unregister_kprobes()`` (kernel/kprobes.c): under ``kprobe_mutex`` disarm the last
-    probe at the address and unlink it; ``synchronize_rcu()``; free the insn slot."""
+    """``unregister_kprobes()`` (kernel/kprobes.c:1868 v6.12): under ``kprobe_mutex`` disarm the
+    last probe at the address and unlink it (``__unregister_kprobe_top``); ``synchronize_rcu()``;
+    free the insn slot (``__unregister_kprobe_bottom`` -> ``arch_remove_kprobe``)."""
     s = kstate(cpu.m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
     probes = s.table.get(kp.addr, [])
@@ -333,10 +334,27 @@ def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         probes.remove(kp)
         last = False
     yield from mutex_unlock(cpu, s.kprobe_mutex)
-    yield  # synchronize_rcu(): every CPU passes a quiescent state
+    # A CPU in kprobe_handler (interrupts off: an RCU reader) may still use the
+    # probe and single-step its insn slot: the slot is freed after a grace period.
+    yield from synchronize_rcu(cpu)
     if last and kp.insn_slot:
-        s.free_slots.append(kp.insn_slot)
+        free_insn_slot(s, kp.insn_slot)
     return 0
+
+
+def free_insn_slot(s: KprobesState, slot: int) -> None:
+    """``free_insn_slot(slot, 0)`` (kernel/kprobes.c, from ``arch_remove_kprobe``): clean at once."""
+    s.free_slots.append(slot)
+
+
+def get_insn_slot(s: KprobesState) -> int | None:
+    """``get_insn_slot()`` (kernel/kprobes.c ``__get_insn_slot``): the first clean slot of the
+    page, by index -- so a slot just freed is the next one handed out."""
+    if not s.free_slots:
+        return None
+    slot = min(s.free_slots)
+    s.free_slots.remove(slot)
+    return slot
 
 
 # ---------------------------------------------------------------------------
@@ -389,9 +407,10 @@ def arch_prepare_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         m.log.append("Cannot register a kprobe on the second word of prefixed instruction")
         ret = -EINVAL
     if ret == 0:
-        if not s.free_slots:
+        slot = get_insn_slot(s)
+        if slot is None:
             return -ENOMEM
-        kp.insn_slot = s.free_slots.pop(0)
+        kp.insn_slot = slot
         yield from cpu.k.patch_instruction(cpu, kp.insn_slot, insn)
         kp.opcode = insn & 0xFFFF_FFFF
     return ret

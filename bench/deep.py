@@ -1,0 +1,194 @@
+"""The deep-bug set: how many examples a uniform random walk needs, and what the schedulers need.
+
+    python bench/deep.py [--seeds 3] [--limit 60] [--only NAME ...] [--searchers walk pct ...]
+                         [--json bench/deep.json]
+
+For each mistake of the deep set (``DEEP``), over ``--seeds`` seeds with a
+``--limit`` seconds budget each, side by side in one run:
+
+* ``walk``: bench/run.py's :func:`random_walk`, the uniform baseline
+  (rules uniform among the enabled ones, schedule bytes uniform);
+* ``uniform``, ``pct``, ``bounded``, ``mixed``: the same walk with the run
+  rules' CPUs chosen by a scheduler of :mod:`fuzzer._schedulers`.
+
+Each cell: seeds found, median seconds and median examples to the first
+failure (a miss counts as the limit, and as the examples run by then). The
+first failure each scheduler finds is shrunk (30 s at most) and the table
+says how many CPUs its reproduction interleaves: the deep set's claim is
+that it needs two or more CPUs in a specific order.
+
+The machine is shared; times are wall-clock. Examples to find are the number
+to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import SCHEDULE_BLOCK, model_for, random_walk, sampler
+
+from fuzzer._errors import KernelFailure
+from fuzzer._machine import Machine
+from fuzzer._model import Model
+from fuzzer._schedulers import Scheduler, make, run_block
+from fuzzer._steps import Step
+
+#: The deep set: mistake -> (kernel, MMU). Each needs two CPUs in a particular order.
+DEEP = {
+    "kprobe_trap_recheck": ("v6.12", "radix"),
+    "kprobe_slot_before_rcu": ("v6.12", "radix"),
+    "kprobe_irqs_on_in_handler": ("v6.12", "radix"),
+    "kprobe_unhash_first": ("v6.12", "radix"),
+    "jump_label_update_unlocked": ("v6.12", "radix"),
+}
+#: Rules per example for the scheduled walks: the fuzzer's walk's range (and its swarm share).
+RULES = (10, 100)
+SWARM = 0.25
+SEARCHERS = ("walk", "uniform", "pct", "bounded", "mixed")
+
+
+def scheduled_walk(model: Model, *, seed: int, time_budget: float, scheduler: Scheduler,
+                   rules: int | tuple[int, int] = RULES) -> dict[str, Any]:
+    """bench/run.py's uniform random walk with each ``run`` rule's CPUs chosen by ``scheduler``."""
+    rng = random.Random(seed)
+    ops = [(op, {k: sampler(s) for k, s in op.args.items()}) for op in model.operations]
+    kinds = ["online", "offline"] + [op.name for op, _ in ops] + [s.name for s in model.interrupts]
+    started = time.perf_counter()
+    examples = 0
+    while time.perf_counter() - started < time_budget:
+        m = Machine(model)
+        examples += 1
+        scheduler.begin(rng, len(m.cpus))
+        # Swarm testing on a quarter of the examples, as the fuzzer's walk does.
+        swarm = rng.random() < SWARM
+        on = {k for k in kinds if not swarm or rng.random() < 0.5}
+        try:
+            m.boot(rng.getrandbits(32))
+            for _ in range(rng.randint(*rules) if isinstance(rules, tuple) else rules):
+                _rule(m, rng, ops, scheduler, on)
+            m.finish()
+        except KernelFailure as failure:
+            return {"found": True, "time": time.perf_counter() - started, "examples": examples,
+                    "steps": list(m.steps), "signature": str(failure.signature)}
+        finally:
+            scheduler.end(sum(len(s.cpus) for s in m.steps))
+    return {"found": False, "time": time_budget, "examples": examples}
+
+
+def _rule(m: Machine, rng: random.Random, ops: list[tuple[Any, dict[str, Any]]],
+          scheduler: Scheduler, on: set[str]) -> None:
+    choices: list[tuple[str, Any, list[Any]]] = []
+    up = [c for c in m.cpus if m.can_online(c)] if "online" in on else []
+    down = [c for c in m.cpus if m.can_offline(c)] if "offline" in on else []
+    idle = [c for c in m.cpus if m.can_start(c)]
+    if up:
+        choices.append(("online", None, up))
+    if down:
+        choices.append(("offline", None, down))
+    if idle:
+        choices.extend(("start", op, idle) for op in ops if op[0].name in on)
+    for src in m.model.interrupts:
+        if src.name not in on:
+            continue
+        ok = [c for c in m.cpus if m.can_interrupt(c, src)]
+        if ok:
+            choices.append(("irq", src, ok))
+    choices.append(("run", None, []))
+    action, what, cpus = rng.choice(choices)
+    if action == "online":
+        m.cpu_up(rng.choice(cpus))
+    elif action == "offline":
+        m.cpu_down(rng.choice(cpus))
+    elif action == "start":
+        op, args = what
+        m.start(rng.choice(cpus), op, {k: _draw(m, rng, op.args[k], draw) for k, draw in args.items()})
+    elif action == "irq":
+        m.interrupt(rng.choice(cpus), what)
+    else:
+        run_block(m, scheduler, rng, rng.randint(1, SCHEDULE_BLOCK))
+
+
+#: Chance that an argument takes a value an earlier operation of the example drew from the
+#: same declared strategy (kprobes' operations share one for the probe site, jump_label's
+#: one for the key): races need two operations on one object.
+REUSE = 0.5
+
+
+def _draw(m: Machine, rng: random.Random, strategy: Any, draw: Any) -> Any:
+    used = m.state.setdefault("bench_used_args", {}).setdefault(id(strategy), [])
+    if used and rng.random() < REUSE:
+        return rng.choice(used)
+    value = draw(rng)
+    used.append(value)
+    return value
+
+
+def cpus_of(steps: list[Step]) -> int:
+    """How many CPUs a reproduction's schedule interleaves (distinct CPUs in its run steps)."""
+    return len({n for s in steps if s.action == "run" for n in s.cpus})
+
+
+def shrink(model: Model, steps: list[Step], signature: str, seconds: float) -> list[Step]:
+    from fuzzer._search import Shrinker, replay_lenient
+
+    _, failure = replay_lenient(model, steps)
+    assert isinstance(failure, KernelFailure), "a found failure must replay"
+    sh = Shrinker(model, steps, failure.signature, deadline=time.monotonic() + seconds)
+    return list(sh.shrink())
+
+
+def find(model: Model, searcher: str, seed: int, limit: float) -> dict[str, Any]:
+    if searcher == "walk":
+        return random_walk(model, seed=seed, time_budget=limit)
+    return scheduled_walk(model, seed=seed, time_budget=limit, scheduler=make(searcher))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--limit", type=float, default=60.0)
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--searchers", nargs="*", default=list(SEARCHERS))
+    ap.add_argument("--shrink", type=float, default=30.0, help="seconds to shrink one failure")
+    ap.add_argument("--json", default=None)
+    opts = ap.parse_args(argv)
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M %Z"),
+                               "settings": vars(opts), "find": {}}
+    for name, (kernel, mmu) in DEEP.items():
+        if opts.only and name not in opts.only:
+            continue
+        model = model_for(kernel, mmu, [f"fuzzer_plugins.mistakes.{name}"])
+        row: dict[str, Any] = {}
+        for searcher in opts.searchers:
+            runs = [find(model, searcher, seed, opts.limit) for seed in range(1, opts.seeds + 1)]
+            cell = {"found": sum(r["found"] for r in runs), "seeds": len(runs),
+                    "median_s": statistics.median(r["time"] for r in runs),
+                    "median_examples": statistics.median(r["examples"] for r in runs),
+                    "examples": [r["examples"] for r in runs]}
+            hit = next((r for r in runs if r.get("steps")), None)
+            if hit is not None and opts.shrink > 0:
+                shrunk = shrink(model, hit["steps"], hit["signature"], opts.shrink)
+                cell["shrunk"] = [s.describe() for s in shrunk]
+                cell["shrunk_cpus"] = cpus_of(shrunk)
+                cell["signature"] = hit["signature"]
+            row[searcher] = cell
+            print(f"{name:28} {searcher:8} found {cell['found']}/{cell['seeds']}"
+                  f" median {cell['median_s']:7.2f} s {cell['median_examples']:8g} examples"
+                  f" {cell['examples']} cpus {cell.get('shrunk_cpus', '-')}", flush=True)
+        results["find"][name] = row
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
