@@ -39,7 +39,7 @@ from run import SCHEDULE_BLOCK, model_for, random_walk, sampler
 from fuzzer._errors import KernelFailure
 from fuzzer._machine import Machine
 from fuzzer._model import Model
-from fuzzer._schedulers import Scheduler, make, run_block
+from fuzzer._schedulers import Scheduler, make, reuse_or_draw
 from fuzzer._steps import Step
 
 #: The deep set: mistake -> (kernel, MMU). Each needs two CPUs in a particular order.
@@ -48,7 +48,9 @@ DEEP = {
     "kprobe_slot_before_rcu": ("v6.12", "radix"),
     "kprobe_irqs_on_in_handler": ("v6.12", "radix"),
     "kprobe_unhash_first": ("v6.12", "radix"),
+    "kprobe_arm_before_hash": ("v6.12", "radix"),
     "jump_label_update_unlocked": ("v6.12", "radix"),
+    "jump_label_no_lock": ("v6.12", "radix"),
 }
 #: Rules per example for the scheduled walks: the fuzzer's walk's range (and its swarm share).
 RULES = (10, 100)
@@ -110,31 +112,18 @@ def _rule(m: Machine, rng: random.Random, ops: list[tuple[Any, dict[str, Any]]],
         m.cpu_down(rng.choice(cpus))
     elif action == "start":
         op, args = what
-        m.start(rng.choice(cpus), op, {k: _draw(m, rng, op.args[k], draw) for k, draw in args.items()})
+        m.start(rng.choice(cpus), op,
+                {k: reuse_or_draw(m, rng, op.args[k], draw) for k, draw in args.items()})
     elif action == "irq":
         m.interrupt(rng.choice(cpus), what)
     else:
-        run_block(m, scheduler, rng, rng.randint(1, SCHEDULE_BLOCK))
-
-
-#: Chance that an argument takes a value an earlier operation of the example drew from the
-#: same declared strategy (kprobes' operations share one for the probe site, jump_label's
-#: one for the key): races need two operations on one object.
-REUSE = 0.5
-
-
-def _draw(m: Machine, rng: random.Random, strategy: Any, draw: Any) -> Any:
-    used = m.state.setdefault("bench_used_args", {}).setdefault(id(strategy), [])
-    if used and rng.random() < REUSE:
-        return rng.choice(used)
-    value = draw(rng)
-    used.append(value)
-    return value
+        scheduler.run(m, rng, rng.randint(1, SCHEDULE_BLOCK))
 
 
 def cpus_of(steps: list[Step]) -> int:
-    """How many CPUs a reproduction's schedule interleaves (distinct CPUs in its run steps)."""
-    return len({n for s in steps if s.action == "run" for n in s.cpus})
+    """How many CPUs a reproduction uses (starts, interrupts and scheduled runs; ``finish``
+    round-robins the CPUs still busy, so two started operations interleave there too)."""
+    return len({n for s in steps for n in (*s.cpus, *((s.cpu,) if s.action in ("start", "irq") else ()))})
 
 
 def shrink(model: Model, steps: list[Step], signature: str, seconds: float) -> list[Step]:

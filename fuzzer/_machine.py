@@ -226,6 +226,8 @@ class Machine:
         self.rng = random.Random(0)
         self.draws: list[int] = []
         """The kernel's random draws still to make, as the boot step chose them."""
+        self.arg_pool: dict[int, list[Any]] = {}
+        """Operation arguments drawn in this example, by declared argument (the walk reuses them)."""
         self.mem: dict[int, int] = {}
         """Physical memory, one 32-bit word per 4-byte-aligned physical address."""
         self.pristine_text: dict[int, int] = {}

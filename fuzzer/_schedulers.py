@@ -56,6 +56,10 @@ class Scheduler(Protocol):
     def end(self, steps: int) -> None:
         """The example ended after ``steps`` scheduling decisions (for estimates)."""
 
+    def run(self, m: Machine, rng: random.Random, n: int) -> tuple[int, ...]:
+        """Advance ``m`` by up to ``n`` emulated steps (a ``run`` rule), recorded."""
+        ...
+
 
 def run_block(m: Machine, scheduler: Scheduler, rng: random.Random, n: int) -> tuple[int, ...]:
     """Advance up to ``n`` emulated steps of ``m``, each on the CPU ``scheduler`` picks.
@@ -90,7 +94,12 @@ def run_chosen(m: Machine, n: int, choose: Callable[[list[Cpu]], Cpu]) -> tuple[
 
 @attrs.define
 class Uniform:
-    """Each step: one of the runnable CPUs, uniformly (the walk's original schedule)."""
+    """Each step: one of the runnable CPUs, uniformly (the walk's original schedule).
+
+    :meth:`run` draws a block of schedule bytes exactly as the walk did before
+    schedulers existed (:meth:`Machine.run_bytes`), so ``--scheduler uniform``
+    with a seed makes the examples it made then.
+    """
 
     name: str = "uniform"
 
@@ -102,6 +111,9 @@ class Uniform:
 
     def end(self, steps: int) -> None:
         pass
+
+    def run(self, m: Machine, rng: random.Random, n: int) -> tuple[int, ...]:
+        return m.run_bytes(rng.randbytes(n))
 
 
 @attrs.define
@@ -148,6 +160,19 @@ class PCT:
         if len(self.seen) >= 8:
             self.steps = max(8, sum(self.seen) // len(self.seen))
             self.seen.clear()
+
+    def run(self, m: Machine, rng: random.Random, n: int) -> tuple[int, ...]:
+        return run_block(m, self, rng, n)
+
+    @classmethod
+    def fixed(cls, order: Sequence[int], change_points: Sequence[int]) -> PCT:
+        """A PCT schedule with its parameters given (the Hypothesis engine draws them):
+        ``order`` lists the CPUs from the highest priority down."""
+        pct = cls(depth=len(change_points) + 1)
+        d = len(change_points) + 1
+        pct.priority = {cpu: d + len(order) - i for i, cpu in enumerate(order)}
+        pct.change_points = sorted(change_points)
+        return pct
 
 
 def _draw_depth(rng: random.Random, most: int) -> int:
@@ -203,6 +228,30 @@ class PreemptionBound:
             self.steps = max(8, sum(self.seen) // len(self.seen))
             self.seen.clear()
 
+    def run(self, m: Machine, rng: random.Random, n: int) -> tuple[int, ...]:
+        return run_block(m, self, rng, n)
+
+
+def preempting_block(m: Machine, first: int, preempt_at: Sequence[int], n: int) -> tuple[int, ...]:
+    """A bounded-preemption block with its parameters given (the Hypothesis engine draws
+    them): CPU ``first`` (or the lowest runnable) runs on until it blocks or finishes;
+    at each step index in ``preempt_at`` the next runnable CPU after it takes over."""
+    state = {"cur": first, "i": 0}
+    at = set(preempt_at)
+
+    def choose(runnable: list[Cpu]) -> Cpu:
+        state["i"] += 1
+        nums = [c.n for c in runnable]
+        cur = state["cur"]
+        if cur in nums and state["i"] in at and len(nums) > 1:
+            cur = next((k for k in nums if k > cur), nums[0])
+        elif cur not in nums:
+            cur = nums[0]
+        state["cur"] = cur
+        return runnable[nums.index(cur)]
+
+    return run_chosen(m, n, choose)
+
 
 @attrs.define
 class Mixed:
@@ -224,6 +273,30 @@ class Mixed:
     def end(self, steps: int) -> None:
         for s in self.choices:
             s.end(steps)
+
+    def run(self, m: Machine, rng: random.Random, n: int) -> tuple[int, ...]:
+        assert self.active is not None, "begin() first"
+        return self.active.run(m, rng, n)
+
+
+# -- operation arguments ------------------------------------------------------------------------
+
+#: Chance that an operation's argument takes a value an earlier operation of the same example
+#: drew from the same declared argument (kprobes' operations share one for the probe site,
+#: jump_label's one for the key): a race needs two operations on one object.
+REUSE = 0.5
+
+
+def reuse_or_draw(m: Machine, rng: random.Random, declared: object, draw: Callable[[random.Random], object]
+                  ) -> object:
+    """An argument value: with :data:`REUSE`, one already drawn from ``declared`` in this
+    example (on ``m``), else a fresh ``draw``."""
+    used = m.arg_pool.setdefault(id(declared), [])
+    if used and rng.random() < REUSE:
+        return used[rng.randrange(len(used))]
+    value = draw(rng)
+    used.append(value)
+    return value
 
 
 def make(name: str, *, depth: int | None = None, bound: int | None = None) -> Scheduler:

@@ -30,7 +30,9 @@ DEEP = (
     "kprobe_slot_before_rcu",
     "kprobe_irqs_on_in_handler",
     "kprobe_unhash_first",
+    "kprobe_arm_before_hash",
     "jump_label_update_unlocked",
+    "jump_label_no_lock",
 )
 
 #: Mistakes that show only at an extreme value of a kernel random draw.
