@@ -55,12 +55,19 @@ DEEP = {
 #: Rules per example for the scheduled walks: the fuzzer's walk's range (and its swarm share).
 RULES = (10, 100)
 SWARM = 0.25
-SEARCHERS = ("walk", "uniform", "pct", "bounded", "mixed")
+SEARCHERS = ("walk", "uniform", "pct", "bounded", "mixed", "feedback")
 
 
 def scheduled_walk(model: Model, *, seed: int, time_budget: float, scheduler: Scheduler,
-                   rules: int | tuple[int, int] = RULES) -> dict[str, Any]:
-    """bench/run.py's uniform random walk with each ``run`` rule's CPUs chosen by ``scheduler``."""
+                   rules: int | tuple[int, int] = RULES, feedback: bool = False) -> dict[str, Any]:
+    """bench/run.py's uniform random walk with each ``run`` rule's CPUs chosen by ``scheduler``
+    (and the fuzzer's swarm share and argument reuse). With ``feedback``, examples that add an
+    interleaving pair are kept and half the examples replay one with a run step rescheduled."""
+    from fuzzer._interleave import Interleavings, replay_rescheduled
+    from fuzzer._schedulers import PCT
+    from fuzzer._search import apply_if_possible
+
+    seen = Interleavings()
     rng = random.Random(seed)
     ops = [(op, {k: sampler(s) for k, s in op.args.items()}) for op in model.operations]
     kinds = ["online", "offline"] + [op.name for op, _ in ops] + [s.name for s in model.interrupts]
@@ -73,16 +80,23 @@ def scheduled_walk(model: Model, *, seed: int, time_budget: float, scheduler: Sc
         # Swarm testing on a quarter of the examples, as the fuzzer's walk does.
         swarm = rng.random() < SWARM
         on = {k for k in kinds if not swarm or rng.random() < 0.5}
+        if feedback:
+            seen.attach(m)
         try:
-            m.boot(rng.getrandbits(32))
-            for _ in range(rng.randint(*rules) if isinstance(rules, tuple) else rules):
-                _rule(m, rng, ops, scheduler, on)
+            if feedback and seen.kept and rng.random() < 0.5:
+                replay_rescheduled(m, rng.choice(seen.kept), rng, PCT(), apply_if_possible)
+            else:
+                m.boot(rng.getrandbits(32))
+                for _ in range(rng.randint(*rules) if isinstance(rules, tuple) else rules):
+                    _rule(m, rng, ops, scheduler, on)
             m.finish()
         except KernelFailure as failure:
             return {"found": True, "time": time.perf_counter() - started, "examples": examples,
                     "steps": list(m.steps), "signature": str(failure.signature)}
         finally:
             scheduler.end(sum(len(s.cpus) for s in m.steps))
+            if feedback:
+                seen.end_example(m)
     return {"found": False, "time": time_budget, "examples": examples}
 
 
@@ -138,6 +152,9 @@ def shrink(model: Model, steps: list[Step], signature: str, seconds: float) -> l
 def find(model: Model, searcher: str, seed: int, limit: float) -> dict[str, Any]:
     if searcher == "walk":
         return random_walk(model, seed=seed, time_budget=limit)
+    if searcher == "feedback":
+        return scheduled_walk(model, seed=seed, time_budget=limit, scheduler=make("mixed"),
+                              feedback=True)
     return scheduled_walk(model, seed=seed, time_budget=limit, scheduler=make(searcher))
 
 

@@ -228,6 +228,8 @@ class Machine:
         """The kernel's random draws still to make, as the boot step chose them."""
         self.arg_pool: dict[int, list[Any]] = {}
         """Operation arguments drawn in this example, by declared argument (the walk reuses them)."""
+        self.accesses: Any = None
+        """With interleaving feedback: the example's :class:`fuzzer._interleave.AccessLog`."""
         self.mem: dict[int, int] = {}
         """Physical memory, one 32-bit word per 4-byte-aligned physical address."""
         self.pristine_text: dict[int, int] = {}
@@ -352,6 +354,10 @@ class Machine:
                     f"CPU {cpu.n} stored through {mm.name} with DAWR {brk.addr:#x}+{brk.length}"
                     " still live",
                 )
+        if self.accesses is not None:
+            self.accesses.note(cpu, ("text", pa), True)
+            if size == 8:
+                self.accesses.note(cpu, ("text", pa + 4), True)
         if size == 8:
             hi, lo = (value >> 32) & 0xFFFF_FFFF, value & 0xFFFF_FFFF
             # Little-endian: the first word in memory is the low half.
@@ -368,11 +374,22 @@ class Machine:
         """Instruction fetch of one word: kernel text, or executable vmalloc (insn slots)."""
         base = self.layout.page_offset
         if base <= va < base + self.layout.memory_size:
-            return self.mem.get(va - base, NOP)
-        pa = self.translate(cpu, va, False)
-        if pa is None:
-            raise ModelLimitation(f"CPU {cpu.n} fetched from unmapped {va:#x}")
+            pa = va - base
+        else:
+            mapped = self.translate(cpu, va, False)
+            if mapped is None:
+                raise ModelLimitation(f"CPU {cpu.n} fetched from unmapped {va:#x}")
+            pa = mapped
+        if self.accesses is not None:
+            self.accesses.note(cpu, ("text", pa), False)
         return self.mem.get(pa, NOP)
+
+    def note_access(self, cpu: Cpu, key: Any, write: bool) -> None:
+        """``cpu`` read or wrote the shared object ``key`` (a hashable name, its kind first:
+        ``("kprobe table", addr)``): the interleaving feedback pairs conflicting accesses.
+        Free when no feedback is collected."""
+        if self.accesses is not None:
+            self.accesses.note(cpu, key, write)
 
     def write_text(self, va: int, words: Iterable[int]) -> None:
         """Lay out kernel text at build time (before boot)."""

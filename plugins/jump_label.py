@@ -104,6 +104,7 @@ def static_key_toggle(cpu: Cpu, key: int) -> Gen:
     s = m.state["jump_label"]
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, s["mutex"])
+    m.note_access(cpu, ("static key", key), True)
     s["enabled"][key] = not s["enabled"][key]
     yield from cpu.k.arch_jump_label_transform(cpu, key, s["enabled"][key])
     yield from mutex_unlock(cpu, s["mutex"])

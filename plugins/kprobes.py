@@ -281,6 +281,7 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         yield from mutex_unlock(cpu, m.state["text_mutex"])
         yield from up_read(cpu, m.state["cpu_hotplug_lock"])
         if ret == 0:
+            m.note_access(cpu, ("kprobe table", kp.addr), True)
             s.table[kp.addr] = [kp]
             if not kp.disabled:
                 ret = yield from cpu.k.arm_kprobe(cpu, kp)
@@ -328,6 +329,7 @@ def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     if len(probes) == 1:
         if kp.armed:
             yield from cpu.k.disarm_kprobe(cpu, kp)
+        cpu.m.note_access(cpu, ("kprobe table", kp.addr), True)
         del s.table[kp.addr]
         last = True
     else:
@@ -451,6 +453,7 @@ def kprobe_handler(cpu: Cpu, addr: int) -> Gen:
     m = cpu.m
     s = kstate(m)
     yield
+    m.note_access(cpu, ("kprobe table", addr), False)
     probes = s.table.get(addr)
     if probes:
         p = probes[0]

@@ -176,3 +176,47 @@ def test_choose_and_simpler_draws():
     assert simpler(()) == []
     cands = simpler((5, -3))
     assert cands[0] == () and (5,) in cands and (0, -3) in cands and (5, 0) in cands
+
+
+# -- interleaving feedback ---------------------------------------------------------------------
+
+
+def test_conflicting_accesses_by_two_cpus_form_ordered_pairs():
+    from fuzzer._interleave import Interleavings
+
+    model = make_model("v6.12")
+    seen = Interleavings()
+    m = Machine(model)
+    log = seen.attach(m)
+    for step in SETUP:
+        m.apply(step)
+    m.start(m.cpus[0], model.operation("kprobes.register"), {"site": 0})
+    m.run_to_completion([m.cpus[0]])
+    m.start(m.cpus[1], model.operation("kprobes.hit"), {"site": 0})
+    m.run_to_completion([m.cpus[1]])
+    m.finish()
+    pairs = set(log.pairs)
+    assert ("kprobe table", "register_kprobe", "w", "kprobe_handler", "r") in pairs
+    assert any(p[0] == "text" and p[2] == "w" and p[4] == "r" for p in pairs)
+    assert all(p[2] == "w" or p[4] == "w" for p in pairs)  # never read after read
+    assert seen.end_example(m) == len(pairs) and len(seen.kept) == len(pairs)
+    assert seen.end_example(m) == 0  # nothing new the second time
+
+
+def test_a_rescheduled_replay_keeps_the_operations_and_replays_strictly():
+    from fuzzer._interleave import Interleavings, replay_rescheduled
+    from fuzzer._search import apply_if_possible
+
+    model = make_model("v6.12")
+    m = _busy_machine(model)
+    m.run_bytes(bytes(range(60)))
+    m.finish()
+    kept = (tuple(m.steps), len(m.steps) - 1)
+    again = Machine(model)
+    Interleavings().attach(again)
+    replay_rescheduled(again, kept, random.Random(3), PCT(depth=2), apply_if_possible)
+    again.finish()
+    starts = [s for s in again.steps if s.action == "start"]
+    assert starts == [s for s in m.steps if s.action == "start"]
+    third, failure = replay(model, again.steps)
+    assert failure is None and third.steps == again.steps

@@ -31,6 +31,7 @@ def static_key_toggle(cpu: Cpu, key: int) -> Generator[Any, None, Any]:
     m = cpu.m
     s = m.state["jump_label"]
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
+    m.note_access(cpu, ("static key", key), True)
     s["enabled"][key] = not s["enabled"][key]
     yield from cpu.k.arch_jump_label_transform(cpu, key, s["enabled"][key])
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])

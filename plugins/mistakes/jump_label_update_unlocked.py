@@ -31,6 +31,7 @@ def static_key_toggle(cpu: Cpu, key: int) -> Generator[Any, None, Any]:
     s = m.state["jump_label"]
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, s["mutex"])
+    m.note_access(cpu, ("static key", key), True)
     s["enabled"][key] = not s["enabled"][key]
     enable = s["enabled"][key]
     yield from mutex_unlock(cpu, s["mutex"])

@@ -46,6 +46,7 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Generator[Any, None, Any]:
             if not kp.disabled:
                 ret = yield from cpu.k.arm_kprobe(cpu, kp)
             if ret == 0:
+                m.note_access(cpu, ("kprobe table", kp.addr), True)
                 s.table[kp.addr] = [kp]
     yield from mutex_unlock(cpu, s.kprobe_mutex)
     return ret

@@ -32,6 +32,7 @@ def kprobe_handler(cpu: Cpu, addr: int) -> Generator[Any, None, Any]:
     m = cpu.m
     cpu.irqs_enabled = True  # interrupt_cond_local_irq_enable(), moved up
     yield
+    m.note_access(cpu, ("kprobe table", addr), False)
     probes = kstate(m).table.get(addr)
     if probes:
         p = probes[0]

@@ -42,6 +42,7 @@ def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Generator[Any, None, Any]:
     if len(probes) == 1:
         if kp.armed:
             yield from cpu.k.disarm_kprobe(cpu, kp)
+        cpu.m.note_access(cpu, ("kprobe table", kp.addr), True)
         del s.table[kp.addr]
         last = True
     else:

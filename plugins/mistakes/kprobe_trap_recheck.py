@@ -31,6 +31,7 @@ def kprobe_handler(cpu: Cpu, addr: int) -> Generator[Any, None, Any]:
     """kprobe_handler with no second look at the text when no probe is registered."""
     m = cpu.m
     yield
+    m.note_access(cpu, ("kprobe table", addr), False)
     probes = kstate(m).table.get(addr)
     if probes:
         p = probes[0]

@@ -34,6 +34,7 @@ def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Generator[Any, None, Any]:
         yield from mutex_unlock(cpu, s.kprobe_mutex)
         return -EINVAL
     if len(probes) == 1:
+        cpu.m.note_access(cpu, ("kprobe table", kp.addr), True)
         del s.table[kp.addr]
         if kp.armed:
             yield from cpu.k.disarm_kprobe(cpu, kp)

@@ -1,0 +1,126 @@
+"""Interleaving feedback: ordered pairs of conflicting accesses by two CPUs.
+
+A cheap signal for the search (issue 14, item 4). The machine notes accesses
+to shared modelled objects -- kernel text and insn-slot words (every
+instruction fetch and every store), and what plugins declare with
+:meth:`Machine.note_access` (the kprobe table, static key state) -- while
+an :class:`AccessLog` is attached. Two accesses to one object by two CPUs,
+at least one a write, in the order they happened, with the modelled routine
+that made each, form a pair::
+
+    ("text", "__patch_mem", "w", "op_hit", "r")
+
+An example that adds a pair no earlier example had has reached a new
+interleaving of two routines: the walk keeps it and later examples replay it
+with one of its ``run`` steps rescheduled (:func:`reschedule`). Accesses of
+one CPU to its own objects, and reads after reads, make no pair.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from fuzzer._routines import frame_of_code
+from fuzzer._steps import Step
+
+if TYPE_CHECKING:
+    from fuzzer._machine import Cpu, Machine
+    from fuzzer._schedulers import Scheduler
+
+Pair = tuple[str, str, str, str, str]
+
+
+def running_routine(depth: int = 2) -> str:
+    """The modelled routine that is executing (the innermost on the Python stack); else the
+    innermost generator (an operation's entry point, ``op_hit``); else ``?``."""
+    f: Any = sys._getframe(depth)
+    fallback = "?"
+    while f is not None:
+        code = f.f_code
+        frame = frame_of_code(code)
+        if frame is not None:
+            return frame.function
+        if fallback == "?" and code.co_flags & inspect.CO_GENERATOR:
+            fallback = code.co_name
+        f = f.f_back
+    return fallback
+
+
+@attrs.define
+class AccessLog:
+    """One example's accesses: the last access to each object, and the pairs they made."""
+
+    m: Machine
+    last: dict[Any, tuple[int, str, bool]] = attrs.Factory(dict)
+    pairs: dict[Pair, int] = attrs.Factory(dict)
+    """Each pair, with the number of steps recorded when it first formed (the ``run`` step
+    that formed it is the next one recorded, or the last one)."""
+
+    def note(self, cpu: Cpu, key: Any, write: bool) -> None:
+        """``cpu`` read (or wrote) the object ``key`` (a hashable name: ``("text", pa)``)."""
+        prev = self.last.get(key)
+        routine = running_routine(3)
+        if prev is not None and prev[0] != cpu.n and (write or prev[2]):
+            kind = key[0] if isinstance(key, tuple) else str(key)
+            pair = (kind, prev[1], "w" if prev[2] else "r", routine, "w" if write else "r")
+            self.pairs.setdefault(pair, len(self.m.steps))
+        self.last[key] = (cpu.n, routine, write)
+
+
+@attrs.define
+class Interleavings:
+    """A campaign's pairs so far, and the examples that added some (kept for mutation)."""
+
+    pairs: set[Pair] = attrs.Factory(set)
+    kept: list[tuple[tuple[Step, ...], int]] = attrs.Factory(list)
+    """Per new pair: the example that formed it first, and where (a step index)."""
+    most_kept: int = 500
+
+    def attach(self, m: Machine) -> AccessLog:
+        log = AccessLog(m)
+        m.accesses = log
+        return log
+
+    def end_example(self, m: Machine | None) -> int:
+        """Fold the example's pairs in; keep its steps once per new pair. Returns how many."""
+        log = m.accesses if m is not None else None
+        if m is None or log is None:
+            return 0
+        new = [(pair, at) for pair, at in log.pairs.items() if pair not in self.pairs]
+        steps = tuple(m.steps)
+        for pair, at in new:
+            self.pairs.add(pair)
+            self.kept.append((steps, at))
+        del self.kept[:-self.most_kept]
+        return len(new)
+
+
+def replay_rescheduled(m: Machine, kept: tuple[tuple[Step, ...], int], rng: random.Random,
+                       scheduler: Scheduler, apply: Callable[[Machine, Step], object]) -> None:
+    """Replay a kept example on ``m`` with the ``run`` step that formed its pair chosen anew.
+
+    ``kept`` is an entry of :attr:`Interleavings.kept`: the steps, and where the
+    pair formed. The ``run`` step there (or the nearest one before it, now and
+    then another) is replaced by as many decisions of ``scheduler``, begun
+    afresh; the other steps go through ``apply`` (the engine's lenient replay of
+    one step). The caller finishes the machine. The same operations, with the
+    stretch where two of them met interleaved anew: what a PCT change point or
+    a preemption placed elsewhere would have done.
+    """
+    steps, at = kept
+    runs = [i for i, s in enumerate(steps) if s.action == "run"]
+    near = [i for i in runs if i <= at] or runs
+    i = (near[-1] if rng.random() < 0.75 else rng.choice(runs)) if runs else len(steps)
+    scheduler.begin(rng, len(m.cpus))
+    for step in steps[:i]:
+        apply(m, step)
+    if runs:
+        scheduler.run(m, rng, len(steps[i].cpus))
+        for step in steps[i + 1:]:
+            apply(m, step)
