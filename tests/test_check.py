@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from modelkit import make_model, replay
 
 from fuzzer import UsageError
 from fuzzer._check import Call, check, parse_call, parse_scenario
+
+from modelkit import make_model, replay
 
 #: A CPU hits a probe while another unregisters it: the race kprobe_handler re-checks for.
 HIT_VS_UNREGISTER = """
@@ -45,7 +46,7 @@ def test_bad_scenarios_are_one_line_usage_errors(text, problem):
 
 def test_unknown_operation_and_cpu_name_the_choices():
     model = make_model("v6.12", cpus=2)
-    with pytest.raises(UsageError, match="unknown operation 'kprobes.hits'; known: .*kprobes.hit"):
+    with pytest.raises(UsageError, match=r"unknown operation 'kprobes\.hits'; known: .*kprobes\.hit"):
         check(model, parse_scenario("cpu 1 kprobes.hits site=0"), preemptions=1)
     with pytest.raises(UsageError, match="CPU 3 does not exist"):
         check(model, parse_scenario("cpu 3 kprobes.hit site=0"), preemptions=1)
