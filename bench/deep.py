@@ -49,6 +49,7 @@ DEEP = {
     "kprobe_irqs_on_in_handler": ("v6.12", "radix"),
     "kprobe_unhash_first": ("v6.12", "radix"),
     "kprobe_arm_before_hash": ("v6.12", "radix"),
+    "kprobe_rcu_too_early": ("v6.12", "radix"),
     "jump_label_update_unlocked": ("v6.12", "radix"),
     "jump_label_no_lock": ("v6.12", "radix"),
 }

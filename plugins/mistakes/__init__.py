@@ -31,6 +31,7 @@ DEEP = (
     "kprobe_irqs_on_in_handler",
     "kprobe_unhash_first",
     "kprobe_arm_before_hash",
+    "kprobe_rcu_too_early",
     "jump_label_update_unlocked",
     "jump_label_no_lock",
 )
