@@ -159,6 +159,78 @@ def find(model: Model, searcher: str, seed: int, limit: float) -> dict[str, Any]
     return scheduled_walk(model, seed=seed, time_budget=limit, scheduler=make(searcher))
 
 
+#: A scenario per mistake for ``python -m fuzzer check`` (the CPUs are named; setup lines run first).
+HIT_UNREGISTER = ("setup 0 kprobes.register site=0\ncpu 1 kprobes.hit site=0\n"
+                  "cpu 0 kprobes.unregister site=0\n")
+SLOT_REUSE = HIT_UNREGISTER + "cpu 2 kprobes.register site=4\n"
+SCENARIOS = {
+    "kprobe_trap_recheck": HIT_UNREGISTER,
+    "kprobe_unhash_first": HIT_UNREGISTER,
+    "kprobe_arm_before_hash": "cpu 0 kprobes.register site=0\ncpu 1 kprobes.hit site=0\n",
+    "kprobe_slot_before_rcu": SLOT_REUSE,
+    "kprobe_irqs_on_in_handler": SLOT_REUSE,
+    "kprobe_rcu_too_early": HIT_UNREGISTER + "cpu 0 kprobes.register site=4\n",
+    "jump_label_update_unlocked": "cpu 0 jump_label.toggle key=1\ncpu 1 jump_label.toggle key=1\n",
+    "jump_label_no_lock": "cpu 0 jump_label.toggle key=1\ncpu 1 jump_label.toggle key=1\n",
+}
+#: The two scenarios whose exploration is measured with and without pruning.
+CHECK_BENCH = {"hit vs unregister": HIT_UNREGISTER,
+               "two keys toggled": "cpu 0 jump_label.toggle key=0\ncpu 1 jump_label.toggle key=1\n"}
+
+
+def verify(names: list[str] | None, k: int) -> dict[str, Any]:
+    """Each mistake's scenario under ``check`` (K preemptions): found, in how many schedules,
+    and how many CPUs its shrunk reproduction interleaves; the unmodified kernel for contrast."""
+    from fuzzer._check import check, parse_scenario
+
+    out: dict[str, Any] = {}
+    for name, text in SCENARIOS.items():
+        if names and name not in names:
+            continue
+        kernel, mmu = DEEP[name]
+        cpus = 3 if "cpu 2" in text else 2
+        bad = check(model_for(kernel, mmu, [f"fuzzer_plugins.mistakes.{name}"]), parse_scenario(text),
+                    preemptions=k, shrink_seconds=20)
+        clean = check(_clean(kernel, mmu, cpus), parse_scenario(text), preemptions=k, shrink_seconds=0)
+        row = {"found": bad.failure is not None, "schedules": bad.schedules, "seconds": bad.seconds,
+               "shrunk_cpus": cpus_of(list(bad.steps or ())), "signature": str(bad.failure.signature)
+               if bad.failure else None, "clean_schedules": clean.schedules,
+               "clean_failure": str(clean.failure.signature) if clean.failure else None}
+        out[name] = row
+        print(f"check {name:28} K={k} found {row['found']} after {row['schedules']} schedules"
+              f" ({row['seconds']:.1f} s), reproduction on {row['shrunk_cpus']} CPUs;"
+              f" unmodified: {row['clean_failure'] or 'clean'} in {row['clean_schedules']}", flush=True)
+    return out
+
+
+def check_bench(most: int) -> list[dict[str, Any]]:
+    """Schedules and time to exhaust the two benchmark scenarios, K = 1, 2, 3, with and without
+    pruning (``most`` schedules at most each; a run stopped there is marked incomplete)."""
+    from fuzzer._check import check, parse_scenario
+
+    rows = []
+    for name, text in CHECK_BENCH.items():
+        for k in (1, 2, 3):
+            for prune in (True, False):
+                r = check(_clean("v6.12", "radix", 2), parse_scenario(text), preemptions=k, prune=prune,
+                          shrink_seconds=0, max_schedules=most)
+                rows.append({"scenario": name, "k": k, "prune": prune, "schedules": r.schedules,
+                             "pruned": r.pruned, "seconds": r.seconds, "complete": r.complete,
+                             "verdict": str(r.failure.signature) if r.failure else "clean"})
+                print(f"check-bench {name:18} K={k} prune={prune!s:5} {r.schedules:6} schedules"
+                      f" {'' if r.complete else '(stopped) '}{r.seconds:6.1f} s", flush=True)
+    return rows
+
+
+def _clean(kernel: str, mmu: str, cpus: int) -> Model:
+    from fuzzer import FuzzerPluginManager, KernelConfig, RunConfig
+
+    pm = FuzzerPluginManager()
+    pm.load([], autoload=False)
+    pm.check_pending()
+    return Model.build(pm, RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), ()), cpus))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -167,9 +239,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--searchers", nargs="*", default=list(SEARCHERS))
     ap.add_argument("--shrink", type=float, default=30.0, help="seconds to shrink one failure")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--verify", type=int, metavar="K", default=None,
+                    help="instead: each mistake's scenario under check with K preemptions")
+    ap.add_argument("--check-bench", type=int, metavar="N", default=None,
+                    help="instead: exhaust the two check scenarios, K = 1-3, with and without"
+                    " pruning, at most N schedules each")
     opts = ap.parse_args(argv)
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M %Z"),
                                "settings": vars(opts), "find": {}}
+    if opts.verify is not None or opts.check_bench is not None:
+        if opts.verify is not None:
+            results["verify"] = verify(opts.only, opts.verify)
+        if opts.check_bench is not None:
+            results["check"] = check_bench(opts.check_bench)
+        if opts.json:
+            Path(opts.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+        return results
     for name, (kernel, mmu) in DEEP.items():
         if opts.only and name not in opts.only:
             continue
