@@ -50,8 +50,8 @@ DEEP = {
     "kprobe_unhash_first": ("v6.12", "radix"),
     "kprobe_arm_before_hash": ("v6.12", "radix"),
     "kprobe_rcu_too_early": ("v6.12", "radix"),
-    "jump_label_update_unlocked": ("v6.12", "radix"),
-    "jump_label_no_lock": ("v6.12", "radix"),
+    "static_key_inc_enabling": ("v6.12", "radix"),
+    "static_key_dec_stale_count": ("v6.12", "radix"),
 }
 #: Rules per example for the scheduled walks: the fuzzer's walk's range (and its swarm share).
 RULES = (10, 100)
@@ -170,8 +170,8 @@ SCENARIOS = {
     "kprobe_slot_before_rcu": SLOT_REUSE,
     "kprobe_irqs_on_in_handler": SLOT_REUSE,
     "kprobe_rcu_too_early": HIT_UNREGISTER + "cpu 0 kprobes.register site=4\n",
-    "jump_label_update_unlocked": "cpu 0 jump_label.toggle key=1\ncpu 1 jump_label.toggle key=1\n",
-    "jump_label_no_lock": "cpu 0 jump_label.toggle key=1\ncpu 1 jump_label.toggle key=1\n",
+    "static_key_inc_enabling": "cpu 0 jump_label.inc\ncpu 1 jump_label.inc\n",
+    "static_key_dec_stale_count": "setup 1 jump_label.inc\ncpu 1 jump_label.dec\ncpu 0 jump_label.inc\n",
 }
 #: The two scenarios whose exploration is measured with and without pruning.
 CHECK_BENCH = {"hit vs unregister": HIT_UNREGISTER,

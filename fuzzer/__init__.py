@@ -9,6 +9,7 @@ from fuzzer._errors import (
     InvariantViolation,
     KernelBug,
     KernelFailure,
+    KernelOops,
     KernelWarning,
     Livelock,
     LockdepSplat,
@@ -18,6 +19,7 @@ from fuzzer._errors import (
     Signature,
     UsageError,
 )
+from fuzzer._export import Action as ExportAction
 from fuzzer._machine import Breakpoint, Cpu, Machine, Task
 from fuzzer._mm import (
     MM,
@@ -73,6 +75,7 @@ __all__ = [
     "Cpu",
     "Deadlock",
     "EndStateViolation",
+    "ExportAction",
     "Frame",
     "FuzzerPluginManager",
     "Geometry",
@@ -84,6 +87,7 @@ __all__ = [
     "KernelBug",
     "KernelConfig",
     "KernelFailure",
+    "KernelOops",
     "KernelVersion",
     "KernelWarning",
     "Livelock",

@@ -16,10 +16,10 @@ setup 0 kprobes.register site=0
 cpu 1 kprobes.hit site=0
 cpu 0 kprobes.unregister site=0
 """
-#: Two CPUs toggle one static key.
-TWO_TOGGLES = """
-cpu 0 jump_label.toggle key=1
-cpu 1 jump_label.toggle key=1
+#: Two CPUs take a reference on the counted static key.
+TWO_INCS = """
+cpu 0 jump_label.inc
+cpu 1 jump_label.inc
 """
 
 
@@ -73,10 +73,10 @@ def test_finds_the_trap_recheck_mistake_with_one_preemption_and_the_steps_replay
 
 
 def test_pruning_keeps_the_verdict_and_explores_no_more():
-    model = make_model("v6.12", cpus=2, plugins=["fuzzer_plugins.mistakes.jump_label_update_unlocked"])
+    model = make_model("v6.12", cpus=2, plugins=["fuzzer_plugins.mistakes.static_key_inc_enabling"])
     clean = make_model("v6.12", cpus=2)
     for m in (model, clean):
-        pruned = check(m, parse_scenario(TWO_TOGGLES), preemptions=2, shrink_seconds=0)
-        full = check(m, parse_scenario(TWO_TOGGLES), preemptions=2, prune=False, shrink_seconds=0)
+        pruned = check(m, parse_scenario(TWO_INCS), preemptions=2, shrink_seconds=0)
+        full = check(m, parse_scenario(TWO_INCS), preemptions=2, prune=False, shrink_seconds=0)
         assert (pruned.failure is None) == (full.failure is None)
         assert pruned.schedules <= full.schedules

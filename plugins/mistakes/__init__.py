@@ -20,6 +20,9 @@ MISTAKES = (
     "hash_no_hpte_flush",
     "unsafe_sequence_order",
     "cached_pte",
+    "null_patching_context",
+    "aggr_disarm_early",
+    "static_key_dec_no_update",
 )
 
 #: The deep set: mistakes that need two or more CPUs and three or more events in a
@@ -32,8 +35,8 @@ DEEP = (
     "kprobe_unhash_first",
     "kprobe_arm_before_hash",
     "kprobe_rcu_too_early",
-    "jump_label_update_unlocked",
-    "jump_label_no_lock",
+    "static_key_inc_enabling",
+    "static_key_dec_stale_count",
 )
 
 #: Mistakes that show only at an extreme value of a kernel random draw.

@@ -22,7 +22,7 @@ from typing import Any
 from fuzzer import Cpu, RunConfig, hookimpl, mutex_lock, mutex_unlock, routine
 from fuzzer.kernel import down_read, up_read
 
-from ..kprobes import KPROBES_C, Kprobe, kstate
+from ..kprobes import KPROBES_C, Kprobe, get_kprobe, kstate
 
 
 @routine("register_kprobe", KPROBES_C, override=True)
@@ -31,11 +31,9 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Generator[Any, None, Any]:
     m = cpu.m
     s = kstate(m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
-    ret = 0
-    if kp.addr in s.table:
-        s.table[kp.addr].append(kp)
-        kp.opcode = s.table[kp.addr][0].opcode
-        kp.armed = s.table[kp.addr][0].armed
+    old = get_kprobe(m, kp.addr)
+    if old is not None:
+        ret = yield from cpu.k.register_aggr_kprobe(cpu, old, kp)
     else:
         yield from down_read(cpu, m.state["cpu_hotplug_lock"])
         yield from mutex_lock(cpu, m.state["text_mutex"])
@@ -47,7 +45,7 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Generator[Any, None, Any]:
                 ret = yield from cpu.k.arm_kprobe(cpu, kp)
             if ret == 0:
                 m.note_access(cpu, ("kprobe table", kp.addr), True)
-                s.table[kp.addr] = [kp]
+                s.table[kp.addr] = kp  # hlist_add_head_rcu, moved below arm_kprobe
     yield from mutex_unlock(cpu, s.kprobe_mutex)
     return ret
 

@@ -10,10 +10,10 @@ critical section.
 
 The bad interleaving: CPU B hits an armed probe and looks it up; CPU A
 unregisters it, and its ``synchronize_rcu()`` no longer waits for B, so the
-insn slot is freed; A or another CPU registers a new probe into that slot;
-B single-steps the slot and runs another probe's instruction. As with a
-slot freed before the grace period, B must stay paused between its lookup
-and its single-step for some forty emulated steps of the other CPUs.
+insn slot is freed; B single-steps a NULL ``p->ainsn.insn`` (an oops) or,
+if another probe was registered meanwhile, that probe's instruction. As with
+a slot freed before the grace period, B must stay paused between its lookup
+and its single-step for the rest of A's unregister.
 """
 
 from __future__ import annotations
@@ -21,39 +21,38 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from fuzzer import Cpu, InvariantViolation, KernelFailure, RunConfig, hookimpl, routine
+from fuzzer import Cpu, KernelFailure, RunConfig, hookimpl, routine
+from fuzzer.kernel import deref
 
-from ..kprobes import ARCH_KPROBES_C, BREAKPOINT_INSTRUCTION, _read_inst, kstate
+from ..kprobes import ARCH_KPROBES_C, BREAKPOINT_INSTRUCTION, get_kprobe, single_step_slot
 
 
 @routine("kprobe_handler", ARCH_KPROBES_C, override=True)
 def kprobe_handler(cpu: Cpu, addr: int) -> Generator[Any, None, Any]:
-    """kprobe_handler entered with interrupts enabled (restored on the way out)."""
-    m = cpu.m
+    """kprobe_handler entered with interrupts enabled (the caller restores them after)."""
     cpu.irqs_enabled = True  # interrupt_cond_local_irq_enable(), moved up
-    yield
-    m.note_access(cpu, ("kprobe table", addr), False)
-    probes = kstate(m).table.get(addr)
-    if probes:
-        p = probes[0]
-        for q in probes:
-            q.hits += 1
-        yield  # single-step the instruction in the slot
-        copied = _read_inst(m, cpu, p.insn_slot)
-        if copied & 0xFFFF_FFFF != p.opcode:
-            raise InvariantViolation(
-                "kprobe insn slot",
-                f"slot {p.insn_slot:#x} holds {copied:#x}, not the probed {p.opcode:#x}",
-            )
+    try:
+        m = cpu.m
+        yield
+        m.note_access(cpu, ("kprobe table", addr), False)
+        p = get_kprobe(m, addr)
+        if p is not None:
+            p = deref(p, "struct kprobe", member="pre_handler")
+            for q in p.children if p.children is not None else (p,):
+                q = deref(q, "struct kprobe", member="pre_handler")
+                if not q.disabled:
+                    q.hits += 1
+            yield  # single-step the instruction in the slot
+            single_step_slot(m, cpu, p)
+            return 1
+        if m.fetch(cpu, addr) != BREAKPOINT_INSTRUCTION:
+            return 1
+        raise KernelFailure(
+            f"Oops: Exception in kernel mode, sig: 5 (unexpected trap at {addr:#x})",
+            at=f"{ARCH_KPROBES_C}:346",
+        )
+    finally:
         cpu.irqs_enabled = False
-        return 1
-    if m.fetch(cpu, addr) != BREAKPOINT_INSTRUCTION:
-        cpu.irqs_enabled = False
-        return 1
-    raise KernelFailure(
-        f"Oops: Exception in kernel mode, sig: 5 (unexpected trap at {addr:#x})",
-        at=f"{ARCH_KPROBES_C}:346",
-    )
 
 
 @hookimpl

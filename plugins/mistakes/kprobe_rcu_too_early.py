@@ -8,11 +8,11 @@ could have found the probe in ``kprobe_table`` is done with it before
 it still "waits for the readers", just for the wrong ones: a CPU that hits
 the probe after the grace period began still finds it hashed.
 
-The bad interleaving needs three CPUs: A starts unregistering and its grace
-period ends; B hits the probe (still armed and hashed) and looks it up; A
-disarms, unhashes and frees the slot; C registers a probe elsewhere and gets
-that slot; then B single-steps it. B must stay paused between its lookup and
-its single step for A's whole disarm and C's whole registration.
+The bad interleaving: A starts unregistering and its grace period ends; B
+hits the probe (still armed and hashed) and looks it up; A disarms, unhashes
+and frees the slot; then B single-steps it -- a NULL ``p->ainsn.insn`` (an
+oops), or another probe's instruction if one took the slot. B must stay
+paused between its lookup and its single step for A's whole disarm.
 """
 
 from __future__ import annotations
@@ -23,31 +23,20 @@ from typing import Any
 from fuzzer import Cpu, RunConfig, hookimpl, mutex_lock, mutex_unlock, routine
 from fuzzer.kernel import synchronize_rcu
 
-from ..kprobes import EINVAL, KPROBES_C, Kprobe, free_insn_slot, kstate
+from ..kprobes import KPROBES_C, Kprobe, kstate
 
 
 @routine("unregister_kprobe", KPROBES_C, override=True)
 def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Generator[Any, None, Any]:
-    """unregister_kprobes with synchronize_rcu before the unhash instead of after it."""
+    """unregister_kprobes with synchronize_rcu before the top half instead of after it."""
     s = kstate(cpu.m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
-    probes = s.table.get(kp.addr, [])
-    if kp not in probes:
-        yield from mutex_unlock(cpu, s.kprobe_mutex)
-        return -EINVAL
     yield from synchronize_rcu(cpu)
-    if len(probes) == 1:
-        if kp.armed:
-            yield from cpu.k.disarm_kprobe(cpu, kp)
-        cpu.m.note_access(cpu, ("kprobe table", kp.addr), True)
-        del s.table[kp.addr]
-        last = True
-    else:
-        probes.remove(kp)
-        last = False
+    ret = yield from cpu.k.__unregister_kprobe_top(cpu, kp)
     yield from mutex_unlock(cpu, s.kprobe_mutex)
-    if last and kp.insn_slot:
-        free_insn_slot(s, kp.insn_slot)
+    if ret:
+        return ret
+    yield from cpu.k.__unregister_kprobe_bottom(cpu, kp)
     return 0
 
 

@@ -9,12 +9,11 @@ frees the slot before the grace period, as if the bottom half ran under the
 mutex.
 
 The bad interleaving: CPU B hits the armed probe and looks it up; CPU A
-unregisters it (disarm, unhash, free the slot); CPU A or C registers another
-probe, which gets the freed slot (``__get_insn_slot`` hands out the first
-clean one) and copies a different instruction into it; only then does B
-single-step -- the wrong instruction. B must stay paused between two of its
-own steps for the whole of another CPU's unregister and register, some forty
-emulated steps. Its precedent is the reason kprobes' slot cache frees
+unregisters it (disarm, unhash, free the slot); only then does B single-step:
+``p->ainsn.insn`` is NULL by now (an oops), or, if CPU C registered a probe
+meanwhile, the slot holds C's instruction (``__get_insn_slot`` hands out the
+first clean slot). B must stay paused between two of its own steps for the
+rest of A's unregister, a dozen emulated steps or more. Its precedent is the reason kprobes' slot cache frees
 through RCU (``free_insn_slot`` and ``collect_garbage_slots``' grace period,
 kernel/kprobes.c:220-245).
 """
@@ -27,7 +26,7 @@ from typing import Any
 from fuzzer import Cpu, RunConfig, hookimpl, mutex_lock, mutex_unlock, routine
 from fuzzer.kernel import synchronize_rcu
 
-from ..kprobes import EINVAL, KPROBES_C, Kprobe, free_insn_slot, kstate
+from ..kprobes import KPROBES_C, Kprobe, kstate
 
 
 @routine("unregister_kprobe", KPROBES_C, override=True)
@@ -35,22 +34,11 @@ def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Generator[Any, None, Any]:
     """unregister_kprobes with the bottom half (the slot's free) before synchronize_rcu."""
     s = kstate(cpu.m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
-    probes = s.table.get(kp.addr, [])
-    if kp not in probes:
-        yield from mutex_unlock(cpu, s.kprobe_mutex)
-        return -EINVAL
-    if len(probes) == 1:
-        if kp.armed:
-            yield from cpu.k.disarm_kprobe(cpu, kp)
-        cpu.m.note_access(cpu, ("kprobe table", kp.addr), True)
-        del s.table[kp.addr]
-        last = True
-    else:
-        probes.remove(kp)
-        last = False
+    ret = yield from cpu.k.__unregister_kprobe_top(cpu, kp)
     yield from mutex_unlock(cpu, s.kprobe_mutex)
-    if last and kp.insn_slot:
-        free_insn_slot(s, kp.insn_slot)
+    if ret:
+        return ret
+    yield from cpu.k.__unregister_kprobe_bottom(cpu, kp)
     yield from synchronize_rcu(cpu)
     return 0
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from fuzzer import Cpu, InvariantViolation, KernelFailure, RunConfig, hookimpl, routine
+from fuzzer import Cpu, KernelFailure, RunConfig, hookimpl, routine
+from fuzzer.kernel import deref
 
-from ..kprobes import ARCH_KPROBES_C, _read_inst, kstate
+from ..kprobes import ARCH_KPROBES_C, get_kprobe, single_step_slot
 
 
 @routine("kprobe_handler", ARCH_KPROBES_C, override=True)
@@ -32,18 +33,15 @@ def kprobe_handler(cpu: Cpu, addr: int) -> Generator[Any, None, Any]:
     m = cpu.m
     yield
     m.note_access(cpu, ("kprobe table", addr), False)
-    probes = kstate(m).table.get(addr)
-    if probes:
-        p = probes[0]
-        for q in probes:
-            q.hits += 1
+    p = get_kprobe(m, addr)
+    if p is not None:
+        p = deref(p, "struct kprobe", member="pre_handler")
+        for q in p.children if p.children is not None else (p,):
+            q = deref(q, "struct kprobe", member="pre_handler")
+            if not q.disabled:
+                q.hits += 1
         yield  # single-step the instruction in the slot
-        copied = _read_inst(m, cpu, p.insn_slot)
-        if copied & 0xFFFF_FFFF != p.opcode:
-            raise InvariantViolation(
-                "kprobe insn slot",
-                f"slot {p.insn_slot:#x} holds {copied:#x}, not the probed {p.opcode:#x}",
-            )
+        single_step_slot(m, cpu, p)
         return 1
     raise KernelFailure(
         f"Oops: Exception in kernel mode, sig: 5 (unexpected trap at {addr:#x})",

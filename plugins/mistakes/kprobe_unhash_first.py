@@ -18,37 +18,32 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from fuzzer import Cpu, RunConfig, hookimpl, mutex_lock, mutex_unlock, routine
-from fuzzer.kernel import synchronize_rcu
+from fuzzer import Cpu, RunConfig, hookimpl, routine
 
-from ..kprobes import EINVAL, KPROBES_C, Kprobe, free_insn_slot, kstate
+from ..kprobes import KPROBES_C, Kprobe, get_valid_kprobe, kstate
 
 
-@routine("unregister_kprobe", KPROBES_C, override=True)
-def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Generator[Any, None, Any]:
-    """unregister_kprobes with hlist_del_rcu before the disarm."""
+@routine("__unregister_kprobe_top", KPROBES_C, override=True, inlined=True)
+def __unregister_kprobe_top(cpu: Cpu, p: Kprobe) -> Generator[Any, None, Any]:
+    """__unregister_kprobe_top unhashing a plain probe before disabling (disarming) it."""
     s = kstate(cpu.m)
-    yield from mutex_lock(cpu, s.kprobe_mutex)
-    probes = s.table.get(kp.addr, [])
-    if kp not in probes:
-        yield from mutex_unlock(cpu, s.kprobe_mutex)
-        return -EINVAL
-    if len(probes) == 1:
-        cpu.m.note_access(cpu, ("kprobe table", kp.addr), True)
-        del s.table[kp.addr]
-        if kp.armed:
-            yield from cpu.k.disarm_kprobe(cpu, kp)
-        last = True
-    else:
-        probes.remove(kp)
-        last = False
-    yield from mutex_unlock(cpu, s.kprobe_mutex)
-    yield from synchronize_rcu(cpu)
-    if last and kp.insn_slot:
-        free_insn_slot(s, kp.insn_slot)
+    if get_valid_kprobe(cpu.m, p) is p:
+        cpu.m.note_access(cpu, ("kprobe table", p.addr), True)
+        del s.table[p.addr]  # hlist_del_rcu, moved above the disarm
+        if not p.disabled:
+            yield from cpu.k.disarm_kprobe(cpu, p)
+            p.disabled = True
+        return 0
+    ap = yield from cpu.k.__disable_kprobe(cpu, p)
+    if ap is None:
+        return -22
+    if ap.children is not None and len(ap.children) == 1 and ap.disabled:
+        del s.table[ap.addr]
+    elif ap.children is not None:
+        ap.children.remove(p)
     return 0
 
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    return [unregister_kprobe]
+    return [__unregister_kprobe_top]
