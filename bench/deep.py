@@ -85,7 +85,7 @@ def scheduled_walk(model: Model, *, seed: int, time_budget: float, scheduler: Sc
             seen.attach(m)
         try:
             if feedback and seen.kept and rng.random() < 0.5:
-                replay_rescheduled(m, rng.choice(seen.kept), rng, PCT(), apply_if_possible)
+                replay_rescheduled(m, seen.pick(rng), rng, PCT(), apply_if_possible)
             else:
                 m.boot(rng.getrandbits(32))
                 for _ in range(rng.randint(*rules) if isinstance(rules, tuple) else rules):

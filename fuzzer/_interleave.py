@@ -80,6 +80,8 @@ class Interleavings:
     pairs: set[Pair] = attrs.Factory(set)
     kept: list[tuple[tuple[Step, ...], int]] = attrs.Factory(list)
     """Per new pair: the example that formed it first, and where (a step index)."""
+    kinds: list[str] = attrs.Factory(list)
+    """The kind of object (``text``, ``kprobe table``, ...) of each kept example's pair."""
     most_kept: int = 500
 
     def attach(self, m: Machine) -> AccessLog:
@@ -97,8 +99,17 @@ class Interleavings:
         for pair, at in new:
             self.pairs.add(pair)
             self.kept.append((steps, at))
+            self.kinds.append(pair[0])
         del self.kept[:-self.most_kept]
+        del self.kinds[:-self.most_kept]
         return len(new)
+
+    def pick(self, rng: random.Random) -> tuple[tuple[Step, ...], int]:
+        """A kept example to reschedule: a kind of object first, uniformly, then one of its
+        examples -- the few pairs on a kprobe table or a key are not drowned by the many on
+        kernel text."""
+        kind = rng.choice(sorted(set(self.kinds)))
+        return self.kept[rng.choice([i for i, k in enumerate(self.kinds) if k == kind])]
 
 
 def replay_rescheduled(m: Machine, kept: tuple[tuple[Step, ...], int], rng: random.Random,
@@ -117,6 +128,8 @@ def replay_rescheduled(m: Machine, kept: tuple[tuple[Step, ...], int], rng: rand
     runs = [i for i, s in enumerate(steps) if s.action == "run"]
     near = [i for i in runs if i <= at] or runs
     i = (near[-1] if rng.random() < 0.75 else rng.choice(runs)) if runs else len(steps)
+    if runs and hasattr(scheduler, "steps"):
+        scheduler.steps = len(steps[i].cpus)  # PCT's change points fall inside this stretch
     scheduler.begin(rng, len(m.cpus))
     for step in steps[:i]:
         apply(m, step)
