@@ -320,9 +320,15 @@ def _plain(value: Any, depth: int) -> Any:
     return (type(value).__name__, tuple((k, _plain(v, depth - 1)) for k, v in fields))
 
 
+#: Fields that memoise a check's last result (``checked``: the store count when an invariant
+#: last passed), not kernel state: two states differing only there are the same.
+MEMO_FIELDS = frozenset({"checked"})
+
+
 def _fields(value: Any) -> Iterable[tuple[str, Any]] | None:
     if attrs.has(type(value)):
-        return [(a.name, getattr(value, a.name)) for a in attrs.fields(type(value))]
+        return [(a.name, getattr(value, a.name)) for a in attrs.fields(type(value))
+                if a.name not in MEMO_FIELDS]
     slots = getattr(type(value), "__slots__", None)
     if slots:
         return [(s, getattr(value, s, None)) for s in slots]
