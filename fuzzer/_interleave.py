@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -52,25 +52,39 @@ def running_routine(depth: int = 2) -> str:
     return fallback
 
 
+@attrs.frozen
+class Where:
+    """Where a pair's accesses were: the first one's CPU, and the scheduled steps (counted
+    from the first after the boot) under way at each access."""
+
+    cpu: int
+    first: int
+    second: int
+
+
 @attrs.define
 class AccessLog:
     """One example's accesses: the last access to each object, and the pairs they made."""
 
     m: Machine
-    last: dict[Any, tuple[int, str, bool]] = attrs.Factory(dict)
-    pairs: dict[Pair, int] = attrs.Factory(dict)
+    last: dict[Any, tuple[int, str, bool, int]] = attrs.Factory(dict)
+    pairs: dict[Pair, tuple[int, Where]] = attrs.Factory(dict)
     """Each pair, with the number of steps recorded when it first formed (the ``run`` step
-    that formed it is the next one recorded, or the last one)."""
+    that formed it is the next one recorded, or the last one), and where its two accesses
+    were among the scheduled emulated steps."""
 
     def note(self, cpu: Cpu, key: Any, write: bool) -> None:
         """``cpu`` read (or wrote) the object ``key`` (a hashable name: ``("text", pa)``)."""
+        m = self.m
         prev = self.last.get(key)
         routine = running_routine(3)
+        at = m.nsteps - m.boot_steps  # the scheduled step under way (0 is the first)
         if prev is not None and prev[0] != cpu.n and (write or prev[2]):
             kind = key[0] if isinstance(key, tuple) else str(key)
             pair = (kind, prev[1], "w" if prev[2] else "r", routine, "w" if write else "r")
-            self.pairs.setdefault(pair, len(self.m.steps))
-        self.last[key] = (cpu.n, routine, write)
+            if pair not in self.pairs:
+                self.pairs[pair] = (len(m.steps), Where(prev[0], prev[3], at))
+        self.last[key] = (cpu.n, routine, write, at)
 
 
 @attrs.define
@@ -78,7 +92,7 @@ class Interleavings:
     """A campaign's pairs so far, and the examples that added some (kept for mutation)."""
 
     pairs: set[Pair] = attrs.Factory(set)
-    kept: list[tuple[tuple[Step, ...], int]] = attrs.Factory(list)
+    kept: list[tuple[tuple[Step, ...], int, Where]] = attrs.Factory(list)
     """Per new pair: the example that formed it first, and where (a step index)."""
     kinds: list[str] = attrs.Factory(list)
     """The kind of object (``text``, ``kprobe table``, ...) of each kept example's pair."""
@@ -96,15 +110,15 @@ class Interleavings:
             return 0
         new = [(pair, at) for pair, at in log.pairs.items() if pair not in self.pairs]
         steps = tuple(m.steps)
-        for pair, at in new:
+        for pair, (at, where) in new:
             self.pairs.add(pair)
-            self.kept.append((steps, at))
+            self.kept.append((steps, at, where))
             self.kinds.append(pair[0])
         del self.kept[:-self.most_kept]
         del self.kinds[:-self.most_kept]
         return len(new)
 
-    def pick(self, rng: random.Random) -> tuple[tuple[Step, ...], int]:
+    def pick(self, rng: random.Random) -> tuple[tuple[Step, ...], int, Where]:
         """A kept example to reschedule: a kind of object first, uniformly, then one of its
         examples -- the few pairs on a kprobe table or a key are not drowned by the many on
         kernel text."""
@@ -112,7 +126,7 @@ class Interleavings:
         return self.kept[rng.choice([i for i, k in enumerate(self.kinds) if k == kind])]
 
 
-def replay_rescheduled(m: Machine, kept: tuple[tuple[Step, ...], int], rng: random.Random,
+def replay_rescheduled(m: Machine, kept: tuple[tuple[Step, ...], int, Where], rng: random.Random,
                        scheduler: Scheduler, apply: Callable[[Machine, Step], object]) -> None:
     """Replay a kept example on ``m`` with the ``run`` step that formed its pair chosen anew.
 
@@ -124,7 +138,11 @@ def replay_rescheduled(m: Machine, kept: tuple[tuple[Step, ...], int], rng: rand
     stretch where two of them met interleaved anew: what a PCT change point or
     a preemption placed elsewhere would have done.
     """
-    steps, at = kept
+    steps, at, where = kept
+    if rng.random() < 0.5:
+        for step in delay(steps, where):
+            apply(m, step)
+        return
     runs = [i for i, s in enumerate(steps) if s.action == "run"]
     near = [i for i in runs if i <= at] or runs
     i = (near[-1] if rng.random() < 0.75 else rng.choice(runs)) if runs else len(steps)
@@ -137,3 +155,36 @@ def replay_rescheduled(m: Machine, kept: tuple[tuple[Step, ...], int], rng: rand
         scheduler.run(m, rng, len(steps[i].cpus))
         for step in steps[i + 1:]:
             apply(m, step)
+
+
+def delay(steps: Sequence[Step], where: Where) -> list[Step]:
+    """``steps`` with the pair's order flipped: the first access's CPU does not run from that
+    access until just after the second one (its decisions in between move there).
+
+    The other CPUs' decisions and every other step stay as they are, so the operations
+    are the same and only when that CPU goes on changes: a pause, of exactly the length
+    the pair needs, where a scheduler would have to guess it.
+    """
+    flat = [(i, n) for i, s in enumerate(steps) if s.action == "run" for n in s.cpus]
+    first, second = where.first, min(where.second, len(flat) - 1)
+    if first > second or flat[second][1] == where.cpu:
+        return list(steps)
+    moved = [k for k in range(first, second + 1) if flat[k][1] == where.cpu]
+    if not moved:
+        return list(steps)
+    per_step: dict[int, list[int]] = {}
+    for k, (i, n) in enumerate(flat):
+        if k in moved:
+            continue
+        per_step.setdefault(i, []).append(n)
+        if k == second:
+            per_step[i].extend(where.cpu for _ in moved)
+    out = []
+    for i, s in enumerate(steps):
+        if s.action != "run":
+            out.append(s)
+        elif per_step.get(i):
+            out.append(Step("run", cpus=per_step[i]))
+    if where.second >= len(flat):  # the second access was in the final round-robin
+        out.append(Step("run", cpus=[where.cpu] * len(moved)))
+    return out

@@ -227,6 +227,8 @@ class Machine:
         self.rng = random.Random(0)
         self.draws: list[int] = []
         """The kernel's random draws still to make, as the boot step chose them."""
+        self.boot_steps = 0
+        """Emulated steps the boot took: the scheduled ones are counted from there."""
         self.arg_pool: dict[int, list[Any]] = {}
         """Operation arguments drawn in this example, by declared argument (the walk reuses them)."""
         self.accesses: Any = None
@@ -682,6 +684,7 @@ class Machine:
         self.push(cpu0, self.k.kernel_init(cpu0), init, label="kernel_init")
         self.run_to_completion([cpu0])
         self.booted = True
+        self.boot_steps = self.nsteps
 
     # Preconditions, so the state machine only offers steps that make sense.
 

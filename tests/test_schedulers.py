@@ -204,19 +204,46 @@ def test_conflicting_accesses_by_two_cpus_form_ordered_pairs():
 
 
 def test_a_rescheduled_replay_keeps_the_operations_and_replays_strictly():
-    from fuzzer._interleave import Interleavings, replay_rescheduled
+    from fuzzer._interleave import Interleavings, Where, replay_rescheduled
     from fuzzer._search import apply_if_possible
 
     model = make_model("v6.12")
     m = _busy_machine(model)
     m.run_bytes(bytes(range(60)))
     m.finish()
-    kept = (tuple(m.steps), len(m.steps) - 1)
-    again = Machine(model)
-    Interleavings().attach(again)
-    replay_rescheduled(again, kept, random.Random(3), PCT(depth=2), apply_if_possible)
-    again.finish()
-    starts = [s for s in again.steps if s.action == "start"]
-    assert starts == [s for s in m.steps if s.action == "start"]
-    third, failure = replay(model, again.steps)
-    assert failure is None and third.steps == again.steps
+    kept = (tuple(m.steps), len(m.steps) - 1, Where(cpu=1, first=3, second=20))
+    for seed in range(6):  # both mutations: a PCT reschedule, and a delay of CPU 1
+        again = Machine(model)
+        Interleavings().attach(again)
+        replay_rescheduled(again, kept, random.Random(seed), PCT(depth=2), apply_if_possible)
+        again.finish()
+        starts = [s for s in again.steps if s.action == "start"]
+        assert starts == [s for s in m.steps if s.action == "start"]
+        third, failure = replay(model, again.steps)
+        assert failure is None and third.steps == again.steps
+
+
+def test_delaying_the_first_access_flips_a_pair_and_finds_the_race():
+    """The kept example: CPU 1 hits the probe and looks it up before CPU 0's unregister
+    unhashes it (the safe order). Delaying CPU 1 from its lookup to just after the unhash
+    is the interleaving kprobe_trap_recheck fails on."""
+    from fuzzer._interleave import Interleavings, delay
+    from fuzzer._search import apply_if_possible as lenient
+
+    model = make_model("v6.12", plugins=["fuzzer_plugins.mistakes.kprobe_trap_recheck"])
+    steps = [*SETUP, Step("start", cpu=0, name="kprobes.register", args={"site": 0}),
+             Step("run", cpus=[0] * 200), Step("start", cpu=1, name="kprobes.hit", args={"site": 0}),
+             Step("start", cpu=0, name="kprobes.unregister", args={"site": 0}),
+             Step("run", cpus=[1, 1, 0, 0, 0, 1] + [0] * 60)]
+    seen = Interleavings()
+    m = Machine(model)
+    seen.attach(m)
+    for step in steps:
+        lenient(m, step)
+    m.finish()
+    assert m.failure is None
+    seen.end_example(m)
+    (kept,) = [k for k, kind in zip(seen.kept, seen.kinds, strict=True) if kind == "kprobe table"
+               and k[2].cpu == 1]
+    _, failure = replay(model, delay(kept[0], kept[2]))
+    assert failure is not None and "unexpected trap" in str(failure)
