@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 #: Step actions, in the order a reproduction usually shows them.
-ACTIONS = ("boot", "online", "offline", "start", "run", "irq")
+ACTIONS = ("boot", "online", "offline", "start", "run", "irq", "fill", "migrate")
 
 
 def _freeze_args(args: Any) -> tuple[tuple[str, Any], ...]:
@@ -27,13 +27,16 @@ class Step:
     action: str
     """One of :data:`ACTIONS`."""
     cpu: int | None = None
-    """The CPU the step concerns (``online``, ``offline``, ``start``, ``irq``)."""
+    """The CPU the step concerns (``online``, ``offline``, ``start``, ``irq``, ``fill``,
+    ``migrate``: the CPU the task is preempted on)."""
     name: str = ""
     """The operation (``start``) or interrupt source (``irq``)."""
     args: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze_args)
-    """Operation arguments as ``(name, value)`` pairs of plain JSON values."""
+    """Operation arguments as ``(name, value)`` pairs of plain JSON values (``fill``:
+    ``va``, the address whose translation the CPU loads)."""
     cpus: tuple[int, ...] = attrs.field(default=(), converter=lambda c: tuple(c))
-    """``run``: the CPU advanced at each emulated step, in order."""
+    """``run``: the CPU advanced at each emulated step, in order; ``migrate``: the CPU
+    the preempted task resumes on."""
     seed: int = 0
     """``boot``: the seed of the kernel's own random numbers (get_random_long)."""
     draws: tuple[int, ...] = attrs.field(default=(), converter=lambda d: tuple(d))
@@ -57,6 +60,11 @@ class Step:
             return f"CPU {self.cpu}: deliver interrupt {self.name}"
         if self.action == "run":
             return "advance " + _runs(self.cpus)
+        if self.action == "fill":
+            return f"CPU {self.cpu}: speculative TLB fill of {_fmt(dict(self.args).get('va'))}"
+        if self.action == "migrate":
+            to = self.cpus[0] if self.cpus else "?"
+            return f"CPU {self.cpu}: preempt the running task; it resumes on CPU {to}"
         return f"{self.action} {self}"  # pragma: no cover - unknown actions are rejected on load
 
     def to_json(self) -> dict[str, Any]:
@@ -142,6 +150,8 @@ _FIELDS = {
     "start": ("cpu", "name", "args"),
     "run": ("cpus",),
     "irq": ("cpu", "name"),
+    "fill": ("cpu", "args"),
+    "migrate": ("cpu", "cpus"),
 }
 _REQUIRED = {
     "boot": ("seed",),
@@ -150,6 +160,8 @@ _REQUIRED = {
     "start": ("cpu", "name"),
     "run": (),
     "irq": ("cpu", "name"),
+    "fill": ("cpu", "args"),
+    "migrate": ("cpu", "cpus"),
 }
 
 

@@ -23,6 +23,9 @@ MISTAKES = (
     "null_patching_context",
     "aggr_disarm_early",
     "static_key_dec_no_update",
+    "local_kernel_tlb_flush",
+    "hash_local_kernel_flush",
+    "percpu_context_preemptible",
 )
 
 #: The deep set: mistakes that need two or more CPUs and three or more events in a
