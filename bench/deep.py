@@ -56,7 +56,10 @@ DEEP = {
 #: Rules per example for the scheduled walks: the fuzzer's walk's range (and its swarm share).
 RULES = (10, 100)
 SWARM = 0.25
-SEARCHERS = ("walk", "uniform", "pct", "bounded", "mixed", "feedback")
+SEARCHERS = ("walk", "fuzzer", "fuzzer-uniform", "fuzzer-pct", "fuzzer-bounded", "fuzzer-nofeedback",
+             "hypothesis")
+#: bench-only walks (no fuzzer engine): the schedulers alone, on bench/run.py's walk.
+BENCH_WALKS = ("uniform", "pct", "bounded", "mixed", "feedback")
 
 
 def scheduled_walk(model: Model, *, seed: int, time_budget: float, scheduler: Scheduler,
@@ -64,9 +67,12 @@ def scheduled_walk(model: Model, *, seed: int, time_budget: float, scheduler: Sc
     """bench/run.py's uniform random walk with each ``run`` rule's CPUs chosen by ``scheduler``
     (and the fuzzer's swarm share and argument reuse). With ``feedback``, examples that add an
     interleaving pair are kept and half the examples replay one with a run step rescheduled."""
+    from fuzzer._engine.replay import apply_step
     from fuzzer._interleave import Interleavings, replay_rescheduled
     from fuzzer._schedulers import PCT
-    from fuzzer._search import apply_if_possible
+
+    def apply_if_possible(m: Machine, step: Step) -> bool:
+        return apply_step(m, step, strict=False)
 
     seen = Interleavings()
     rng = random.Random(seed)
@@ -142,15 +148,40 @@ def cpus_of(steps: list[Step]) -> int:
 
 
 def shrink(model: Model, steps: list[Step], signature: str, seconds: float) -> list[Step]:
-    from fuzzer._search import Shrinker, replay_lenient
+    from fuzzer._engine.replay import replay
+    from fuzzer._engine.shrink import Shrinker
 
-    _, failure = replay_lenient(model, steps)
-    assert isinstance(failure, KernelFailure), "a found failure must replay"
+    _, failure = replay(model, steps, strict=False)
+    assert failure is not None and hasattr(failure, "signature"), "a found failure must replay"
     sh = Shrinker(model, steps, failure.signature, deadline=time.monotonic() + seconds)
     return list(sh.shrink())
 
 
+def fuzzer(model: Model, searcher: str, seed: int, limit: float) -> dict[str, Any]:
+    """The fuzzer's own campaign (no shrinking): ``fuzzer`` at defaults, ``fuzzer-X`` with
+    ``--scheduler X``, ``fuzzer-nofeedback`` with ``--no-interleave``, ``hypothesis`` with
+    ``--engine hypothesis``."""
+    from fuzzer._engine import run_campaign
+
+    kind = searcher.removeprefix("fuzzer").removeprefix("-")
+    knobs: dict[str, Any] = {}
+    if kind in ("uniform", "pct", "bounded"):
+        knobs["scheduler"] = kind
+    elif kind == "nofeedback":
+        knobs["interleave"] = False
+    elif searcher == "hypothesis":
+        knobs["engine"] = "hypothesis"
+    out = run_campaign(model, seed=seed, max_examples=0, time_budget=limit, shrink=False, **knobs)
+    found = out.time_to_first_failure is not None
+    return {"found": found, "time": out.time_to_first_failure if found else limit,
+            "examples": out.examples_to_first_failure if found else out.examples,
+            "steps": list(out.steps) if found else None,
+            "signature": str(out.failure.signature) if out.failure else None}
+
+
 def find(model: Model, searcher: str, seed: int, limit: float) -> dict[str, Any]:
+    if searcher in SEARCHERS and searcher != "walk":
+        return fuzzer(model, searcher, seed, limit)
     if searcher == "walk":
         return random_walk(model, seed=seed, time_budget=limit)
     if searcher == "feedback":
@@ -236,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--limit", type=float, default=60.0)
     ap.add_argument("--only", nargs="*")
-    ap.add_argument("--searchers", nargs="*", default=list(SEARCHERS))
+    ap.add_argument("--searchers", nargs="*", default=["walk", "fuzzer"],
+                    help=f"of {', '.join(SEARCHERS + BENCH_WALKS)} (default: walk fuzzer)")
     ap.add_argument("--shrink", type=float, default=30.0, help="seconds to shrink one failure")
     ap.add_argument("--json", default=None)
     ap.add_argument("--verify", type=int, metavar="K", default=None,

@@ -18,10 +18,9 @@ import argparse
 import statistics
 import time
 
-from fuzzer._campaign import ENGINES, run_campaign
-from fuzzer._cli import build_parser, make_run_config
-from fuzzer._model import Model
-from fuzzer._plugins import FuzzerPluginManager
+from fuzzer import Model
+from fuzzer._engine import ENGINES, run_campaign
+from fuzzer.testing import make_model
 
 DEFAULT = ("unsafe_sequence_order@radix", "leak_on_offline", "shared_patching_mm",
            "pmi_in_patch_window", "skip_restore_breakpoints")
@@ -29,18 +28,15 @@ DEFAULT = ("unsafe_sequence_order@radix", "leak_on_offline", "shared_patching_mm
 
 def model_for(mistake: str) -> Model:
     name, _, mmu = mistake.partition("@")
-    pm = FuzzerPluginManager()
-    pm.load([f"fuzzer_plugins.mistakes.{name}"])
     # The mistakes change v6.2's routines: newer versions do not have them.
-    args = build_parser(pm).parse_args(["run", "--kernel", "v6.2", "--mmu", mmu or "radix"])
-    return Model.build(pm, make_run_config(pm, args))
+    return make_model("v6.2", mmu=mmu or "radix", plugins=[f"fuzzer_plugins.mistakes.{name}"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--limit", type=float, default=20.0, help="seconds per campaign")
-    ap.add_argument("--engine", choices=ENGINES, default=ENGINES[0])
+    ap.add_argument("--engine", choices=tuple(ENGINES), default=next(iter(ENGINES)))
     ap.add_argument("mistakes", nargs="*", default=list(DEFAULT))
     opts = ap.parse_args()
     print(f"engine {opts.engine}, {opts.seeds} seeds, {opts.limit:g} s limit per campaign;"

@@ -7,7 +7,7 @@ One command, one table, one JSON file:
 It measures, in one run on one machine:
 
 * raw emulator speed: the recorded steps of the fuzzer's own examples (default
-  model, default engine, seed 1) replayed with :func:`fuzzer._campaign.replay`
+  model, default engine, seed 1) replayed with :func:`fuzzer._engine.replay`
   -- every invariant on, no generation -- in emulated steps per second;
 * the fuzzer's speed at its default settings (steps/s, examples/s) and its
   ratio to the raw speed; the same with ``--guide`` (the coverage overhead)
@@ -46,11 +46,12 @@ from typing import Any  # noqa: E402
 import hypothesis  # noqa: E402
 
 from fuzzer import FuzzerPluginManager, KernelConfig, Model, RunConfig  # noqa: E402
-from fuzzer._campaign import STEPS_PER_EXAMPLE, replay, run_campaign  # noqa: E402
+from fuzzer._args import sampler as search_sampler  # noqa: E402
+from fuzzer._engine import replay, run_campaign  # noqa: E402
+from fuzzer._engine.hypothesis import STEPS_PER_EXAMPLE  # noqa: E402
+from fuzzer._engine.walk import SCHEDULE_BLOCK, Walker  # noqa: E402
 from fuzzer._errors import KernelFailure  # noqa: E402
 from fuzzer._machine import Machine  # noqa: E402
-from fuzzer._search import SCHEDULE_BLOCK, Walker  # noqa: E402
-from fuzzer._search import sampler as search_sampler  # noqa: E402
 from fuzzer._steps import Step  # noqa: E402
 from fuzzer_plugins.mistakes import MISTAKES  # noqa: E402
 
@@ -121,7 +122,7 @@ def targets() -> list[tuple[str, Model]]:
 
 
 def sampler(strategy: Any) -> Callable[[random.Random], Any]:
-    """A uniform sampler for an operation argument (the fuzzer's own, :func:`fuzzer._search.sampler`)."""
+    """A uniform sampler for an operation argument (the fuzzer's own, :func:`fuzzer._args.sampler`)."""
     return search_sampler(strategy)[0]
 
 

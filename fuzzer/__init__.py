@@ -1,6 +1,8 @@
 """A plugin-based, Hypothesis-driven fuzzer for powerpc kernel logic."""
 
+from fuzzer._args import ArgType, Boolean, Choice, Constant, IntRange
 from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig, VersionChain
+from fuzzer._engine.records import ExitCode, Finding, Outcome, Status
 from fuzzer._errors import (
     Deadlock,
     EndStateViolation,
@@ -20,6 +22,7 @@ from fuzzer._errors import (
     UsageError,
 )
 from fuzzer._export import Action as ExportAction
+from fuzzer._known import KnownFinding
 from fuzzer._machine import Breakpoint, Cpu, Machine, Task
 from fuzzer._mm import (
     MM,
@@ -35,6 +38,7 @@ from fuzzer._mm import (
 )
 from fuzzer._mmu import KERNEL_TEXT_END, PAGE_OFFSET, VMALLOC_END, VMALLOC_START, Mmu, check_access
 from fuzzer._model import Model
+from fuzzer._options import OptionGroup
 from fuzzer._plugins import (
     AUTOLOAD_ENV,
     BUILTIN_PLUGINS,
@@ -44,7 +48,7 @@ from fuzzer._plugins import (
 )
 from fuzzer._routines import routine
 from fuzzer._specs import BOOK3S64, AddressLayout, Initcall, InterruptSource, Invariant, MmuSpec, Operation
-from fuzzer._steps import Step
+from fuzzer._steps import Step, StepAction
 from fuzzer.kernel.locking import (
     Mutex,
     RwSem,
@@ -70,17 +74,24 @@ __all__ = [
     "VMALLOC_END",
     "VMALLOC_START",
     "AddressLayout",
+    "ArgType",
+    "Boolean",
     "Breakpoint",
+    "Choice",
     "ConfigOption",
+    "Constant",
     "Cpu",
     "Deadlock",
     "EndStateViolation",
+    "ExitCode",
     "ExportAction",
+    "Finding",
     "Frame",
     "FuzzerPluginManager",
     "Geometry",
     "HardwareViolation",
     "Initcall",
+    "IntRange",
     "InterruptSource",
     "Invariant",
     "InvariantViolation",
@@ -90,6 +101,7 @@ __all__ = [
     "KernelOops",
     "KernelVersion",
     "KernelWarning",
+    "KnownFinding",
     "Livelock",
     "LockdepSplat",
     "Machine",
@@ -100,6 +112,8 @@ __all__ = [
     "ModelLimitation",
     "Mutex",
     "Operation",
+    "OptionGroup",
+    "Outcome",
     "PluginError",
     "Prot",
     "Pte",
@@ -109,7 +123,9 @@ __all__ = [
     "RwSem",
     "Signature",
     "SpinLock",
+    "Status",
     "Step",
+    "StepAction",
     "Table",
     "Task",
     "UsageError",

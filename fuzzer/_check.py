@@ -269,7 +269,7 @@ def check(model: Model, scenario: Scenario, *, preemptions: int, prune: bool = T
 
 def _shrink(model: Model, steps: tuple[Step, ...], failure: KernelFailure,
             deadline: float) -> tuple[Step, ...]:
-    from fuzzer._search import Shrinker
+    from fuzzer._engine.shrink import Shrinker
 
     return tuple(Shrinker(model, steps, failure.signature, deadline=deadline).shrink())
 

@@ -40,12 +40,15 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._errors import KernelFailure, Signature, UsageError
+from fuzzer._errors import Signature, UsageError
 from fuzzer._steps import Step, StepFormatError
+
+if TYPE_CHECKING:
+    from fuzzer._engine.records import Finding
 
 #: The corpus format version this fuzzer writes and reads.
 SCHEMA = 1
@@ -107,7 +110,7 @@ class Entry:
         plugins: Sequence[str],
         config: Mapping[str, bool | int | str],
         options: Mapping[str, Any],
-        failure: KernelFailure | None,
+        failure: Finding | None,
         steps: Sequence[Step],
         title: str = "",
     ) -> Entry:
@@ -215,30 +218,38 @@ class Entry:
                 raise bad(f"config.{key}", "not a kernel config option (CONFIG_X)")
             if not isinstance(value, bool | int | str):
                 raise bad(f"config.{key}", f"expected true/false, a number or a string, not {_kind(value)}")
-        options = data["options"]
-        if not isinstance(options, dict):
-            raise bad("options", f"expected an object of plugin options, not {_kind(options)}")
-        for key, value in options.items():
-            if value is not None and not isinstance(value, bool | int | float | str):
-                raise bad(f"options.{key}", f"expected a plain value, not {_kind(value)}")
+        options = _options(data["options"], bad)
         expect = _expectation(data["expect"], bad)
-        raw_steps = data["steps"]
-        if not isinstance(raw_steps, list) or not raw_steps:
-            raise bad("steps", f"expected a non-empty list of steps, not {_kind(raw_steps)}")
-        steps: list[Step] = []
-        for i, raw in enumerate(raw_steps):
-            try:
-                step = Step.from_json(raw)
-            except StepFormatError as exc:
-                field = f"steps[{i}]" + (f".{exc.field}" if exc.field else "")
-                raise bad(field, exc.problem) from None
-            for field, n in [("cpu", step.cpu), *((f"cpus[{j}]", c) for j, c in enumerate(step.cpus))]:
-                if n is not None and n >= cpus:
-                    raise bad(f"steps[{i}].{field}", f"CPU {n} does not exist: the entry has {cpus} CPUs")
-            steps.append(step)
+        steps = _steps(data["steps"], cpus, bad)
         return cls(title=title, kernel=kernel, mmu=mmu, cpus=cpus, plugins=tuple(plugins),
                    config=config, options=options, expect=expect, steps=tuple(steps),
                    fixed_by=fixed_by, path=Path(file))
+
+
+def _options(options: Any, bad: Any) -> dict[str, Any]:
+    if not isinstance(options, dict):
+        raise bad("options", f"expected an object of plugin options, not {_kind(options)}")
+    for key, value in options.items():
+        if value is not None and not isinstance(value, bool | int | float | str):
+            raise bad(f"options.{key}", f"expected a plain value, not {_kind(value)}")
+    return options
+
+
+def _steps(raw_steps: Any, cpus: int, bad: Any) -> list[Step]:
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise bad("steps", f"expected a non-empty list of steps, not {_kind(raw_steps)}")
+    steps: list[Step] = []
+    for i, raw in enumerate(raw_steps):
+        try:
+            step = Step.from_json(raw)
+        except StepFormatError as exc:
+            field = f"steps[{i}]" + (f".{exc.field}" if exc.field else "")
+            raise bad(field, exc.problem) from None
+        for field, n in [("cpu", step.cpu), *((f"cpus[{j}]", c) for j, c in enumerate(step.cpus))]:
+            if n is not None and n >= cpus:
+                raise bad(f"steps[{i}].{field}", f"CPU {n} does not exist: the entry has {cpus} CPUs")
+        steps.append(step)
+    return steps
 
 
 def _expectation(value: Any, bad: Any) -> Signature | None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
-
-if TYPE_CHECKING:
-    from fuzzer._steps import Step
 
 
 class UsageError(Exception):
@@ -28,7 +25,6 @@ class PluginError(Exception):
         self.plugin = plugin
         self.where = where
         self.cause = cause
-        self.steps: tuple[Step, ...] | None = None
         super().__init__(
             f"plugin {plugin!r} raised in {where}: {type(cause).__name__}: {cause}"
         )
@@ -92,7 +88,6 @@ class KernelFailure(Exception):
         self.task: str | None = None
         self.step_index: int | None = None
         self.trace: tuple[Frame, ...] = ()
-        self.steps: tuple[Step, ...] | None = None
         self.context: dict[str, Any] = {}
 
     @property

@@ -24,12 +24,15 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    import argparse
-
     from fuzzer._config import ConfigOption, KernelVersion, RunConfig
+    from fuzzer._engine.records import Finding, Outcome, StatsSnapshot
+    from fuzzer._errors import PluginError
     from fuzzer._export import Action as ExportAction
+    from fuzzer._known import KnownFinding
     from fuzzer._machine import Machine
+    from fuzzer._options import OptionGroup
     from fuzzer._routines import RoutineFn
+    from fuzzer._session import Session
     from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
 
 hookspec = pluggy.HookspecMarker("fuzzer")
@@ -39,14 +42,17 @@ hookspec = pluggy.HookspecMarker("fuzzer")
 # ---------------------------------------------------------------------------
 
 
-@hookspec(historic=True)
-def fuzzer_addoption(parser: argparse._ArgumentGroup, pluginmanager: Any) -> None:
-    """Add command-line options to ``python -m fuzzer run``.
+@hookspec
+def fuzzer_addoption(parser: OptionGroup, pluginmanager: Any) -> None:
+    """Declare command-line options of ``python -m fuzzer run``.
 
-    Called once per plugin while the ``run`` command line is built; ``parser``
-    is an argparse group titled after the plugin. Historic: a plugin
-    registered late still gets the call. Returns nothing. Option values reach
-    the model as ``RunConfig.options[dest]``.
+    Called once per plugin, before the command line is parsed, with only that
+    plugin's implementations; ``parser`` is the plugin's own option group
+    (titled after it in ``run --help``): call
+    ``parser.addoption("--my-option", type=int, default=3, metavar="N", help=...)``
+    as with pytest's ``Parser.addoption``. Returns nothing. The values reach the
+    model as ``config.option(dest)``, whether they came from the command line, a
+    corpus entry or :func:`fuzzer.testing.make_model`'s ``options``.
     """
 
 
@@ -90,6 +96,18 @@ def fuzzer_configure(config: RunConfig) -> None:
 @hookspec
 def fuzzer_report_header(config: RunConfig) -> Iterable[str] | None:
     """Return lines to print under the run's header. Results are concatenated."""
+
+
+@hookspec
+def fuzzer_known_findings(config: RunConfig) -> Iterable[KnownFinding] | None:
+    """Return failures known on unmodified kernels (:class:`fuzzer.KnownFinding`).
+
+    Results are concatenated; those whose ``kernels`` (or an ancestor of the
+    run's kernel along ``based_on``) include the run's kernel apply. The run
+    header names them; an example failing with one's signature is counted and
+    the search goes on (the exit code does not change), unless ``run
+    --report-known`` asks to report them as ordinary findings.
+    """
 
 
 # ---------------------------------------------------------------------------
@@ -155,6 +173,68 @@ def fuzzer_machine_setup(machine: Machine) -> None:
     Called after the CPUs, memory and the MMU exist and before boot. Return
     value ignored.
     """
+
+
+# ---------------------------------------------------------------------------
+# The campaign's lifecycle: a ``run`` session. The progress line, --stats,
+# --coverage, --report-json and the corpus are built-in plugins on these hooks
+# (fuzzer._reporters); a third-party plugin adds its own output the same way.
+# Resolved once per session: an engine does not call a hook nobody implements.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def fuzzer_session_start(session: Session) -> None:
+    """The run's settings are checked and its model built; the search is about to start.
+
+    ``session`` holds ``settings``, ``model``, ``pluginmanager``, the output
+    streams ``out``/``err``, the ``known`` findings, and ``notes``: lines
+    printed before the final summary. Return value ignored.
+    """
+
+
+@hookspec
+def fuzzer_session_finish(session: Session, outcome: Outcome) -> None:
+    """The campaign ended with ``outcome`` (status, the shrunk finding and its steps,
+    statistics). Called for every status; on ``error`` the error is reported after it.
+
+    Write outputs here, and append one-line messages to ``session.notes``; the
+    built-in terminal reporter is a wrapper that prints the failure report
+    before and the notes and summary after the other implementations.
+    """
+
+
+@hookspec
+def fuzzer_campaign_progress(session: Session, stats: StatsSnapshot, elapsed: float) -> None:
+    """Statistics so far (frozen), about five times a second, and ``elapsed`` seconds.
+
+    With ``--workers``, called in the main process with every worker's merged statistics.
+    """
+
+
+@hookspec
+def fuzzer_example_start(session: Session) -> None:
+    """An example is about to run (in the process that runs it; not with ``--workers``)."""
+
+
+@hookspec
+def fuzzer_example_finish(session: Session, machine: Machine | None,
+                          failure: Finding | PluginError | None) -> None:
+    """An example ended: the machine it ran (None if it could not be built) and its
+    failure, if any (a known finding included). Not called with ``--workers``."""
+
+
+@hookspec
+def fuzzer_failure_found(session: Session, failure: Finding | PluginError, worker: int | None) -> None:
+    """The first failing example that is not a known finding, before shrinking.
+
+    ``worker`` is the worker process that found it (``--workers``), else None.
+    """
+
+
+@hookspec
+def fuzzer_failure_shrunk(session: Session, failure: Finding) -> None:
+    """The failure, shrunk and replay-verified: ``failure.steps`` is the minimal reproduction."""
 
 
 # ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from fuzzer._errors import (
 from fuzzer._mm import MM, Geometry, Prot, Pte, PtePage, SpinLock, Table
 from fuzzer._oops import oops_of
 from fuzzer._routines import frame_of_code
-from fuzzer._steps import ACTIONS, Step
+from fuzzer._steps import Step
 
 if TYPE_CHECKING:
     from fuzzer._mmu import Mmu
@@ -271,13 +271,8 @@ class Machine:
         self._end_checks = model.end_invariants
         self._observers: list[Callable[[Cpu], None]] = []
         self._entry_hooks: list[Callable[[Cpu], None]] = []
-        for plugin, setup in model.machine_setups:
-            try:
-                setup(machine=self)
-            except KernelFailure:
-                raise
-            except Exception as exc:
-                raise PluginError(plugin, "hook fuzzer_machine_setup", exc) from exc
+        if model.machine_setup is not None:
+            model.machine_setup(self)  # through pluggy; a raising plugin is blamed by name
 
     # -- plugin state ------------------------------------------------------------
 
@@ -643,35 +638,7 @@ class Machine:
             busy[0],
         )
 
-    # -- applying steps ------------------------------------------------------------------
-
-    def apply(self, step: Step) -> None:
-        """Apply one recorded step (replay)."""
-        if step.action == "boot":
-            self.boot(step.seed, step.draws)
-        elif step.action == "online":
-            self.cpu_up(self._cpu(step))
-        elif step.action == "offline":
-            self.cpu_down(self._cpu(step))
-        elif step.action == "start":
-            self.start(self._cpu(step), self.model.operation(step.name), dict(step.args))
-        elif step.action == "irq":
-            self.interrupt(self._cpu(step), self.model.interrupt(step.name))
-        elif step.action == "run":
-            self._record_run(list(step.cpus))
-            self.run_cpus(step.cpus)
-        elif step.action == "fill":
-            self.speculative_fill(self._cpu(step), int(dict(step.args).get("va", 0)))
-        elif step.action == "migrate":
-            to = Step("migrate", cpu=step.cpus[0] if step.cpus else None)
-            self.migrate(self._cpu(step), self._cpu(to))
-        else:
-            raise ValueError(f"unknown step action {step.action!r}; known: {', '.join(ACTIONS)}")
-
-    def _cpu(self, step: Step) -> Cpu:
-        if step.cpu is None or not 0 <= step.cpu < len(self.cpus):
-            raise ValueError(f"step {step.action} names CPU {step.cpu}, machine has {len(self.cpus)}")
-        return self.cpus[step.cpu]
+    # -- steps (fuzzer._engine.replay.apply_step applies a recorded one) --------------
 
     def boot(self, seed: int, draws: Iterable[int] = ()) -> None:
         """Boot CPU 0 (``start_kernel`` to the end of initcalls); only CPU 0 is online.

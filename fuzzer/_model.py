@@ -35,7 +35,11 @@ class Model:
     step_invariants: tuple[Invariant, ...]
     end_invariants: tuple[Invariant, ...]
     initcalls: tuple[Initcall, ...]
-    machine_setups: tuple[tuple[str, Callable[..., Any]], ...]
+    machine_setup: Callable[..., Any] | None
+    """``fuzzer_machine_setup`` through pluggy (plugins of this architecture), blaming a
+    plugin that raises; None when no plugin implements it (resolved once per run)."""
+    machine_setup_plugins: tuple[str, ...]
+    """The plugins whose ``fuzzer_machine_setup`` a machine runs."""
     plugin_modules: dict[str, str] = attrs.Factory(dict)
     """Module name -> plugin name, to attribute a Python exception to a plugin."""
 
@@ -85,17 +89,13 @@ class Model:
                 f" with arch {run.arch}; --mmu {run.mmu} runs:"
                 f" {', '.join(v.name for v in pm.kernel_versions(mmu.arch)) or 'none'}"
             )
-        routines: list[tuple[str, Any]] = []
-        for plugin, result in pm.call_each("fuzzer_routines", config=run):
-            routines.extend((plugin, fn) for fn in result or ())
+        routines = [(pm.owner_of(fn), fn) for result in pm.call("fuzzer_routines", config=run)
+                    for fn in result]
         chain = VersionChain.of(run.kernel, {name: v.based_on for name, v in versions.items()})
         table, infos = resolve(chain, routines)
 
         def collect(hook: str) -> list[Any]:
-            out: list[Any] = []
-            for _plugin, result in pm.call_each(hook, config=run):
-                out.extend(result or ())
-            return out
+            return [item for result in pm.call(hook, config=run) for item in result]
 
         ops: list[Operation] = collect("fuzzer_operations")
         irqs: list[InterruptSource] = collect("fuzzer_interrupt_sources")
@@ -109,11 +109,8 @@ class Model:
                 raise UsageError(f"invariant {inv.name!r}: when must be 'step' or 'end'")
         levels = {"start_kernel": -1, "early": 0}
         inits.sort(key=lambda i: levels.get(i.level, 1))
-        setups = tuple(
-            (pm.plugin_name(impl.plugin), impl.function)
-            for impl in pm.impls("fuzzer_machine_setup")
-            if pm.serves(impl.plugin, run.arch)
-        )
+        setup_caller = pm.caller("fuzzer_machine_setup", run.arch)
+        setup_plugins = tuple(pm.plugin_name(impl.plugin) for impl in reversed(setup_caller.get_hookimpls()))
         return cls(
             run=run,
             version=version,
@@ -126,9 +123,19 @@ class Model:
             step_invariants=tuple(i for i in invs if i.when == "step"),
             end_invariants=tuple(i for i in invs if i.when == "end"),
             initcalls=tuple(inits),
-            machine_setups=setups,
+            machine_setup=_setup_call(pm, setup_caller) if setup_plugins else None,
+            machine_setup_plugins=setup_plugins,
             plugin_modules=pm.plugin_modules(),
         )
+
+
+def _setup_call(pm: FuzzerPluginManager, caller: Any) -> Callable[..., Any]:
+    from fuzzer._plugins import call_blamed
+
+    def setup(machine: Any) -> None:
+        call_blamed(caller, "fuzzer_machine_setup", pm.plugin_name, pm.is_core, machine=machine)
+
+    return setup
 
 
 def _unique(what: str, names: Iterable[str]) -> None:

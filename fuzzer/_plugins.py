@@ -6,14 +6,17 @@ import importlib
 import importlib.metadata
 import inspect
 import os
-from collections.abc import Iterable, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pluggy
 
-from fuzzer import _hookspec
-from fuzzer._config import ConfigOption, KernelVersion
-from fuzzer._errors import PluginError, UsageError
+import fuzzer._hookspec as _hookspec
+from fuzzer._config import ConfigOption, KernelVersion, RunConfig
+from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, UsageError
+from fuzzer._known import KnownFinding, known_for
+from fuzzer._options import OptionRegistry
 from fuzzer._specs import MmuSpec
 
 #: The modelled kernel core, always loaded: it cannot be blocked with ``-p no:``.
@@ -51,6 +54,11 @@ class FuzzerPluginManager(pluggy.PluginManager):
         self._versions: list[KernelVersion] | None = None
         self._mmus: dict[str, MmuSpec] | None = None
         self._config_options: list[ConfigOption] | None = None
+        self._options: OptionRegistry | None = None
+        self.session_plugins: set[str] = set()
+        """Names of the session plugins ``run`` registers (the terminal, --stats, ...)."""
+        self.reserved_options: dict[str, str] = {}
+        """dest -> option name of the host's own ``run`` options (set by the command line)."""
 
     # pytest's parse_hookimpl_opts: a ``fuzzer_`` function is a hook without a marker,
     # and a marked function without the prefix is refused.
@@ -182,43 +190,48 @@ class FuzzerPluginManager(pluggy.PluginManager):
                 out[mod] = name
         return out
 
-    # -- calling hooks with blame --------------------------------------------------
+    # -- calling hooks through pluggy, with blame ---------------------------------------
 
-    def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of ``hook`` in registration order, blaming errors.
+    def caller(self, hook: str, arch: str | None = None) -> Any:
+        """pluggy's caller of ``hook``; with ``arch``, one that leaves out the plugins of
+        another architecture (``FUZZER_ARCH``), through :meth:`subset_hook_caller`.
 
-        Registration order is: the kernel core, built-ins, entry points, ``-p``
-        (``tryfirst``/``trylast`` move an implementation to an end). A plugin
-        that raises is reported as that plugin's fault (:class:`PluginError`),
-        never as a kernel failure. With a ``config`` argument, plugins of another
-        architecture (``FUZZER_ARCH``) are skipped.
+        Wrappers, ``firstresult``, historic calls and hook-call monitoring all apply.
         """
-        arch = getattr(kwargs.get("config"), "arch", None)
-        out: list[tuple[str, Any]] = []
-        for impl in self.impls(hook):
-            if arch is not None and not self.serves(impl.plugin, arch):
-                continue
-            name = self._name_of(impl.plugin)
-            args = [kwargs[a] for a in impl.argnames]
-            try:
-                result = impl.function(*args)
-            except UsageError:
-                raise
-            except Exception as exc:
-                if self.is_core(name):
-                    raise
-                raise PluginError(name, f"hook {hook}", exc) from exc
-            if result is not None:
-                out.append((name, result))
-        return out
+        full = getattr(self.hook, hook)
+        if arch is None:
+            return full
+        others = [impl.plugin for impl in full.get_hookimpls() if not self.serves(impl.plugin, arch)]
+        return self.subset_hook_caller(hook, others) if others else full
 
-    def impls(self, hook: str) -> list[Any]:
-        """Implementations of ``hook`` in registration order (tryfirst last in pluggy's list)."""
-        impls = getattr(self.hook, hook).get_hookimpls()
-        first = [i for i in impls if i.tryfirst]
-        last = [i for i in impls if i.trylast]
-        rest = [i for i in impls if not i.tryfirst and not i.trylast]
-        return [*reversed(first), *rest, *last]
+    def call(self, hook: str, *, arch: str | None = None, **kwargs: Any) -> list[Any]:
+        """Call ``hook`` through pluggy; the results in plugin registration order (the kernel
+        core, built-ins, entry points, ``-p``), None results left out.
+
+        A plugin that raises is reported as that plugin's fault (:class:`PluginError`),
+        never as a kernel failure. With ``config`` among the arguments, plugins of another
+        architecture are left out.
+        """
+        if arch is None:
+            arch = getattr(kwargs.get("config"), "arch", None)
+        results = call_blamed(self.caller(hook, arch), hook, self._name_of, self.is_core, **kwargs)
+        return list(reversed(results)) if isinstance(results, list) else results
+
+    def implemented(self, hook: str, arch: str | None = None) -> bool:
+        """Whether any loaded plugin (of ``arch``) implements ``hook``."""
+        return bool(self.caller(hook, arch).get_hookimpls())
+
+    def owner_of(self, obj: Any) -> str:
+        """The plugin a function or object was defined in, by its module (a package
+        plugin's submodules included); its module's name when no plugin owns it."""
+        mod = getattr(obj, "__module__", None) or type(obj).__module__
+        owners = {getattr(p, "__name__", None): n for n, p in self.list_name_plugin() if p is not None}
+        name = mod
+        while name:
+            if name in owners:
+                return owners[name]
+            name = name.rpartition(".")[0]
+        return mod
 
     def config_options(self, arch: str | None = None) -> list[ConfigOption]:
         """Every plugin's config options; with ``arch``, those of that architecture
@@ -226,18 +239,8 @@ class FuzzerPluginManager(pluggy.PluginManager):
         if arch is not None:
             return [o for o in self.config_options() if o.arch in (None, arch)]
         if self._config_options is None:
-            opts: list[ConfigOption] = []
-            owner: dict[str, str] = {}
-            for plugin, result in self.call_each("fuzzer_addconfig"):
-                for opt in result:
-                    if opt.name in owner:
-                        raise UsageError(
-                            f"config option {opt.name} is defined by plugins"
-                            f" {owner[opt.name]!r} and {plugin!r}"
-                        )
-                    owner[opt.name] = plugin
-                    opts.append(opt)
-            self._config_options = opts
+            opts = self._listing("fuzzer_addconfig", "config option", lambda o: o.name)
+            self._config_options = list(opts.values())
         return self._config_options
 
     def kernel_versions(self, arch: str | None = None) -> list[KernelVersion]:
@@ -245,25 +248,68 @@ class FuzzerPluginManager(pluggy.PluginManager):
         if arch is not None:
             return [v for v in self.kernel_versions() if v.arch == arch]
         if self._versions is None:
-            vs: dict[str, KernelVersion] = {}
-            for plugin, result in self.call_each("fuzzer_kernel_versions"):
-                for v in result:
-                    if v.name in vs:
-                        raise UsageError(f"kernel version {v.name!r} is defined twice (again by {plugin!r})")
-                    vs[v.name] = v
+            vs = self._listing("fuzzer_kernel_versions", "kernel version", lambda v: v.name)
             self._versions = sorted(vs.values(), key=lambda v: v.order)
         return self._versions
 
     def mmus(self) -> dict[str, MmuSpec]:
         if self._mmus is None:
-            out: dict[str, MmuSpec] = {}
-            for plugin, result in self.call_each("fuzzer_mmus"):
-                for spec in result:
-                    if spec.name in out:
-                        raise UsageError(f"MMU {spec.name!r} is defined twice (again by {plugin!r})")
-                    out[spec.name] = spec
-            self._mmus = out
+            self._mmus = self._listing("fuzzer_mmus", "MMU", lambda m: m.name)
         return self._mmus
+
+    def options(self) -> OptionRegistry:
+        """The plugins' command-line options: ``fuzzer_addoption`` once per plugin (through
+        pluggy, with only that plugin's implementations), each into its own titled group."""
+        if self._options is None:
+            registry = OptionRegistry(self.reserved_options)
+            for impl in reversed(self.hook.fuzzer_addoption.get_hookimpls()):
+                if impl.hookwrapper or impl.wrapper:
+                    continue
+                name = self._name_of(impl.plugin)
+                others = [p for p in self.get_plugins() if p is not impl.plugin]
+                caller = self.subset_hook_caller("fuzzer_addoption", others)
+                call_blamed(caller, "fuzzer_addoption", self._name_of, self.is_core,
+                            parser=registry.group(name), pluginmanager=self)
+            self._options = registry
+        return self._options
+
+    def model_plugins(self) -> list[str]:
+        """The loaded plugins' names, in registration order, without ``run``'s session plugins."""
+        return [n for n, p in self.list_name_plugin() if p is not None and n not in self.session_plugins]
+
+    def known_findings(self, run: RunConfig) -> tuple[KnownFinding, ...]:
+        """The known findings plugins declare for ``run``'s kernel (``fuzzer_known_findings``)."""
+        versions = {v.name: v for v in self.kernel_versions()}
+        declared = [k for result in self.call("fuzzer_known_findings", config=run) for k in result]
+        for k in declared:
+            if not isinstance(k, KnownFinding):
+                raise UsageError(f"fuzzer_known_findings returned {k!r}, not a fuzzer.KnownFinding")
+        return known_for(declared, run.kernel, lambda v: versions[v].based_on if v in versions else None)
+
+    def _listing(self, hook: str, what: str, key: Callable[[Any], str]) -> dict[str, Any]:
+        """The concatenated results of a listing hook by name; a name defined twice is a
+        usage error naming the plugins that define it."""
+        out: dict[str, Any] = {}
+        for result in self.call(hook):
+            for item in result:
+                if key(item) in out:
+                    owners = self._definers(hook, key(item), key)
+                    raise UsageError(f"{what} {key(item)} is defined by more than one plugin:"
+                                     f" {', '.join(map(repr, owners))}")
+                out[key(item)] = item
+        return out
+
+    def _definers(self, hook: str, name: str, key: Callable[[Any], str]) -> list[str]:
+        """Which plugins' ``hook`` implementations list ``name`` (only for an error message:
+        each implementation is called on its own)."""
+        owners = []
+        for impl in getattr(self.hook, hook).get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            result = impl.function() or ()
+            if any(key(item) == name for item in result):
+                owners.append(self._name_of(impl.plugin))
+        return list(reversed(owners))
 
     def arch_of(self, mmu: str) -> str:
         """The architecture of MMU ``mmu``; a usage error naming the loaded MMUs if unknown."""
@@ -271,6 +317,13 @@ class FuzzerPluginManager(pluggy.PluginManager):
         if mmu not in mmus:
             raise UsageError(f"unknown MMU {mmu!r}; loaded MMU plugins: {', '.join(sorted(mmus)) or 'none'}")
         return mmus[mmu].arch
+
+    def check_kernel(self, kernel: str) -> None:
+        """A usage error naming the choices unless ``kernel`` is a loaded version (any
+        architecture; :meth:`resolve_kernel` checks it against an MMU)."""
+        versions = [v.name for v in self.kernel_versions()]
+        if kernel not in versions:
+            raise UsageError(f"unknown kernel version {kernel!r}; choose from: {', '.join(versions)}")
 
     def resolve_kernel(self, kernel: str | None, mmu: str) -> str:
         """The ``--kernel`` for ``--mmu``: the newest version of the MMU's architecture when
@@ -299,6 +352,32 @@ class FuzzerPluginManager(pluggy.PluginManager):
                 continue
             where = getattr(plugin, "__file__", None) or repr(plugin)
             yield name, self.origins.get(name, "registered"), str(where), self.hooks_of(plugin)
+
+
+def call_blamed(caller: Any, hook: str, name_of: Callable[[Any], str],
+                is_core: Callable[[str], bool], **kwargs: Any) -> Any:
+    """``caller(**kwargs)``; an exception a plugin's implementation raised becomes a
+    :class:`PluginError` naming that plugin and the hook.
+
+    The plugin is the one whose implementation (a wrapper included) is outermost in the
+    traceback. Usage errors and kernel failures pass through, and so do the kernel
+    core's own exceptions (internal errors).
+    """
+    try:
+        return caller(**kwargs)
+    except (UsageError, PluginError, KernelFailure, ModelLimitation):
+        raise
+    except Exception as exc:
+        codes = {impl.function.__code__: impl.plugin for impl in caller.get_hookimpls()
+                 if hasattr(impl.function, "__code__")}
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            plugin = codes.get(frame.f_code)
+            if plugin is not None:
+                name = name_of(plugin)
+                if is_core(name):
+                    raise
+                raise PluginError(name, f"hook {hook}", exc) from exc
+        raise
 
 
 def _one_line(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from fuzzer._cli import Replayed
+    from fuzzer._regression import Replayed
 
 #: Directory name that marks corpus files.
 CORPUS_DIR = "corpus"
@@ -66,8 +66,8 @@ class CorpusItem(pytest.Item):
     """Replay one entry; pass when its outcome is the expected one."""
 
     def runtest(self) -> None:
-        from fuzzer._cli import replay_entry
         from fuzzer._corpus import load
+        from fuzzer._regression import replay_entry
 
         entry = load(self.path)
         result = replay_entry(entry, kernel=self.config.getoption("corpus_kernel"),

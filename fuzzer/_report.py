@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fuzzer._errors import KernelBug, KernelFailure, KernelOops, KernelWarning
 from fuzzer._model import Model
 from fuzzer._steps import Step
+
+if TYPE_CHECKING:
+    from fuzzer._engine.records import Finding
 
 CUT = "------------[ cut here ]------------"
 
@@ -22,7 +24,7 @@ def _banner(model: Model) -> str:
     return f"LE PAGE_SIZE={page} MMU={model.mmu.name.capitalize()}{smp} NR_CPUS={run.cpus} PowerNV (model)"
 
 
-def format_trace(failure: KernelFailure) -> list[str]:
+def format_trace(failure: Finding) -> list[str]:
     lines = ["Call Trace (modelled, innermost first):"]
     width = max((len(f.function) for f in failure.trace), default=0)
     for i, frame in enumerate(failure.trace):
@@ -36,20 +38,20 @@ def format_trace(failure: KernelFailure) -> list[str]:
     return lines
 
 
-def format_failure(failure: KernelFailure, model: Model, steps: Sequence[Step]) -> str:
+def format_failure(failure: Finding, model: Model, steps: Sequence[Step]) -> str:
     """The oops a kernel would print, then the kernel, config and minimal reproduction."""
     run = model.run
     out: list[str] = []
     cpu = failure.cpu if failure.cpu is not None else "?"
     task = failure.task or "PID: ? Comm: ?"
-    if isinstance(failure, KernelBug):
+    if failure.kind == "BUG":
         out += [CUT, failure.message, "Oops: Exception in kernel mode, sig: 5 [#1]", _banner(model)]
         out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
-    elif isinstance(failure, KernelWarning):
+    elif failure.kind == "WARNING":
         fn = failure.signature.function
         out += [CUT, f"WARNING: CPU: {cpu} {task.split(' Comm')[0]} at {failure.at} {fn}", _banner(model)]
         out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
-    elif isinstance(failure, KernelOops):  # die() from __bad_page_fault: no cut line
+    elif failure.kind == "OOPS":  # die() from __bad_page_fault: no cut line
         fn = failure.signature.function or "?"
         out += [failure.kuap] if failure.kuap else []
         out += [failure.message, f"Faulting instruction address: in {fn} (modelled)",
@@ -58,7 +60,7 @@ def format_failure(failure: KernelFailure, model: Model, steps: Sequence[Step]) 
     else:
         out += [CUT, failure.message, _banner(model)]
         out.append(f"CPU: {cpu} {task} ({run.kernel}, modelled)")
-    detail = getattr(failure, "detail", "")
+    detail = failure.detail
     if detail and detail not in failure.message:
         out.append(f"Detail: {detail}")
     ctx = failure.context
@@ -81,7 +83,7 @@ def format_failure(failure: KernelFailure, model: Model, steps: Sequence[Step]) 
     return "\n".join(out)
 
 
-def failure_json(failure: KernelFailure, model: Model, steps: Sequence[Step]) -> dict[str, Any]:
+def failure_json(failure: Finding, model: Model, steps: Sequence[Step]) -> dict[str, Any]:
     run = model.run
     sig = failure.signature
     return {
@@ -89,7 +91,7 @@ def failure_json(failure: KernelFailure, model: Model, steps: Sequence[Step]) ->
         "kind": failure.kind,
         "message": failure.message,
         "signature": {"kind": sig.kind, "function": sig.function, "location": sig.location},
-        "detail": getattr(failure, "detail", ""),
+        "detail": failure.detail,
         "cpu": failure.cpu,
         "task": failure.task,
         "trace": [

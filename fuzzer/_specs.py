@@ -10,6 +10,7 @@ import attrs
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
+    from fuzzer._args import ArgType
     from fuzzer._machine import Machine
     from fuzzer._routines import RoutineFn
 
@@ -26,8 +27,10 @@ class Operation:
     """Unique, dotted by plugin: ``kprobes.register``."""
     routine: RoutineFn = attrs.field(repr=False)
     """Generator function ``(cpu, **args)``."""
-    args: Mapping[str, SearchStrategy[Any]] = attrs.field(factory=dict, repr=False)
-    """Hypothesis strategy for each argument; values must be plain JSON values."""
+    args: Mapping[str, ArgType | SearchStrategy[Any]] = attrs.field(factory=dict, repr=False)
+    """Each argument's type (:class:`fuzzer.IntRange`, :class:`fuzzer.Choice`,
+    :class:`fuzzer.Boolean`, :class:`fuzzer.Constant`) or any Hypothesis strategy;
+    values must be plain JSON values."""
     doc: str = ""
     """One line for ``python -m fuzzer plugins``."""
     comm: str = ""

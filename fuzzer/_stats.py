@@ -20,8 +20,8 @@ import json
 import os
 from typing import Any, TextIO
 
+from fuzzer._engine.records import StatsSnapshot
 from fuzzer._errors import UsageError
-from fuzzer._statemachine import Stats
 
 #: Seconds between two samples (the last one is always taken).
 INTERVAL = 1.0
@@ -40,7 +40,7 @@ def check_plot_path(path: str) -> None:
 
 
 class StatsLog:
-    """Samples a campaign's :class:`Stats` over time; writes them as JSON lines as they come."""
+    """Samples a campaign's statistics over time; writes them as JSON lines as they come."""
 
     def __init__(self, path: str | None, routines_total: int) -> None:
         self.samples: list[dict[str, Any]] = []
@@ -48,19 +48,21 @@ class StatsLog:
         self.last = -INTERVAL
         self.stream: TextIO | None = open(path, "w", encoding="utf-8") if path else None  # noqa: SIM115
 
-    def sample(self, stats: Stats, elapsed: float, *, final: bool = False) -> None:
+    def sample(self, stats: StatsSnapshot, elapsed: float, *, final: bool = False) -> None:
         if not final and elapsed - self.last < INTERVAL:
             return
         self.last = elapsed
-        self.add(elapsed, stats.examples, stats.emulated_steps, len(stats.signatures), len(stats.routines))
+        self.add(elapsed, stats.examples, stats.emulated_steps, len(stats.signatures), len(stats.routines),
+                 pairs=stats.pairs)
 
-    def add(self, elapsed: float, examples: int, steps: int, distinct_failures: int, routines: int) -> None:
+    def add(self, elapsed: float, examples: int, steps: int, distinct_failures: int, routines: int,
+            *, pairs: int = 0) -> None:
         rec = {
             "time": round(elapsed, 3), "examples": examples, "steps": steps,
             "steps_per_s": round(steps / elapsed, 1) if elapsed else 0.0,
             "examples_per_s": round(examples / elapsed, 2) if elapsed else 0.0,
             "distinct_failures": distinct_failures, "routines": routines,
-            "routines_total": self.routines_total,
+            "routines_total": self.routines_total, "interleavings": pairs,
         }
         self.samples.append(rec)
         if self.stream is not None:

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import attrs
 
+
+class StepAction(enum.StrEnum):
+    """What a step does. A ``str`` enum: it compares equal to, and is written to JSON as,
+    its value (``"boot"``), so the corpus and database formats are unchanged."""
+
+    BOOT = "boot"
+    """Boot CPU 0 (``seed``: the kernel's random seed)."""
+    ONLINE = "online"
+    """Bring ``cpu`` online."""
+    OFFLINE = "offline"
+    """Take ``cpu`` offline."""
+    START = "start"
+    """Start operation ``name`` with ``args`` on ``cpu``."""
+    RUN = "run"
+    """Advance the CPUs listed in ``cpus``, one emulated step each."""
+    IRQ = "irq"
+    """Deliver interrupt source ``name`` on ``cpu``."""
+    FILL = "fill"
+    """The MMU loads a translation of ``args["va"]`` into ``cpu``'s TLB, unasked."""
+    MIGRATE = "migrate"
+    """Preempt the task running on ``cpu`` (CONFIG_PREEMPT); it resumes on ``cpus[0]``."""
+
+
 #: Step actions, in the order a reproduction usually shows them.
-ACTIONS = ("boot", "online", "offline", "start", "run", "irq", "fill", "migrate")
+ACTIONS = tuple(a.value for a in StepAction)
 
 
 def _freeze_args(args: Any) -> tuple[tuple[str, Any], ...]:
@@ -24,8 +48,8 @@ class Step:
     same steps on a machine of the same configuration gives the same outcome.
     """
 
-    action: str
-    """One of :data:`ACTIONS`."""
+    action: StepAction = attrs.field(converter=StepAction)
+    """What the step does."""
     cpu: int | None = None
     """The CPU the step concerns (``online``, ``offline``, ``start``, ``irq``, ``fill``,
     ``migrate``: the CPU the task is preempted on)."""
@@ -46,29 +70,10 @@ class Step:
 
     def describe(self) -> str:
         """The step as a kernel developer reads it in a reproduction."""
-        if self.action == "boot":
-            draws = f"; random draws {list(self.draws)}" if self.draws else ""
-            return f"boot CPU 0 (start_kernel, initcalls; kernel random seed {self.seed}{draws})"
-        if self.action == "online":
-            return f"bring CPU {self.cpu} online (cpuhp AP_ONLINE_DYN callbacks)"
-        if self.action == "offline":
-            return f"take CPU {self.cpu} offline (cpuhp teardown callbacks)"
-        if self.action == "start":
-            args = ", ".join(f"{k}={_fmt(v)}" for k, v in self.args)
-            return f"CPU {self.cpu}: start {self.name}({args})"
-        if self.action == "irq":
-            return f"CPU {self.cpu}: deliver interrupt {self.name}"
-        if self.action == "run":
-            return "advance " + _runs(self.cpus)
-        if self.action == "fill":
-            return f"CPU {self.cpu}: speculative TLB fill of {_fmt(dict(self.args).get('va'))}"
-        if self.action == "migrate":
-            to = self.cpus[0] if self.cpus else "?"
-            return f"CPU {self.cpu}: preempt the running task; it resumes on CPU {to}"
-        return f"{self.action} {self}"  # pragma: no cover - unknown actions are rejected on load
+        return _DESCRIBE[self.action](self)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"action": self.action}
+        out: dict[str, Any] = {"action": self.action.value}
         if self.cpu is not None:
             out["cpu"] = self.cpu
         if self.name:
@@ -163,6 +168,24 @@ _REQUIRED = {
     "fill": ("cpu", "args"),
     "migrate": ("cpu", "cpus"),
 }
+
+
+_DESCRIBE = {
+    StepAction.BOOT: lambda s: f"boot CPU 0 (start_kernel, initcalls; kernel random seed {s.seed}"
+                               + (f"; random draws {list(s.draws)})" if s.draws else ")"),
+    StepAction.ONLINE: lambda s: f"bring CPU {s.cpu} online (cpuhp AP_ONLINE_DYN callbacks)",
+    StepAction.OFFLINE: lambda s: f"take CPU {s.cpu} offline (cpuhp teardown callbacks)",
+    StepAction.START: lambda s: f"CPU {s.cpu}: start {s.name}({_args(s.args)})",
+    StepAction.IRQ: lambda s: f"CPU {s.cpu}: deliver interrupt {s.name}",
+    StepAction.RUN: lambda s: "advance " + _runs(s.cpus),
+    StepAction.FILL: lambda s: f"CPU {s.cpu}: speculative TLB fill of {_fmt(dict(s.args).get('va'))}",
+    StepAction.MIGRATE: lambda s: (f"CPU {s.cpu}: preempt the running task; it resumes on CPU"
+                                   f" {s.cpus[0] if s.cpus else '?'}"),
+}
+
+
+def _args(args: tuple[tuple[str, Any], ...]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in args)
 
 
 def _kind(value: Any) -> str:

@@ -14,23 +14,25 @@ Ctrl-C stops every worker; each reports what it had.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import pickle
 import queue as queue_module
 import signal
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
-from fuzzer._campaign import Outcome, replay, run_campaign
 from fuzzer._coverage import CoverageSession
-from fuzzer._errors import KernelFailure, Signature
+from fuzzer._engine.campaign import run_campaign
+from fuzzer._engine.records import Finding, Outcome, StatsSnapshot, Status
+from fuzzer._engine.replay import replay
+from fuzzer._engine.search import Events
+from fuzzer._errors import Signature
 from fuzzer._model import Model
-from fuzzer._statemachine import Stats
+from fuzzer._settings import Settings
 from fuzzer._steps import Step
 
 #: Seconds the parent waits for workers to report after Ctrl-C before ending them.
@@ -42,18 +44,14 @@ class WorkerSpec:
     """What one worker process needs; picklable, so spawned processes work too."""
 
     index: int
-    plugins: tuple[str, ...]
-    """The ``-p`` values, loaded as the parent loaded them."""
-    args: argparse.Namespace = attrs.field(eq=False)
-    """The parsed ``run`` options (the model is rebuilt from them)."""
+    settings: Settings
+    """The run's settings (the model is rebuilt from them, with the same ``-p`` plugins)."""
     seed: int
     max_examples: int
-    time_budget: float
-    database: str | None
-    guide: bool
-    coverage_dir: str | None
-    coverage_include: tuple[str, ...]
-    engine: str = "walk"
+    coverage_include: tuple[str, ...] = ()
+    """coverage.py's ``include`` patterns with ``--coverage`` (the parent's model's files)."""
+    known: frozenset[Signature] = frozenset()
+    """Signatures of known findings to count and search past."""
 
 
 def worker_seed(seed: int, index: int) -> int:
@@ -71,32 +69,27 @@ def split_examples(max_examples: int, workers: int) -> list[int]:
 
 def _worker(spec: WorkerSpec, messages: Any, stop: Any) -> None:
     """A worker process's body: every result goes to ``messages``, never to stdout."""
-    from fuzzer._cli import make_run_config
     from fuzzer._database import open_database
     from fuzzer._plugins import FuzzerPluginManager
 
-    i = spec.index
+    i, settings = spec.index, spec.settings
     session: CoverageSession | None = None
     try:
         pm = FuzzerPluginManager()
-        pm.load(list(spec.plugins))
-        model = Model.build(pm, make_run_config(pm, spec.args))
-        database = open_database(spec.database) if spec.database is not None else None
-        if spec.coverage_dir is not None:
-            session = CoverageSession(spec.coverage_dir, list(spec.coverage_include), parallel=True)
+        pm.load(list(settings.plugins))
+        pm.call("fuzzer_configure", config=settings.run)
+        model = Model.build(pm, settings.run)
+        database = open_database(settings.database) if settings.database is not None else None
+        if settings.coverage:
+            session = CoverageSession(settings.coverage_dir, list(spec.coverage_include), parallel=True)
             session.start()
-
-        def progress(stats: Stats, elapsed: float) -> None:
-            messages.put(("progress", i, _snapshot(stats)))
-
-        def found(exc: BaseException) -> None:
-            text = exc.message if isinstance(exc, KernelFailure) else str(exc)
-            messages.put(("found", i, text))
-
+        events = Events(progress=lambda stats, elapsed: messages.put(("progress", i, stats)),
+                        failure_found=lambda caught: messages.put(("found", i, _portable(caught))))
         outcome = run_campaign(model, seed=spec.seed, max_examples=spec.max_examples,
-                               time_budget=spec.time_budget, progress=progress,
-                               on_first_failure=found, database=database, guide=spec.guide,
-                               should_stop=stop.is_set, engine=spec.engine)
+                               time_budget=settings.time_budget, events=events, database=database,
+                               guide=settings.guide, should_stop=stop.is_set, engine=settings.engine,
+                               scheduler=settings.scheduler, interleave=settings.interleave,
+                               known=spec.known)
         if session is not None:
             session.stop()
             session = None
@@ -104,7 +97,7 @@ def _worker(spec: WorkerSpec, messages: Any, stop: Any) -> None:
         messages.put(("done", i, _result(outcome)))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        messages.put(("done", i, {"status": "interrupted", "examples": 0, "emulated_steps": 0}))
+        messages.put(("done", i, {"status": "interrupted"}))
     except BaseException as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         messages.put(("done", i, {"status": "error", "error": _portable(exc),
@@ -114,27 +107,20 @@ def _worker(spec: WorkerSpec, messages: Any, stop: Any) -> None:
             session.stop()
 
 
-def _snapshot(stats: Stats) -> dict[str, Any]:
-    return {"examples": stats.examples, "emulated_steps": stats.emulated_steps,
-            "failures_seen": stats.failures_seen, "signatures": set(stats.signatures),
-            "routines": set(stats.routines)}
-
-
 def _result(outcome: Outcome) -> dict[str, Any]:
     failure = outcome.failure
     return {
-        "status": outcome.status,
+        "status": outcome.status.value,
         "signature": failure.signature if failure is not None else None,
         "steps": [s.to_json() for s in outcome.steps],
         "error": _portable(outcome.error) if outcome.error is not None else None,
-        "examples": outcome.examples, "emulated_steps": outcome.emulated_steps,
+        "stats": outcome.stats,
         "time_to_first_failure": outcome.time_to_first_failure,
         "examples_to_first_failure": outcome.examples_to_first_failure,
-        "routines": set(outcome.routines), "distinct_failures": outcome.distinct_failures,
     }
 
 
-def _portable(exc: BaseException | None) -> BaseException | None:
+def _portable(exc: Any) -> Any:
     """``exc`` if it survives pickling (PluginError does), else a RuntimeError with its traceback."""
     if exc is None:
         return None
@@ -146,130 +132,128 @@ def _portable(exc: BaseException | None) -> BaseException | None:
     return exc
 
 
-class _Found(Exception):
-    """A worker's first failure, as the progress line shows it."""
+@attrs.define
+class _Parent:
+    """The parent's view of its workers while they run."""
+
+    specs: Sequence[WorkerSpec]
+    events: Events
+    started: float = attrs.Factory(time.monotonic)
+    latest: dict[int, StatsSnapshot] = attrs.Factory(dict)
+    results: dict[int, dict[str, Any]] = attrs.Factory(dict)
+    first_at: float | None = None
+    interrupted: bool = False
+    deadline: float | None = None
+
+    def receive(self, kind: str, i: int, payload: Any, stop: Any) -> None:
+        if kind == "progress":
+            self.latest[i] = payload
+            if self.events.progress is not None:
+                merged = StatsSnapshot.merge(self.latest.values())
+                self.events.progress(merged, time.monotonic() - self.started)
+        elif kind == "found":
+            if self.first_at is None:
+                self.first_at = time.monotonic() - self.started
+                stop.set()
+                if self.events.failure_found is not None:
+                    self.events.failure_found(payload, i)  # type: ignore[call-arg]
+        else:
+            self.results[i] = payload
+
+    def check_dead(self, procs: Sequence[Any], messages: Any) -> None:
+        for spec, p in zip(self.specs, procs, strict=True):
+            if spec.index not in self.results and not p.is_alive() and p.exitcode is not None:
+                # Died without a word (killed, out of memory): say so, do not hang.
+                time.sleep(0.2)  # its last message may still be in the pipe
+                if messages.empty():
+                    self.results[spec.index] = {"status": "error", "error": RuntimeError(
+                        f"worker {spec.index} died (exit code {p.exitcode})")}
 
 
-def run_workers(
-    model: Model,
-    specs: Sequence[WorkerSpec],
-    *,
-    progress: Callable[[Stats, float], None] | None = None,
-    on_first_failure: Callable[[BaseException], None] | None = None,
-) -> Outcome:
+def run_workers(model: Model, specs: Sequence[WorkerSpec], *, events: Events | None = None) -> Outcome:
     """Run one process per spec; merge their outcomes into one, as :func:`run_campaign` returns."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx: Any = multiprocessing.get_context(method)
     messages = ctx.Queue()
     stop = ctx.Event()
-    started = time.monotonic()
+    parent = _Parent(specs, events if events is not None else Events())
     procs = [ctx.Process(target=_worker, args=(spec, messages, stop), name=f"fuzzer-worker-{spec.index}",
                          daemon=True) for spec in specs]
     for p in procs:
         p.start()
-    latest: dict[int, dict[str, Any]] = {}
-    results: dict[int, dict[str, Any]] = {}
-    first_at: float | None = None
-    interrupted = False
-    deadline: float | None = None
     try:
-        while len(results) < len(procs):
-            try:
-                try:
-                    kind, i, payload = messages.get(timeout=0.2)
-                except queue_module.Empty:
-                    for spec, p in zip(specs, procs, strict=True):
-                        if spec.index not in results and not p.is_alive() and p.exitcode is not None:
-                            # Died without a word (killed, out of memory): say so, do not hang.
-                            time.sleep(0.2)  # its last message may still be in the pipe
-                            if messages.empty():
-                                results[spec.index] = {"status": "error", "error": RuntimeError(
-                                    f"worker {spec.index} died (exit code {p.exitcode})")}
-                    if deadline is not None and time.monotonic() > deadline:
-                        break
-                    continue
-                if kind == "progress":
-                    latest[i] = payload
-                    if progress is not None:
-                        progress(_merge_stats(latest.values()), time.monotonic() - started)
-                elif kind == "found":
-                    if first_at is None:
-                        first_at = time.monotonic() - started
-                        stop.set()
-                        if on_first_failure is not None:
-                            on_first_failure(_Found(f"worker {i}: {payload}"))
-                else:
-                    results[i] = payload
-            except KeyboardInterrupt:
-                if interrupted:  # a second Ctrl-C: stop waiting
-                    break
-                interrupted = True
-                stop.set()
-                deadline = time.monotonic() + GRACE
+        _wait(parent, procs, messages, stop)
     finally:
         stop.set()
         for p in procs:
-            p.join(timeout=0 if interrupted else 5)
+            p.join(timeout=0 if parent.interrupted else 5)
         for p in procs:
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
-    return _merge(model, specs, results, latest, time.monotonic() - started, first_at, interrupted)
+    return _merge(model, parent, time.monotonic() - parent.started)
 
 
-def _merge_stats(snapshots: Any) -> Stats:
-    stats = Stats()
-    for snap in snapshots:
-        stats.examples += snap["examples"]
-        stats.emulated_steps += snap["emulated_steps"]
-        stats.failures_seen += snap["failures_seen"]
-        stats.signatures |= snap["signatures"]
-        stats.routines |= snap["routines"]
-    return stats
+def _wait(parent: _Parent, procs: Sequence[Any], messages: Any, stop: Any) -> None:
+    while len(parent.results) < len(procs):
+        try:
+            try:
+                kind, i, payload = messages.get(timeout=0.2)
+            except queue_module.Empty:
+                parent.check_dead(procs, messages)
+                if parent.deadline is not None and time.monotonic() > parent.deadline:
+                    return
+                continue
+            parent.receive(kind, i, payload, stop)
+        except KeyboardInterrupt:
+            if parent.interrupted:  # a second Ctrl-C: stop waiting
+                return
+            parent.interrupted = True
+            stop.set()
+            parent.deadline = time.monotonic() + GRACE
 
 
-def _merge(model: Model, specs: Sequence[WorkerSpec], results: dict[int, dict[str, Any]],
-           latest: dict[int, dict[str, Any]], duration: float, first_at: float | None,
-           interrupted: bool) -> Outcome:
-    examples = steps = 0
-    routines: set[str] = set()
-    signatures: set[Signature] = set()
-    for spec in specs:
-        r = results.get(spec.index) or latest.get(spec.index) or {}
-        examples += r.get("examples", 0)
-        steps += r.get("emulated_steps", 0)
-        routines |= r.get("routines", set())
-        snap = latest.get(spec.index, {})
-        signatures |= snap.get("signatures", set())
-        if r.get("signature") is not None:
-            signatures.add(r["signature"])
-    reached, distinct = frozenset(routines), len(signatures)
+def _merge(model: Model, parent: _Parent, duration: float) -> Outcome:
+    specs, results = parent.specs, parent.results
+    snaps = [results.get(s.index, {}).get("stats") or parent.latest.get(s.index) or StatsSnapshot()
+             for s in specs]
+    found_sigs = {r["signature"] for r in results.values() if r.get("signature") is not None}
+    stats = StatsSnapshot.merge(snaps)
+    stats = attrs.evolve(stats, signatures=stats.signatures | found_sigs)
     ordered = [(spec.index, results[spec.index]) for spec in specs if spec.index in results]
-    errors = [r for _, r in ordered if r["status"] == "error"]
     found = [(i, r) for i, r in ordered if r.get("signature") is not None and r.get("steps")]
-    failure: KernelFailure | None = None
-    repro: tuple[Step, ...] = ()
+    failure: Finding | None = None
     chosen: dict[str, Any] = {}
     if found:
         index, chosen = found[0]  # the lowest-numbered worker's, whoever was first
-        worker_steps = [Step.from_json(s) for s in chosen["steps"]]
-        _, failure = replay(model, worker_steps)
-        if failure is None or failure.signature != chosen["signature"]:
-            raise RuntimeError(f"worker {index}'s reproduction ({chosen['signature']}) did not replay"
-                               " to the same failure in the parent; the model is not deterministic")
-        repro = tuple(failure.steps or worker_steps)
-    if interrupted or (not found and any(r["status"] == "interrupted" for _, r in ordered)):
-        return Outcome("interrupted", failure, repro, None, examples, steps, duration, first_at,
-                       routines=reached, distinct_failures=distinct)
+        failure = _replayed(model, index, chosen)
+        if parent.events.failure_shrunk is not None and chosen.get("status") == "failed":
+            parent.events.failure_shrunk(failure)
+    common: dict[str, Any] = {"stats": stats, "duration": duration}
+    repro = failure.steps if failure is not None else ()
+    if parent.interrupted or (not found and any(r["status"] == "interrupted" for _, r in ordered)):
+        return Outcome(status=Status.INTERRUPTED, failure=failure, steps=repro,
+                       time_to_first_failure=parent.first_at, **common)
     if failure is not None and chosen.get("status") == "failed":
-        return Outcome("failed", failure, repro, None, examples, steps, duration, first_at,
-                       chosen.get("examples_to_first_failure"), routines=reached,
-                       distinct_failures=distinct)
+        return Outcome(status=Status.FAILED, failure=failure, steps=repro,
+                       time_to_first_failure=parent.first_at,
+                       examples_to_first_failure=chosen.get("examples_to_first_failure"), **common)
+    errors = [r for _, r in ordered if r["status"] == "error"]
     if errors:
         error = errors[0].get("error") or RuntimeError(errors[0].get("traceback", "worker error"))
-        return Outcome("error", None, (), error, examples, steps, duration, routines=reached)
+        return Outcome(status=Status.ERROR, error=error, **common)
     if failure is not None:  # found, but its worker was stopped before it finished shrinking
-        return Outcome("interrupted", failure, repro, None, examples, steps, duration, first_at,
-                       routines=reached, distinct_failures=distinct)
-    return Outcome("passed", None, (), None, examples, steps, duration, routines=reached,
-                   distinct_failures=distinct)
+        return Outcome(status=Status.INTERRUPTED, failure=failure, steps=repro,
+                       time_to_first_failure=parent.first_at, **common)
+    return Outcome(status=Status.PASSED, **common)
+
+
+def _replayed(model: Model, index: int, chosen: dict[str, Any]) -> Finding:
+    """A worker's reproduction, replayed on the parent's own model: the same failure, or the
+    model is not deterministic."""
+    worker_steps = [Step.from_json(s) for s in chosen["steps"]]
+    _, failure = replay(model, worker_steps)
+    if not isinstance(failure, Finding) or failure.signature != chosen["signature"]:
+        raise RuntimeError(f"worker {index}'s reproduction ({chosen['signature']}) did not replay"
+                           " to the same failure in the parent; the model is not deterministic")
+    return failure

@@ -1,4 +1,5 @@
-"""Test a plugin in-process: build a model with it, replay steps, search, run the CLI.
+"""Test a plugin in-process: build a model with it, replay steps, search, run the CLI, and
+put the model's state machine into your own pytest suite.
 
 A small pytester for plugin authors::
 
@@ -9,22 +10,31 @@ A small pytester for plugin authors::
     assert failure is None
     outcome = search(model, seed=1, max_examples=200)      # as `run` does (engine="walk")
     assert outcome.status == "passed"
+
+    TestMyPlugin = state_machine(model).TestCase            # Hypothesis, under your settings
 """
 
 from __future__ import annotations
 
 import io
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fuzzer._campaign import Outcome, replay, run_campaign
-from fuzzer._config import KernelConfig, RunConfig
+from hypothesis.stateful import RuleBasedStateMachine
+
+from fuzzer._engine.campaign import run_campaign
+from fuzzer._engine.hypothesis import Channel, state_machine_class
+from fuzzer._engine.records import Finding, Outcome, Status
+from fuzzer._engine.replay import replay as _replay
+from fuzzer._machine import Machine
 from fuzzer._model import Model
 from fuzzer._plugins import FuzzerPluginManager
+from fuzzer._settings import build_settings
 from fuzzer._steps import Step
 
-__all__ = ["Outcome", "boot_steps", "make_model", "plugin_module", "replay", "run_cli", "search"]
+__all__ = ["Finding", "Outcome", "Status", "boot_steps", "make_model", "plugin_module", "replay",
+           "run_cli", "search", "state_machine"]
 
 
 def plugin_module(name: str, **hooks: Any) -> types.ModuleType:
@@ -42,28 +52,57 @@ def make_model(
     plugins: Sequence[str] = (),
     extra: Iterable[Any] = (),
     config: Sequence[str] = (),
-    cpus: int = 4,
+    cpus: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Model:
-    """The model ``run`` would build: built-ins, ``plugins`` (``-p`` values, ``no:`` included)
-    and ``extra`` plugin objects; entry-point plugins are not autoloaded. ``kernel``
-    defaults to the newest version of ``mmu``'s architecture."""
+    """The model ``run`` would build, through the same settings builder and checks
+    (``fuzzer_configure``, CPUs against ``CONFIG_SMP``): built-ins, ``plugins`` (``-p``
+    values, ``no:`` included) and ``extra`` plugin objects; entry-point plugins are not
+    autoloaded. ``kernel`` defaults to the newest version of ``mmu``'s architecture,
+    ``cpus`` to 4 (1 with ``CONFIG_SMP=n``); ``options`` are plugin options by dest."""
     pm = FuzzerPluginManager()
     pm.load(list(plugins), autoload=False)
     for mod in extra:
         pm.register(mod, getattr(mod, "__name__", None) or repr(mod))
     pm.check_pending()
-    kernel = pm.resolve_kernel(kernel, mmu)
-    arch = pm.arch_of(mmu)
-    run = RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(arch), config), cpus, arch=arch)
-    return Model.build(pm, run)
+    settings = build_settings(pm, kernel=kernel, mmu=mmu, config=config, cpus=cpus, options=options,
+                              seed=0, corpus=None, plugins=tuple(plugins))
+    return Model.build(pm, settings.run)
 
 
-def search(model: Model, *, seed: int = 1, max_examples: int = 300,
-           time_budget: float = 60, engine: str = "walk", guide: bool = False) -> Outcome:
-    """Search ``model`` as ``run`` does (``--engine``, ``--guide``); a failure comes back
-    shrunk and replay-verified."""
+def replay(model: Model, steps: Iterable[Step]) -> tuple[Machine | None, Finding | None]:
+    """Replay ``steps`` strictly on a fresh machine, then finish it: the machine and the
+    kernel failure (a :class:`Finding` with the steps that reach it), or None."""
+    machine, failure = _replay(model, steps)
+    assert failure is None or isinstance(failure, Finding)  # strict: plugin errors propagate
+    return machine, failure
+
+
+def search(model: Model, *, seed: int = 1, max_examples: int = 300, time_budget: float = 60,
+           engine: str = "walk", guide: bool = False, known: Iterable[Any] = (),
+           scheduler: str = "mixed", interleave: bool = True) -> Outcome:
+    """Search ``model`` as ``run`` does (``--engine``, ``--guide``, ``--scheduler``,
+    ``--no-interleave``); a failure comes back
+    shrunk and replay-verified. ``known``: known findings (or their signatures) to count
+    and search past, as ``run`` does without ``--report-known``."""
+    signatures = [getattr(k, "signature", k) for k in known]
     return run_campaign(model, seed=seed, max_examples=max_examples, time_budget=time_budget,
-                        engine=engine, guide=guide)
+                        engine=engine, guide=guide, known=signatures, scheduler=scheduler,
+                        interleave=interleave)
+
+
+def state_machine(model: Model) -> type[RuleBasedStateMachine]:
+    """The model's Hypothesis ``RuleBasedStateMachine``, for your own test suite::
+
+        TestMyPlugin = fuzzer.testing.state_machine(make_model(plugins=["my_plugin"])).TestCase
+
+    It runs under your Hypothesis settings, profiles and example database (set
+    ``TestMyPlugin.settings``, or decorate the class with ``@settings``). A kernel
+    failure is raised as the model raised it, and Hypothesis prints, under the
+    falsifying example, the same kernel-style report and minimal reproduction as
+    ``python -m fuzzer run``.
+    """
+    return state_machine_class(model, Channel(notes=True))
 
 
 def boot_steps(seed: int = 0) -> list[Step]:

@@ -15,9 +15,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from hypothesis import strategies as st
-
-from fuzzer import Breakpoint, Operation, RunConfig, hookimpl, routine
+from fuzzer import Boolean, Breakpoint, Choice, IntRange, Operation, RunConfig, hookimpl, routine
 from fuzzer.kernel import context, dawr_slots
 
 if TYPE_CHECKING:
@@ -47,16 +45,16 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
             "breakpoints.set",
             op_set,
             {
-                "slot": st.integers(0, slots - 1),
-                "watch": st.integers(0, config.cpus),
-                "offset": st.sampled_from(WATCH_OFFSETS),
-                "length": st.sampled_from((8, 64, 512)),
-                "kernel": st.booleans(),
+                "slot": IntRange(0, slots - 1),
+                "watch": IntRange(0, config.cpus),
+                "offset": Choice(WATCH_OFFSETS),
+                "length": Choice((8, 64, 512)),
+                "kernel": Boolean(),
             },
             doc="perf/ptrace watchpoint on this CPU, at a CPU's patching address or a user address",
             comm="perf",
         ),
-        Operation("breakpoints.clear", op_clear, {"slot": st.integers(0, slots - 1)},
+        Operation("breakpoints.clear", op_clear, {"slot": IntRange(0, slots - 1)},
                   doc="remove the watchpoint in a slot of this CPU", comm="perf"),
     ]
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from hypothesis import strategies as st
-
 from fuzzer import (
     PAGE_KERNEL_ROX,
     PAGE_OFFSET,
+    Boolean,
     Initcall,
+    IntRange,
     InvariantViolation,
     Mutex,
     Operation,
@@ -165,12 +165,12 @@ def ftrace_init_nop(cpu: Cpu, ip: int) -> Gen:
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
     return [
-        Operation("fixups.entry_flush", op_toggle, {"enable": st.booleans()},
+        Operation("fixups.entry_flush", op_toggle, {"enable": Boolean()},
                   doc="debugfs entry_flush: patch the exception-entry flush sequence", comm="bash"),
-        Operation("ftrace.toggle", op_ftrace, {"enable": st.booleans()},
+        Operation("ftrace.toggle", op_ftrace, {"enable": Boolean()},
                   doc="enable or disable function tracing: bulk-patch every call site",
                   comm="bash"),
-        *([Operation("bpf.load", op_bpf, {"slot": st.integers(0, 3), "nwords": st.integers(1, 24)},
+        *([Operation("bpf.load", op_bpf, {"slot": IntRange(0, 3), "nwords": IntRange(1, 24)},
                      doc="JIT a BPF program into the prog pack, then free it (patch_instructions)",
                      comm="bpftool")] if config.kernel == "v6.12" else []),
     ]

@@ -21,10 +21,10 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from hypothesis import strategies as st
 
 from fuzzer import (
     PAGE_OFFSET,
+    IntRange,
     Invariant,
     InvariantViolation,
     KernelWarning,
@@ -139,7 +139,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    keys = st.integers(0, NSITES - 1)
+    keys = IntRange(0, NSITES - 1)
     return [
         Operation("jump_label.toggle", op_toggle, {"key": keys},
                   doc="static_key_enable()/disable(): patch a branch or a nop", comm="sysctl"),
@@ -149,7 +149,7 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
         Operation("jump_label.dec", op_dec, {},
                   doc="static_key_slow_dec() of a reference a user holds: the last one"
                       " patches the nops back", comm="sysctl"),
-        Operation("jump_label.run", op_run, {"key": st.integers(0, ALL_SITES - 1)},
+        Operation("jump_label.run", op_run, {"key": IntRange(0, ALL_SITES - 1)},
                   doc="a CPU executes a jump-label site", comm="bash"),
     ]
 

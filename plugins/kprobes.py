@@ -12,13 +12,14 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from hypothesis import strategies as st
 
 from fuzzer import (
     PAGE_KERNEL,
     PAGE_KERNEL_ROX,
     PAGE_OFFSET,
+    Choice,
     Initcall,
+    IntRange,
     Invariant,
     InvariantViolation,
     KernelFailure,
@@ -38,9 +39,7 @@ from fuzzer import (
 from fuzzer.kernel import EINVAL, deref, down_read, kernel_struct, synchronize_rcu, up_read
 
 if TYPE_CHECKING:
-    import argparse
-
-    from fuzzer import Cpu, Machine
+    from fuzzer import Cpu, Machine, OptionGroup
 
 #: Only runs of this architecture call this plugin's hooks (see fuzzer._hookspec).
 FUZZER_ARCH = "powerpc"
@@ -207,8 +206,8 @@ def kstate(m: Machine) -> KprobesState:
 
 
 @hookimpl
-def fuzzer_addoption(parser: argparse._ArgumentGroup) -> None:
-    parser.add_argument(
+def fuzzer_addoption(parser: OptionGroup) -> None:
+    parser.addoption(
         "--kprobe-sites",
         metavar="LIST",
         default=None,
@@ -283,8 +282,8 @@ def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    sites = st.sampled_from(_sites(config))
-    probe = st.integers(0, 1)  # a user's first or second kprobe at the site: two aggregate
+    sites = Choice(_sites(config))
+    probe = IntRange(0, 1)  # a user's first or second kprobe at the site: two aggregate
     return [
         Operation("kprobes.register", op_register, {"site": sites, "probe": probe},
                   doc="register_kprobe() on a text site (armed at once; a second probe"

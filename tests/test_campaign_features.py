@@ -15,7 +15,6 @@ import pytest
 
 from fuzzer._coverage import measured_files
 from fuzzer._model import Model
-from fuzzer._plugins import FuzzerPluginManager
 
 SHORT = ("run", "--seed", "1", "--max-examples", "20", "--time-budget", "20", "--corpus", "none")
 #: A mistake whose failure needs an interrupt at the right time: found by search, not by boot.
@@ -27,11 +26,9 @@ PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
 
 
 def default_model() -> Model:
-    from fuzzer._cli import build_parser, make_run_config
+    from fuzzer.testing import make_model
 
-    pm = FuzzerPluginManager()
-    pm.load([])
-    return Model.build(pm, make_run_config(pm, build_parser(pm).parse_args(["run"])))
+    return make_model()
 
 
 # ---------------------------------------------------------------------------

@@ -80,3 +80,28 @@ def test_pruning_keeps_the_verdict_and_explores_no_more():
         full = check(m, parse_scenario(TWO_INCS), preemptions=2, prune=False, shrink_seconds=0)
         assert (pruned.failure is None) == (full.failure is None)
         assert pruned.schedules <= full.schedules
+
+
+def test_check_command_proves_a_scenario_clean_and_finds_a_deep_mistake(tmp_path):
+    from fuzzer.testing import run_cli
+
+    calls = ["--setup", "0:kprobes.register(site=0)", "1:kprobes.hit(site=0)",
+             "0:kprobes.unregister(site=0)"]
+    code, out, _ = run_cli("check", "--kernel", "v6.12", "--cpus", "2", "-k", "2", *calls)
+    assert code == 0, out
+    assert "no failure in " in out and "schedules with <= 2 preemptions" in out
+    scenario = tmp_path / "race.txt"
+    scenario.write_text(HIT_VS_UNREGISTER)
+    code, out, _ = run_cli("-p", "fuzzer_plugins.mistakes.kprobe_trap_recheck", "check",
+                           "--kernel", "v6.12", "--cpus", "2", "-k", "1", "--scenario", str(scenario))
+    assert code == 1, out
+    assert "unexpected trap" in out and "Minimal reproduction" in out
+
+
+def test_check_command_usage_errors():
+    from fuzzer.testing import run_cli
+
+    code, _, err = run_cli("check", "--kernel", "v6.12")
+    assert code == 4 and "give the operations" in err
+    code, _, err = run_cli("check", "--scenario", "/nonexistent/race.txt")
+    assert code == 4 and "ERROR: --scenario /nonexistent/race.txt" in err

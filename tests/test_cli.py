@@ -228,7 +228,7 @@ def test_max_examples_bounds_the_reported_examples(cli):
 
 def test_ctrl_c_while_shrinking_keeps_the_failure(cli, monkeypatch):
     """Nothing found is lost on Ctrl-C: the smallest reproduction so far is reported, verified."""
-    import fuzzer._search as search
+    import fuzzer._engine.shrink as search
 
     real = search.Shrinker.delete_steps
 
@@ -246,22 +246,17 @@ def test_ctrl_c_while_shrinking_keeps_the_failure(cli, monkeypatch):
 
 def test_ctrl_c_while_hypothesis_shrinks_keeps_the_failure(cli, monkeypatch):
     """The same with --engine hypothesis: a failure found before Ctrl-C is reported, unshrunk."""
-    import fuzzer._campaign as campaign
+    import fuzzer._engine.hypothesis as campaign
 
-    real = campaign.get_state_machine_test
+    real = campaign.run_state_machine_as_test
 
     def interrupting(factory, settings):
-        test = real(factory, settings=settings)
+        try:
+            real(factory, settings=settings)
+        except Exception:
+            raise KeyboardInterrupt from None  # Ctrl-C during shrinking
 
-        def run():
-            try:
-                test()
-            except Exception:
-                raise KeyboardInterrupt from None  # Ctrl-C during shrinking
-
-        return run
-
-    monkeypatch.setattr(campaign, "get_state_machine_test", interrupting)
+    monkeypatch.setattr(campaign, "run_state_machine_as_test", interrupting)
     res = cli("run", "--kernel", "next-20221215", "--seed", "1", "--engine", "hypothesis")
     assert res.rc == 2
     assert "kernel BUG at arch/powerpc/mm/pgtable.c:333!" in res.out
@@ -270,13 +265,13 @@ def test_ctrl_c_while_hypothesis_shrinks_keeps_the_failure(cli, monkeypatch):
 
 @pytest.mark.parametrize("engine", ["walk", "hypothesis"])
 def test_ctrl_c_with_nothing_found_exits_2(cli, monkeypatch, engine):
-    import fuzzer._campaign as campaign
-    import fuzzer._search as search
+    import fuzzer._engine.hypothesis as campaign
+    import fuzzer._engine.walk as search
 
     def interrupting(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(campaign, "get_state_machine_test", interrupting)
+    monkeypatch.setattr(campaign, "run_state_machine_as_test", interrupting)
     monkeypatch.setattr(search.Walker, "example", interrupting)
     res = cli("run", "--seed", "1", "--engine", engine)
     assert res.rc == 2

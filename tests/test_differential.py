@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
+import fuzzer
 from fuzzer import KernelFailure
 from fuzzer._machine import Machine
 from fuzzer.kernel.patching import context
@@ -87,7 +88,8 @@ def _machines_for(kernel: str, hash_plugins: tuple[str, ...] = ()) -> type[RuleB
         def operate(self, i: int, name: str, data: st.DataObject) -> None:
             n = self._cpu(i, lambda m, c: m.can_start(c))
             op = models[0].operation(name)
-            args = {k: data.draw(s, label=k) for k, s in op.args.items()}
+            args = {k: data.draw(s.strategy() if isinstance(s, fuzzer.ArgType) else s, label=k)
+                    for k, s in op.args.items()}
             if n is not None:
                 # The outcomes include each operation's return value.
                 self.outcomes = self._both(

@@ -9,6 +9,7 @@ import pytest
 
 from fuzzer import Step
 from fuzzer._draws import BOUNDARY, choose, simpler
+from fuzzer._engine.replay import apply_step
 from fuzzer._machine import Machine
 from fuzzer._schedulers import PCT, Mixed, PreemptionBound, Uniform, make, run_block
 from fuzzer.kernel import default_map_window
@@ -22,7 +23,7 @@ SETUP = [Step("boot", seed=3), Step("online", cpu=1), Step("run", cpus=[1] * 200
 def _busy_machine(model):
     m = Machine(model)
     for step in SETUP:
-        m.apply(step)
+        apply_step(m, step)
     op = model.operation("kprobes.register")
     m.start(m.cpus[0], op, {"site": 0})
     m.start(m.cpus[1], op, {"site": 3})
@@ -189,7 +190,7 @@ def test_conflicting_accesses_by_two_cpus_form_ordered_pairs():
     m = Machine(model)
     log = seen.attach(m)
     for step in SETUP:
-        m.apply(step)
+        apply_step(m, step)
     m.start(m.cpus[0], model.operation("kprobes.register"), {"site": 0})
     m.run_to_completion([m.cpus[0]])
     m.start(m.cpus[1], model.operation("kprobes.hit"), {"site": 0})
@@ -205,8 +206,6 @@ def test_conflicting_accesses_by_two_cpus_form_ordered_pairs():
 
 def test_a_rescheduled_replay_keeps_the_operations_and_replays_strictly():
     from fuzzer._interleave import Interleavings, Where, replay_rescheduled
-    from fuzzer._search import apply_if_possible
-
     model = make_model("v6.12")
     m = _busy_machine(model)
     m.run_bytes(bytes(range(60)))
@@ -215,7 +214,8 @@ def test_a_rescheduled_replay_keeps_the_operations_and_replays_strictly():
     for seed in range(6):  # both mutations: a PCT reschedule, and a delay of CPU 1
         again = Machine(model)
         Interleavings().attach(again)
-        replay_rescheduled(again, kept, random.Random(seed), PCT(depth=2), apply_if_possible)
+        replay_rescheduled(again, kept, random.Random(seed), PCT(depth=2),
+                           lambda m, s: apply_step(m, s, strict=False))
         again.finish()
         starts = [s for s in again.steps if s.action == "start"]
         assert starts == [s for s in m.steps if s.action == "start"]
@@ -227,8 +227,11 @@ def test_delaying_the_first_access_flips_a_pair_and_finds_the_race():
     """The kept example: CPU 1 hits the probe and looks it up before CPU 0's unregister
     unhashes it (the safe order). Delaying CPU 1 from its lookup to just after the unhash
     is the interleaving kprobe_trap_recheck fails on."""
+    from fuzzer._engine.replay import apply_step
     from fuzzer._interleave import Interleavings, delay
-    from fuzzer._search import apply_if_possible as lenient
+
+    def lenient(m, step):
+        return apply_step(m, step, strict=False)
 
     model = make_model("v6.12", plugins=["fuzzer_plugins.mistakes.kprobe_trap_recheck"])
     steps = [*SETUP, Step("start", cpu=0, name="kprobes.register", args={"site": 0}),

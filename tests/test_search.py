@@ -10,10 +10,12 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.database import InMemoryExampleDatabase
 
-from fuzzer import Step
-from fuzzer._campaign import _steps_key, replay, run_campaign
+from fuzzer import Boolean, Choice, Constant, IntRange, Step
+from fuzzer._args import sampler
 from fuzzer._coverage import RoutineRecorder
-from fuzzer._search import Shrinker, Walker, apply_if_possible, replay_lenient, sampler
+from fuzzer._engine import Shrinker, apply_step, replay, run_campaign
+from fuzzer._engine.store import steps_key as _steps_key
+from fuzzer._engine.walk import Walker
 
 from modelkit import make_model
 
@@ -61,10 +63,10 @@ def test_steps_that_no_longer_apply_are_skipped_and_not_recorded():
              Step("start", cpu=0, name="no.such_op"),   # not this model's
              Step("online", cpu=2),
              Step("run", cpus=[3, 2, 2, 9])]            # CPU 3 idle, 9 absent
-    m, failure = replay_lenient(model, steps)
+    m, failure = replay(model, steps, strict=False)
     assert failure is None
     assert m.steps[:3] == [Step("boot", seed=0), Step("online", cpu=2), Step("run", cpus=[2, 2])]
-    assert apply_if_possible(m, Step("boot", seed=1)) is False  # booted already
+    assert apply_step(m, Step("boot", seed=1), strict=False) is False  # booted already
 
 
 def test_shrinks_a_long_walk_to_the_known_minimal_reproduction():
@@ -112,10 +114,10 @@ def test_guided_walk_keeps_examples_that_reached_new_routines():
 
 
 @pytest.mark.parametrize("strategy, values, simplest", [
-    (st.integers(2, 5), {2, 3, 4, 5}, 2),
-    (st.booleans(), {False, True}, False),
-    (st.sampled_from(("a", "b")), {"a", "b"}, "a"),
-    (st.just(7), {7}, 7),
+    (IntRange(2, 5), {2, 3, 4, 5}, 2),
+    (Boolean(), {False, True}, False),
+    (Choice(("a", "b")), {"a", "b"}, "a"),
+    (Constant(7), {7}, 7),
     (st.integers(0, 3).map(lambda x: 2 * x), {0, 2, 4, 6}, 0),  # drawn by Hypothesis, once
 ])
 def test_argument_samplers_draw_every_value_and_simplify_towards_the_simplest(strategy, values,

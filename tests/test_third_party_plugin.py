@@ -27,7 +27,7 @@ CANARY = """
 
 
     def fuzzer_addoption(parser):
-        parser.add_argument("--canary-limit", type=int, default=10**9, metavar="N",
+        parser.addoption("--canary-limit", type=int, default=10**9, metavar="N",
                             help="how many canary pokes are fine")
 
 

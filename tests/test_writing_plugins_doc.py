@@ -42,3 +42,22 @@ def test_worked_example_runs_clean(static_call):
 def test_worked_example_option_is_offered(static_call, capsys):
     code, _, _ = run_cli("-p", static_call, "run", "--help")
     assert code == 0 and "--static-call-writers" in capsys.readouterr().out
+
+
+def test_the_state_machine_example_runs_under_the_authors_settings(static_call):
+    block = next(b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+                 if "state_machine(" in b)
+    namespace: dict = {}
+    exec(compile(block, "writing-plugins.md", "exec"), namespace)
+    test_case = namespace["TestStaticCall"]
+    assert test_case.settings.max_examples == 25
+    test_case("runTest").runTest()  # the example plugin is correct: it passes
+
+
+def test_the_known_findings_example_declares_a_known_finding():
+    block = next(b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+                 if "fuzzer_known_findings" in b)
+    namespace: dict = {}
+    exec(compile(block, "writing-plugins.md", "exec"), namespace)
+    (known,) = namespace["fuzzer_known_findings"](None)
+    assert known.kernels == {"v6.12"} and known.signature.kind == "END-STATE"

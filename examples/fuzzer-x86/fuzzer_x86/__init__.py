@@ -43,15 +43,16 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from hypothesis import strategies as st
 
 import fuzzer
 from fuzzer import (
     MM,
     PAGE_KERNEL,
     PAGE_OFFSET,
+    Boolean,
     Geometry,
     InterruptSource,
+    IntRange,
     Invariant,
     KernelBug,
     KernelVersion,
@@ -310,7 +311,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    poke = {"site": st.integers(0, len(SITES) - 1), "jump": st.booleans()}
+    poke = {"site": IntRange(0, len(SITES) - 1), "jump": Boolean()}
     return [
         Operation("x86.syscall", op_syscall, doc="a process enters the kernel and leaves; the CPU's"
                   " idle task then borrows its mm lazily", comm="sh"),
@@ -318,7 +319,7 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
                   " kprobe syscall) under text_mutex", comm="bpftool"),
         Operation("x86.kworker_text_poke", op_text_poke, poke, kthread=True, doc="text_poke from a"
                   " kernel thread (a static key flipped from a workqueue): lazy TLB", comm="kworker/u8:1"),
-        Operation("x86.perf_watchpoint", op_watchpoint, {"enable": st.booleans()},
+        Operation("x86.perf_watchpoint", op_watchpoint, {"enable": Boolean()},
                   doc="install or remove a per-CPU perf hardware watchpoint (DR0/DR7)", comm="perf"),
     ]
 
