@@ -576,15 +576,17 @@ def __unregister_kprobe_bottom(cpu: Cpu, p: Kprobe) -> Gen:
     s = kstate(cpu.m)
     ap = p.parent
     if ap is None:
-        arch_remove_kprobe(s, p)
+        arch_remove_kprobe(s, p, cpu)
     elif ap.children == [p]:
         ap.children.clear()
-        arch_remove_kprobe(s, ap)
+        arch_remove_kprobe(s, ap, cpu)
         ap.freed = True  # kfree(ap)
 
 
-def arch_remove_kprobe(s: KprobesState, p: Kprobe) -> None:
+def arch_remove_kprobe(s: KprobesState, p: Kprobe, cpu: Cpu | None = None) -> None:
     """``arch_remove_kprobe()`` (arch/powerpc/kernel/kprobes.c): ``free_insn_slot``."""
+    if cpu is not None:
+        cpu.m.note_access(cpu, ("kprobe insn slot", p.addr), True)
     if p.insn_slot:
         free_insn_slot(s, p.insn_slot)
         p.insn_slot = 0
@@ -718,6 +720,7 @@ def kprobe_handler(cpu: Cpu, addr: int) -> Gen:
 def single_step_slot(m: Machine, cpu: Cpu, p: Kprobe) -> None:
     """``try_to_emulate()``/``prepare_singlestep()``: run the copy in ``p->ainsn.insn``, which
     must hold the probed instruction; a slot already freed (``ainsn.insn`` NULL) oopses."""
+    m.note_access(cpu, ("kprobe insn slot", p.addr), False)
     if not p.insn_slot:
         raise KernelOops(0, what="NULL kprobe_opcode_t *p->ainsn.insn (a removed probe's slot)")
     copied = _read_inst(m, cpu, p.insn_slot)
