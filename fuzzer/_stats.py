@@ -4,12 +4,15 @@ One sample per progress report (about one a second), and one when the
 campaign ends::
 
     {"time": 1.52, "examples": 100, "steps": 24170, "steps_per_s": 15901.3,
-     "examples_per_s": 65.8, "distinct_failures": 0, "routines": 49, "routines_total": 73}
+     "examples_per_s": 65.8, "distinct_failures": 0, "routines": 49, "routines_total": 73,
+     "interleavings": 21}
 
 ``time`` is seconds since the campaign started; ``steps`` are emulated
 steps; ``distinct_failures`` counts distinct kernel failure signatures seen
 (shrinking meets others on its way); ``routines`` is how many of the
-resolved table's ``routines_total`` modelled routines some example entered.
+resolved table's ``routines_total`` modelled routines some example entered;
+``interleavings`` is the number of ordered pairs of conflicting accesses the
+walk's interleaving feedback has seen (0 without it).
 The plot (matplotlib, the ``plot`` extra) shows routines reached and
 distinct failures against time.
 """
