@@ -98,6 +98,8 @@ def test_checks_follow_the_kind_of_finding():
     assert check_for(warning).needles == ("at arch/powerpc/mm/mmu_context.c:106",)
     assert check_for(Signature("INVARIANT", "patch window", "")).kind == "none"
     assert check_for(Signature("END-STATE", "page-table leak", "")).kind == "counter"
+    leak = load(ROOT / "corpus" / "v6.12-end-state-page-table-memory-freed-9169333d7256.json")
+    assert check_for(leak.expect) == check_for(Signature("END-STATE", "patching mm leak", ""))
 
 
 def test_a_report_json_exports_like_a_corpus_entry(cli, tmp_path):

@@ -26,6 +26,8 @@ MISTAKES = (
     "local_kernel_tlb_flush",
     "hash_local_kernel_flush",
     "percpu_context_preemptible",
+    "finish_gather_early",
+    "lazy_switch_after_disable",
 )
 
 #: The deep set: mistakes that need two or more CPUs and three or more events in a
