@@ -35,6 +35,7 @@ from fuzzer._model import Model
 from fuzzer._plugins import AUTOLOAD_ENV, FuzzerPluginManager
 from fuzzer._regression import Replayed, replay_entry
 from fuzzer._reporters import SESSION_PLUGINS, rule
+from fuzzer._schedulers import SCHEDULERS
 from fuzzer._session import Session
 from fuzzer._settings import (
     DEFAULT_CORPUS,
@@ -54,7 +55,8 @@ HOST_OPTIONS = {
     "report_json": "--report-json", "corpus": "--corpus", "db": "--db", "workers": "--workers",
     "coverage": "--coverage", "coverage_dir": "--coverage-dir", "stats": "--stats",
     "stats_plot": "--stats-plot", "guide": "--guide", "engine": "--engine",
-    "report_known": "--report-known", "scheduler": "--scheduler", "plugins": "-p", "command": "COMMAND",
+    "report_known": "--report-known", "scheduler": "--scheduler", "cpu_scheduler": "--cpu-scheduler",
+    "interleave": "--no-interleave", "plugins": "-p", "command": "COMMAND",
 }
 
 
@@ -141,7 +143,28 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
     plugins = sub.add_parser("plugins", help="list loaded plugins, their origin and hooks")
     _add_p(plugins)
     _add_real_kernel_commands(sub)
+    _add_check(sub, pm)
     return parser
+
+
+def _add_check(sub: Any, pm: FuzzerPluginManager) -> None:
+    chk = sub.add_parser("check", help="explore every schedule of a small scenario with at most K"
+                         " preemptions (bounded exhaustive checking)")
+    chk.add_argument("calls", nargs="*", metavar="CPU:OP(ARG=VALUE,...)",
+                     help="operations run concurrently, each on its CPU (in order per CPU)")
+    chk.add_argument("--setup", action="append", default=[], metavar="CPU:OP(ARG=VALUE,...)",
+                     help="an operation run to completion before the concurrent part (repeatable)")
+    chk.add_argument("--scenario", metavar="FILE", default=None,
+                     help="read the scenario from FILE: 'setup CPU OP ARG=VALUE' and"
+                     " 'cpu CPU OP ARG=VALUE' lines")
+    chk.add_argument("--preemptions", "-k", type=_count, default=2, metavar="K",
+                     help="explore every schedule with at most K preemptions (default 2)")
+    chk.add_argument("--no-prune", dest="prune", action="store_false",
+                     help="do not prune states already explored (for comparison)")
+    chk.add_argument("--max-schedules", type=_count, default=0, metavar="N",
+                     help="stop after N schedules; 0 = no limit (default)")
+    _add_model_options(chk, pm)
+    _add_p(chk)
 
 
 def _add_real_kernel_commands(sub: Any) -> None:
@@ -212,6 +235,14 @@ def _add_campaign_options(run: argparse.ArgumentParser) -> None:
                      help="coverage guidance: walk: start examples from prefixes of those that"
                      " entered new modelled routines; hypothesis: feed each example's count of"
                      " routines to hypothesis.target (see the README for whether it helps)")
+    run.add_argument("--cpu-scheduler", dest="cpu_scheduler", choices=SCHEDULERS, default="mixed",
+                     help="how the walk picks the CPU of each emulated step: uniform (any runnable"
+                     " CPU), pct (random priorities and change points, Burckhardt et al. 2010),"
+                     " bounded (few preemptions, CHESS) or mixed (one of them per example;"
+                     " default)")
+    run.add_argument("--no-interleave", dest="interleave", action="store_false",
+                     help="no interleaving feedback: do not keep examples in which two CPUs'"
+                     " routines first met in a new order, nor replay them rescheduled")
     run.add_argument("--report-known", action="store_true",
                      help="report known findings (failures of unmodified kernels that plugins"
                      " declare) as ordinary findings: stop, shrink, report, save; by default they"
@@ -279,10 +310,46 @@ def settings_from_args(pm: FuzzerPluginManager, args: argparse.Namespace,
         pm, kernel=args.kernel, mmu=args.mmu, config=args.config, cpus=args.cpus, options=options,
         seed=args.seed, db=args.db, corpus=args.corpus, plugins=tuple(plugins),
         max_examples=args.max_examples, time_budget=args.time_budget, engine=args.engine,
-        guide=args.guide, workers=args.workers, report_json=args.report_json, stats=args.stats,
+        guide=args.guide, cpu_scheduler=args.cpu_scheduler, interleave=args.interleave,
+        workers=args.workers, report_json=args.report_json, stats=args.stats,
         stats_plot=args.stats_plot, coverage=args.coverage, coverage_dir=args.coverage_dir,
         report_known=args.report_known, scheduler=args.scheduler,
     )
+
+
+def cmd_check(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``check``: every schedule of a scenario with at most K preemptions, or the first failure."""
+    from fuzzer._check import Scenario, check, parse_call, parse_scenario
+    from fuzzer._engine.records import Finding
+    from fuzzer._report import format_failure
+    from fuzzer._settings import run_config
+
+    if args.scenario is not None:
+        try:
+            scenario = parse_scenario(Path(args.scenario).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"--scenario {args.scenario}: {exc.strerror}") from None
+    elif args.calls:
+        scenario = Scenario(tuple(parse_call(c) for c in args.setup),
+                            tuple(parse_call(c) for c in args.calls))
+    else:
+        raise UsageError("check: give the operations (CPU:OP(ARG=VALUE,...)) or --scenario FILE")
+    run = run_config(pm, kernel=args.kernel, mmu=args.mmu, config=args.config, cpus=args.cpus)
+    model = Model.build(pm, run)
+    rule("bounded exhaustive check starts", out)
+    out.write(f"kernel: {run.kernel}, mmu: {run.mmu}, cpus: {run.cpus};"
+              f" at most {args.preemptions} preemption(s); pruning {'on' if args.prune else 'off'}\n")
+    result = check(model, scenario, preemptions=args.preemptions, prune=args.prune,
+                   max_schedules=args.max_schedules or None)
+    if result.failure is not None and result.steps is not None:
+        out.write(f"failure after {result.schedules} schedule(s) ({result.seconds:.1f} s)\n")
+        finding = Finding.from_failure(result.failure, result.steps)
+        out.write(format_failure(finding, model, result.steps) + "\n")
+        return ExitCode.FAILED
+    what = "no failure" if result.complete else "no failure yet (stopped at --max-schedules)"
+    out.write(f"{what} in {result.schedules} schedules with <= {args.preemptions} preemptions"
+              f" ({result.pruned} states pruned, {result.seconds:.1f} s)\n")
+    return ExitCode.OK
 
 
 def cmd_plugins(pm: FuzzerPluginManager, out: TextIO) -> int:
@@ -369,6 +436,7 @@ def _campaign(session: Session, database: Any, cluster_module: Any, spec: Any) -
         return run_campaign(model, seed=settings.seed, max_examples=settings.max_examples,
                             time_budget=settings.time_budget, events=session.events(),
                             database=database, guide=settings.guide, engine=settings.engine,
+                            scheduler=settings.cpu_scheduler, interleave=settings.interleave,
                             known=_known(session))
     done = cluster_module.run_cluster(session.cluster, model, spec, events=session.events(examples=False),
                                       database=database)
@@ -496,9 +564,12 @@ def _dispatch(argv: list[str], out: TextIO, err: TextIO) -> int:
     pm.reserved_options.update(HOST_OPTIONS)
     args = build_parser(pm).parse_args(argv)
     if args.command is None:
-        raise UsageError("a command is required: run, replay, export, boot or plugins (see --help)")
+        raise UsageError("a command is required: run, replay, check, export, boot or plugins"
+                         " (see --help)")
     if args.command == "plugins":
         return cmd_plugins(pm, out)
+    if args.command == "check":
+        return cmd_check(pm, args, out, err)
     if args.command == "export":
         return cmd_export(pm, args.repro, args.fmt, args.out, out)
     if args.command == "boot":

@@ -227,6 +227,7 @@ def run_shard(spec: CampaignSpec, shard: Shard) -> ShardResult:
         outcome = run_campaign(model, seed=shard.seed, max_examples=shard.max_examples, time_budget=0,
                                events=Events(progress=progress), database=database, guide=settings.guide,
                                should_stop=stop.is_set, shrink=False, engine=settings.engine,
+                               scheduler=settings.cpu_scheduler, interleave=settings.interleave,
                                known=spec.known)
     except BaseException as exc:
         return ShardResult(shard, worker.address, ident, Status.ERROR, error=_portable(exc))

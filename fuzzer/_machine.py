@@ -230,6 +230,14 @@ class Machine:
         self.nsteps = 0
         self.steps: list[Step] = []
         self.rng = random.Random(0)
+        self.draws: list[int] = []
+        """The kernel's random draws still to make, as the boot step chose them."""
+        self.boot_steps = 0
+        """Emulated steps the boot took: the scheduled ones are counted from there."""
+        self.arg_pool: dict[int, list[Any]] = {}
+        """Operation arguments drawn in this example, by declared argument (the walk reuses them)."""
+        self.accesses: Any = None
+        """With interleaving feedback: the example's :class:`fuzzer._interleave.AccessLog`."""
         self.mem: dict[int, int] = {}
         """Physical memory, one 32-bit word per 4-byte-aligned physical address."""
         self.pristine_text: dict[int, int] = {}
@@ -351,6 +359,10 @@ class Machine:
                     f"CPU {cpu.n} stored through {mm.name} with DAWR {brk.addr:#x}+{brk.length}"
                     " still live",
                 )
+        if self.accesses is not None:
+            self.accesses.note(cpu, ("text", pa), True)
+            if size == 8:
+                self.accesses.note(cpu, ("text", pa + 4), True)
         if size == 8:
             hi, lo = (value >> 32) & 0xFFFF_FFFF, value & 0xFFFF_FFFF
             # Little-endian: the first word in memory is the low half.
@@ -368,11 +380,22 @@ class Machine:
         """Instruction fetch of one word: kernel text, or executable vmalloc (insn slots)."""
         base = self.layout.page_offset
         if base <= va < base + self.layout.memory_size:
-            return self.mem.get(va - base, NOP)
-        pa = self.translate(cpu, va, False)
-        if pa is None:
-            raise ModelLimitation(f"CPU {cpu.n} fetched from unmapped {va:#x}")
+            pa = va - base
+        else:
+            mapped = self.translate(cpu, va, False)
+            if mapped is None:
+                raise ModelLimitation(f"CPU {cpu.n} fetched from unmapped {va:#x}")
+            pa = mapped
+        if self.accesses is not None:
+            self.accesses.note(cpu, ("text", pa), False)
         return self.mem.get(pa, NOP)
+
+    def note_access(self, cpu: Cpu, key: Any, write: bool) -> None:
+        """``cpu`` read or wrote the shared object ``key`` (a hashable name, its kind first:
+        ``("kprobe table", addr)``): the interleaving feedback pairs conflicting accesses.
+        Free when no feedback is collected."""
+        if self.accesses is not None:
+            self.accesses.note(cpu, key, write)
 
     def write_text(self, va: int, words: Iterable[int]) -> None:
         """Lay out kernel text at build time (before boot)."""
@@ -387,8 +410,21 @@ class Machine:
             self.text_writes.setdefault(va - self.layout.page_offset + 4 * i, set()).add(w)
 
     def get_random_long(self) -> int:
-        """``get_random_long()``: from the seeded generator, so a run is reproducible."""
-        return self.rng.getrandbits(64)
+        """``get_random_long()``: the next chosen draw (the boot step's ``draws``), else
+        from the seeded generator; either way a run is reproducible."""
+        return self.random_below(1 << 64)
+
+    def random_below(self, n: int) -> int:
+        """``get_random_long() % n``, the way the kernel narrows a draw to ``[0, n)``.
+
+        A chosen draw ``v`` gives ``v % n``: the search picks boundary values of
+        the range (0, 1, -1 for ``n - 1``, -2) without knowing ``n``. Without
+        one, the seeded generator's next 64 bits, as ``get_random_long`` was
+        before draws were decisions (so saved runs replay the same).
+        """
+        if self.draws:
+            return self.draws.pop(0) % n
+        return self.rng.getrandbits(64) % n
 
     # -- the scheduler -----------------------------------------------------------------
 
@@ -604,10 +640,14 @@ class Machine:
 
     # -- steps (fuzzer._engine.replay.apply_step applies a recorded one) --------------
 
-    def boot(self, seed: int) -> None:
-        """Boot CPU 0 (``start_kernel`` to the end of initcalls); only CPU 0 is online."""
-        self.steps.append(Step("boot", seed=seed))
+    def boot(self, seed: int, draws: Iterable[int] = ()) -> None:
+        """Boot CPU 0 (``start_kernel`` to the end of initcalls); only CPU 0 is online.
+
+        ``draws``: the kernel's random draws, chosen (see :meth:`random_below`).
+        """
+        self.steps.append(Step("boot", seed=seed, draws=draws))
         self.rng = random.Random(seed)
+        self.draws = list(draws)
         cpu0 = self.cpus[0]
         cpu0.online = True
         cpu0.loaded_mm = self.init_mm
@@ -621,6 +661,7 @@ class Machine:
         self.push(cpu0, self.k.kernel_init(cpu0), init, label="kernel_init")
         self.run_to_completion([cpu0])
         self.booted = True
+        self.boot_steps = self.nsteps
 
     # Preconditions, so the state machine only offers steps that make sense.
 

@@ -55,7 +55,8 @@ class Terminal:
         self.last = now
         rate = stats.emulated_steps / elapsed if elapsed else 0.0
         line = (f"[{elapsed:6.1f}s] {stats.examples:,} examples, {stats.emulated_steps:,} steps"
-                f" ({rate:,.0f} steps/s), {stats.failures_seen} failing")
+                f" ({rate:,.0f} steps/s), {stats.failures_seen} failing"
+                + (f", {stats.pairs} interleavings" if stats.pairs else ""))
         self.stream.write("\r" + line + "\x1b[K" if self.tty else line + "\n")
         self.stream.flush()
 

@@ -20,6 +20,7 @@ import attrs
 
 from fuzzer._config import KernelConfig, RunConfig
 from fuzzer._errors import UsageError
+from fuzzer._schedulers import SCHEDULERS
 
 if TYPE_CHECKING:
     from fuzzer._plugins import FuzzerPluginManager
@@ -56,6 +57,12 @@ class Settings:
     """``walk`` or ``hypothesis``."""
     guide: bool = False
     """Coverage guidance (the routines each example entered)."""
+    cpu_scheduler: str = "mixed"
+    """How the walk chooses the CPU of each emulated step (``--cpu-scheduler``): ``uniform``,
+    ``pct``, ``bounded`` or ``mixed`` (one of those per example)."""
+    interleave: bool = True
+    """Interleaving feedback: keep examples that bring two routines together in a new order
+    and replay them with that stretch rescheduled."""
     workers: int = 1
     """Worker processes: more than 1 runs on a Dask LocalCluster (with :attr:`scheduler`,
     the workers to wait for)."""
@@ -138,6 +145,9 @@ def check(settings: Settings) -> None:
 
     if settings.engine not in ENGINES:
         raise UsageError(f"unknown engine {settings.engine!r}; engines: {', '.join(ENGINES)}")
+    if settings.cpu_scheduler not in SCHEDULERS:
+        raise UsageError(f"unknown CPU scheduler {settings.cpu_scheduler!r}; schedulers:"
+                         f" {', '.join(SCHEDULERS)}")
     if settings.workers < 1:
         raise UsageError(f"--workers must be 1 or more, not {settings.workers}")
     if settings.database is not None:

@@ -4,12 +4,15 @@ One sample per progress report (about one a second), and one when the
 campaign ends::
 
     {"time": 1.52, "examples": 100, "steps": 24170, "steps_per_s": 15901.3,
-     "examples_per_s": 65.8, "distinct_failures": 0, "routines": 49, "routines_total": 73}
+     "examples_per_s": 65.8, "distinct_failures": 0, "routines": 49, "routines_total": 73,
+     "interleavings": 21}
 
 ``time`` is seconds since the campaign started; ``steps`` are emulated
 steps; ``distinct_failures`` counts distinct kernel failure signatures seen
 (shrinking meets others on its way); ``routines`` is how many of the
-resolved table's ``routines_total`` modelled routines some example entered.
+resolved table's ``routines_total`` modelled routines some example entered;
+``interleavings`` is the number of ordered pairs of conflicting accesses the
+walk's interleaving feedback has seen (0 without it).
 The plot (matplotlib, the ``plot`` extra) shows routines reached and
 distinct failures against time.
 """
@@ -52,15 +55,17 @@ class StatsLog:
         if not final and elapsed - self.last < INTERVAL:
             return
         self.last = elapsed
-        self.add(elapsed, stats.examples, stats.emulated_steps, len(stats.signatures), len(stats.routines))
+        self.add(elapsed, stats.examples, stats.emulated_steps, len(stats.signatures), len(stats.routines),
+                 pairs=stats.pairs)
 
-    def add(self, elapsed: float, examples: int, steps: int, distinct_failures: int, routines: int) -> None:
+    def add(self, elapsed: float, examples: int, steps: int, distinct_failures: int, routines: int,
+            *, pairs: int = 0) -> None:
         rec = {
             "time": round(elapsed, 3), "examples": examples, "steps": steps,
             "steps_per_s": round(steps / elapsed, 1) if elapsed else 0.0,
             "examples_per_s": round(examples / elapsed, 2) if elapsed else 0.0,
             "distinct_failures": distinct_failures, "routines": routines,
-            "routines_total": self.routines_total,
+            "routines_total": self.routines_total, "interleavings": pairs,
         }
         self.samples.append(rec)
         if self.stream is not None:

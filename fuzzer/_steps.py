@@ -63,6 +63,10 @@ class Step:
     the preempted task resumes on."""
     seed: int = 0
     """``boot``: the seed of the kernel's own random numbers (get_random_long)."""
+    draws: tuple[int, ...] = attrs.field(default=(), converter=lambda d: tuple(d))
+    """``boot``: the kernel's random draws, chosen by the search, in the order the kernel
+    makes them: a draw in ``[0, n)`` takes ``value % n`` (so -1 is the highest value).
+    Draws past the end, and every draw when empty, come from ``seed``."""
 
     def describe(self) -> str:
         """The step as a kernel developer reads it in a reproduction."""
@@ -80,6 +84,8 @@ class Step:
             out["cpus"] = list(self.cpus)
         if self.action == "boot":
             out["seed"] = self.seed
+            if self.draws:
+                out["draws"] = list(self.draws)
         return out
 
     @classmethod
@@ -125,7 +131,11 @@ class Step:
             _check_count(f"cpus[{i}]", n)
         seed = data.get("seed", 0)
         _check_count("seed", seed)
-        return cls(action, cpu=cpu, name=name, args=args, cpus=cpus, seed=seed)
+        draws = data.get("draws", [])
+        if not isinstance(draws, list) or any(isinstance(v, bool) or not isinstance(v, int)
+                                              for v in draws):
+            raise StepFormatError("draws", f"expected a list of whole numbers, not {draws!r}")
+        return cls(action, cpu=cpu, name=name, args=args, cpus=cpus, seed=seed, draws=draws)
 
 
 class StepFormatError(ValueError):
@@ -139,7 +149,7 @@ class StepFormatError(ValueError):
 
 #: The fields each action may carry (besides ``action``), and those it must.
 _FIELDS = {
-    "boot": ("seed",),
+    "boot": ("seed", "draws"),
     "online": ("cpu",),
     "offline": ("cpu",),
     "start": ("cpu", "name", "args"),
@@ -161,7 +171,8 @@ _REQUIRED = {
 
 
 _DESCRIBE = {
-    StepAction.BOOT: lambda s: f"boot CPU 0 (start_kernel, initcalls; kernel random seed {s.seed})",
+    StepAction.BOOT: lambda s: f"boot CPU 0 (start_kernel, initcalls; kernel random seed {s.seed}"
+                               + (f"; random draws {list(s.draws)})" if s.draws else ")"),
     StepAction.ONLINE: lambda s: f"bring CPU {s.cpu} online (cpuhp AP_ONLINE_DYN callbacks)",
     StepAction.OFFLINE: lambda s: f"take CPU {s.cpu} offline (cpuhp teardown callbacks)",
     StepAction.START: lambda s: f"CPU {s.cpu}: start {s.name}({_args(s.args)})",

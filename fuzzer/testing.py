@@ -80,15 +80,18 @@ def replay(model: Model, steps: Iterable[Step]) -> tuple[Machine | None, Finding
 
 
 def search(model: Model, *, seed: int = 1, max_examples: int = 300, time_budget: float = 60,
-           engine: str = "walk", guide: bool = False, known: Iterable[Any] | None = None) -> Outcome:
-    """Search ``model`` as ``run`` does (``--engine``, ``--guide``); a failure comes back
+           engine: str = "walk", guide: bool = False, known: Iterable[Any] | None = None,
+           scheduler: str = "mixed", interleave: bool = True) -> Outcome:
+    """Search ``model`` as ``run`` does (``--engine``, ``--guide``, ``--scheduler``,
+    ``--no-interleave``); a failure comes back
     shrunk and replay-verified. ``known``: known findings (or their signatures) to count
     and search past; by default the model's own (``model.known``), as ``run`` does without
     ``--report-known``; ``known=()`` reports them as ordinary findings."""
     given: Iterable[Any] = model.known if known is None else known
     signatures: list[Signature] = [k if isinstance(k, Signature) else k.signature for k in given]
     return run_campaign(model, seed=seed, max_examples=max_examples, time_budget=time_budget,
-                        engine=engine, guide=guide, known=signatures)
+                        engine=engine, guide=guide, known=signatures, scheduler=scheduler,
+                        interleave=interleave)
 
 
 def state_machine(model: Model, *, report_known: bool = False) -> type[RuleBasedStateMachine]:

@@ -180,6 +180,7 @@ def static_key_toggle(cpu: Cpu, key: int) -> Gen:
     k = s.keys[key]
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, s.mutex)
+    m.note_access(cpu, ("static key", k.name), True)
     if k.enabled == 0:
         k.enabled = -1
         yield from cpu.k.jump_label_update(cpu, k)
@@ -212,6 +213,7 @@ def static_key_slow_inc_cpuslocked(cpu: Cpu, k: StaticKey) -> Gen:
     """
     s = jl_state(cpu.m)
     yield  # atomic_read + atomic_try_cmpxchg
+    cpu.m.note_access(cpu, ("static key", k.name), True)
     if k.enabled > 0:
         k.enabled += 1
         return True
@@ -248,6 +250,7 @@ def static_key_slow_dec_cpuslocked(cpu: Cpu, k: StaticKey) -> Gen:
     """
     s = jl_state(cpu.m)
     yield  # atomic_read + atomic_try_cmpxchg
+    cpu.m.note_access(cpu, ("static key", k.name), True)
     v = k.enabled
     if v < 0:
         raise KernelWarning(_line(cpu, "dec_negative"), function="static_key_dec_not_one",

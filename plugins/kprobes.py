@@ -23,6 +23,7 @@ from fuzzer import (
     Invariant,
     InvariantViolation,
     KernelFailure,
+    KernelOops,
     KernelWarning,
     Mutex,
     Operation,
@@ -35,7 +36,7 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer.kernel import EINVAL, deref, down_read, kernel_struct, up_read
+from fuzzer.kernel import EINVAL, deref, down_read, kernel_struct, synchronize_rcu, up_read
 
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine, OptionGroup
@@ -368,6 +369,7 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         yield from mutex_unlock(cpu, m.state["text_mutex"])
         yield from up_read(cpu, m.state["cpu_hotplug_lock"])
         if ret == 0:
+            m.note_access(cpu, ("kprobe table", kp.addr), True)
             s.table[kp.addr] = kp
             if not kp.disabled:
                 ret = yield from cpu.k.arm_kprobe(cpu, kp)
@@ -528,7 +530,9 @@ def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     yield from mutex_unlock(cpu, s.kprobe_mutex)
     if ret:
         return ret
-    yield  # synchronize_rcu(): every CPU passes a quiescent state
+    # A CPU in kprobe_handler (interrupts off: an RCU reader) may still hold the probe and
+    # single-step its insn slot: the bottom half frees them after a grace period.
+    yield from synchronize_rcu(cpu)
     yield from cpu.k.__unregister_kprobe_bottom(cpu, kp)
     return 0
 
@@ -546,6 +550,7 @@ def __unregister_kprobe_top(cpu: Cpu, p: Kprobe) -> Gen:
     if ap is None:
         return -EINVAL
     if ap is p:
+        cpu.m.note_access(cpu, ("kprobe table", ap.addr), True)
         del s.table[ap.addr]
         return 0
     if ap.children is None:
@@ -571,18 +576,35 @@ def __unregister_kprobe_bottom(cpu: Cpu, p: Kprobe) -> Gen:
     s = kstate(cpu.m)
     ap = p.parent
     if ap is None:
-        arch_remove_kprobe(s, p)
+        arch_remove_kprobe(s, p, cpu)
     elif ap.children == [p]:
         ap.children.clear()
-        arch_remove_kprobe(s, ap)
+        arch_remove_kprobe(s, ap, cpu)
         ap.freed = True  # kfree(ap)
 
 
-def arch_remove_kprobe(s: KprobesState, p: Kprobe) -> None:
+def arch_remove_kprobe(s: KprobesState, p: Kprobe, cpu: Cpu | None = None) -> None:
     """``arch_remove_kprobe()`` (arch/powerpc/kernel/kprobes.c): ``free_insn_slot``."""
+    if cpu is not None:
+        cpu.m.note_access(cpu, ("kprobe insn slot", p.addr), True)
     if p.insn_slot:
-        s.free_slots.append(p.insn_slot)
+        free_insn_slot(s, p.insn_slot)
         p.insn_slot = 0
+
+
+def free_insn_slot(s: KprobesState, slot: int) -> None:
+    """``free_insn_slot(slot, 0)`` (kernel/kprobes.c, from ``arch_remove_kprobe``): clean at once."""
+    s.free_slots.append(slot)
+
+
+def get_insn_slot(s: KprobesState) -> int | None:
+    """``get_insn_slot()`` (kernel/kprobes.c ``__get_insn_slot``): the first clean slot of the
+    page, by index -- so a slot just freed is the next one handed out."""
+    if not s.free_slots:
+        return None
+    slot = min(s.free_slots)
+    s.free_slots.remove(slot)
+    return slot
 
 
 # ---------------------------------------------------------------------------
@@ -635,9 +657,10 @@ def arch_prepare_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         m.log.append("Cannot register a kprobe on the second word of prefixed instruction")
         ret = -EINVAL
     if ret == 0:
-        if not s.free_slots:
+        slot = get_insn_slot(s)
+        if slot is None:
             return -ENOMEM
-        kp.insn_slot = s.free_slots.pop(0)
+        kp.insn_slot = slot
         yield from cpu.k.patch_instruction(cpu, kp.insn_slot, insn)
         kp.opcode = insn & 0xFFFF_FFFF
     return ret
@@ -675,6 +698,7 @@ def kprobe_handler(cpu: Cpu, addr: int) -> Gen:
     """
     m = cpu.m
     yield
+    m.note_access(cpu, ("kprobe table", addr), False)
     p = get_kprobe(m, addr)
     if p is not None:
         p = deref(p, "struct kprobe", member="pre_handler")
@@ -683,12 +707,7 @@ def kprobe_handler(cpu: Cpu, addr: int) -> Gen:
             if not q.disabled:
                 q.hits += 1
         yield  # single-step the instruction in the slot
-        copied = _read_inst(m, cpu, p.insn_slot)
-        if copied & 0xFFFF_FFFF != p.opcode:
-            raise InvariantViolation(
-                "kprobe insn slot",
-                f"slot {p.insn_slot:#x} holds {copied:#x}, not the probed {p.opcode:#x}",
-            )
+        single_step_slot(m, cpu, p)
         return 1
     if m.fetch(cpu, addr) != BREAKPOINT_INSTRUCTION:
         return 1
@@ -696,6 +715,20 @@ def kprobe_handler(cpu: Cpu, addr: int) -> Gen:
         f"Oops: Exception in kernel mode, sig: 5 (unexpected trap at {addr:#x})",
         at=f"{ARCH_KPROBES_C}:346",
     )
+
+
+def single_step_slot(m: Machine, cpu: Cpu, p: Kprobe) -> None:
+    """``try_to_emulate()``/``prepare_singlestep()``: run the copy in ``p->ainsn.insn``, which
+    must hold the probed instruction; a slot already freed (``ainsn.insn`` NULL) oopses."""
+    m.note_access(cpu, ("kprobe insn slot", p.addr), False)
+    if not p.insn_slot:
+        raise KernelOops(0, what="NULL kprobe_opcode_t *p->ainsn.insn (a removed probe's slot)")
+    copied = _read_inst(m, cpu, p.insn_slot)
+    if copied & 0xFFFF_FFFF != p.opcode:
+        raise InvariantViolation(
+            "kprobe insn slot",
+            f"slot {p.insn_slot:#x} holds {copied:#x}, not the probed {p.opcode:#x}",
+        )
 
 
 # ---------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_measured_files_exclude_the_host():
 # ---------------------------------------------------------------------------
 
 KEYS = {"time", "examples", "steps", "steps_per_s", "examples_per_s", "distinct_failures", "routines",
-        "routines_total"}
+        "routines_total", "interleavings"}
 
 
 def test_stats_are_json_lines_ending_with_the_totals(cli, tmp_path):

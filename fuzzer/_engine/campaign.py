@@ -33,6 +33,8 @@ def run_campaign(
     events: Events | None = None,
     database: str | ExampleDatabase | None = None,
     guide: bool = False,
+    scheduler: str = "mixed",
+    interleave: bool = True,
     should_stop: Callable[[], bool] | None = None,
     shrink: bool = True,
     engine: str = "walk",
@@ -61,7 +63,9 @@ def run_campaign(
     reports the first failure as found (benchmarks measure finding).
     ``known``: signatures of known findings, counted in the statistics when an
     example fails with one, while the search goes on. ``events``: the
-    lifecycle callbacks (progress, examples, failures).
+    lifecycle callbacks (progress, examples, failures). ``scheduler`` and
+    ``interleave``: how the walk chooses the CPUs of its run rules, and whether it
+    keeps and reschedules examples that bring two routines together in a new order.
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
@@ -69,6 +73,7 @@ def run_campaign(
         database = DirectoryBasedExampleDatabase(database)
     search = Search(model=model, stats=Stats(), seed=seed, max_examples=max_examples,
                     time_budget=time_budget, database=database, guide=guide, shrink=shrink,
+                    scheduler=scheduler, interleave=interleave,
                     should_stop=should_stop, known=frozenset(known),
                     events=events if events is not None else Events())
     return _run(ENGINES[engine], search)

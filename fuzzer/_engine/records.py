@@ -114,6 +114,9 @@ class StatsSnapshot:
     shrink_runs: int = 0
     shrink_cache_hits: int = 0
     """Shrink candidates answered from the cache instead of being run again."""
+    pairs: int = 0
+    """Interleaving feedback: ordered pairs of conflicting accesses seen (the most any
+    worker saw)."""
 
     @property
     def distinct_failures(self) -> int:
@@ -133,7 +136,8 @@ class StatsSnapshot:
                    signatures=frozenset().union(*(s.signatures for s in snaps)),
                    routines=frozenset().union(*(s.routines for s in snaps)), known_seen=known,
                    shrink_runs=sum(s.shrink_runs for s in snaps),
-                   shrink_cache_hits=sum(s.shrink_cache_hits for s in snaps))
+                   shrink_cache_hits=sum(s.shrink_cache_hits for s in snaps),
+                   pairs=max((s.pairs for s in snaps), default=0))
 
 
 @attrs.define
@@ -152,6 +156,7 @@ class Stats:
     known_seen: dict[Signature, int] = attrs.Factory(dict)
     shrink_runs: int = 0
     shrink_cache_hits: int = 0
+    pairs: int = 0
 
     def count(self, nsteps: int) -> None:
         self.examples += 1
@@ -175,7 +180,8 @@ class Stats:
         return StatsSnapshot(examples=self.examples, emulated_steps=self.emulated_steps,
                              failures_seen=self.failures_seen, signatures=frozenset(self.signatures),
                              routines=frozenset(self.routines), known_seen=dict(self.known_seen),
-                             shrink_runs=self.shrink_runs, shrink_cache_hits=self.shrink_cache_hits)
+                             shrink_runs=self.shrink_runs, shrink_cache_hits=self.shrink_cache_hits,
+                             pairs=self.pairs)
 
 
 @attrs.frozen(kw_only=True)

@@ -67,7 +67,7 @@ def apply_step(m: Machine, step: Step, *, strict: bool = True) -> bool:
     if action is StepAction.BOOT:
         if m.booted and not strict:
             return False
-        m.boot(step.seed)
+        m.boot(step.seed, step.draws)
         return True
     if not m.booted and not strict:
         return False

@@ -47,6 +47,10 @@ class Search:
     started: float = attrs.Factory(time.monotonic)
     database: ExampleDatabase | None = None
     guide: bool = False
+    scheduler: str = "mixed"
+    """The walk's scheduler of ``run`` rules (:data:`fuzzer._schedulers.SCHEDULERS`)."""
+    interleave: bool = True
+    """The walk's interleaving feedback (:mod:`fuzzer._interleave`)."""
     shrink: bool = True
     should_stop: Callable[[], bool] | None = None
     """Asked between examples (batches); True ends the search (another worker found one)."""

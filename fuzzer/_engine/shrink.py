@@ -5,7 +5,7 @@ set, and a step that no longer applies is skipped, so deleting any step
 leaves a meaningful run. Passes, repeated until none helps: cut the run at
 the failure, delete chunks of steps (halving down to single steps), shorten
 and thin each schedule, move work to lower-numbered CPUs, simplify
-arguments and the kernel seed; for short reproductions, move a step earlier
+arguments, the kernel seed and its chosen random draws; for short reproductions, move a step earlier
 and delete another. A candidate is kept when it fails with the
 same signature and is smaller: fewer steps, then fewer scheduling decisions,
 then simpler values.
@@ -21,7 +21,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import attrs
+
 from fuzzer._args import arg_type
+from fuzzer._draws import simpler as simpler_draws
 from fuzzer._engine.records import Finding
 from fuzzer._engine.replay import replay
 from fuzzer._errors import Signature
@@ -71,7 +74,8 @@ class Shrinker:
     def simplicity(self, steps: Sequence[Step]) -> tuple[Any, ...]:
         """Lower is simpler, among reproductions of one size: earlier operations (in the
         model's order), lower CPUs, seeds and arguments."""
-        return tuple((self.op_order.get(s.name, 0), s.cpu or 0, s.seed, tuple(s.cpus),
+        return tuple((self.op_order.get(s.name, 0), s.cpu or 0, s.seed, len(s.draws),
+                      tuple(abs(v) for v in s.draws), tuple(s.cpus),
                       tuple(repr(v) for _, v in s.args)) for s in steps)
 
     def check(self, steps: Iterable[Step]) -> Finding | None:
@@ -233,10 +237,11 @@ class Shrinker:
                     break
 
     def simplify_values(self) -> None:
-        """Simpler operation arguments, and the kernel seed 0."""
+        """Simpler operation arguments, the kernel seed 0 and simpler chosen draws."""
         cur = self.best
         if cur and cur[0].action is StepAction.BOOT and cur[0].seed != 0:
-            self.consider((Step(StepAction.BOOT, seed=0), *cur[1:]), simpler=True)
+            self.consider((attrs.evolve(cur[0], seed=0), *cur[1:]), simpler=True)
+        self.simplify_draws()
         i = 0
         while i < len(self.best) and not self.out_of_time():
             step = self.best[i]
@@ -254,7 +259,19 @@ class Shrinker:
             i += 1
 
 
+    def simplify_draws(self) -> None:
+        """The boot's chosen random draws, shrunk like an argument: none at all (back to the
+        seed), fewer, each value simpler (:func:`fuzzer._draws.simpler`)."""
+        for _ in range(64):
+            cur = self.best
+            if not cur or cur[0].action is not StepAction.BOOT or not cur[0].draws \
+                    or self.out_of_time():
+                return
+            if not any(self.consider((attrs.evolve(cur[0], draws=d), *cur[1:]), simpler=True)
+                       for d in simpler_draws(cur[0].draws)):
+                return
+
+
 def _rename(step: Step, mapping: dict[int, int]) -> Step:
     cpu = mapping.get(step.cpu, step.cpu) if step.cpu is not None else None
-    return Step(step.action, cpu=cpu, name=step.name, args=step.args,
-                cpus=[mapping.get(n, n) for n in step.cpus], seed=step.seed)
+    return attrs.evolve(step, cpu=cpu, cpus=[mapping.get(n, n) for n in step.cpus])

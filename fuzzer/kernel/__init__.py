@@ -8,7 +8,8 @@ on the names exported here:
 * the locking primitives (spinlocks, mutexes, rwsems with lockdep- and
   might_sleep-style checks): :func:`spin_lock`, :func:`mutex_lock`,
   :func:`down_read` and their unlocks, :class:`Mutex`, :class:`RwSem`,
-  :func:`might_sleep`, :func:`lockdep_assert_irqs_disabled`;
+  :func:`might_sleep`, :func:`lockdep_assert_irqs_disabled`, and RCU's
+  :func:`synchronize_rcu` (with :func:`in_rcu_reader`);
 * the generic mm code: :func:`pte_alloc`, :class:`VmArea`;
 * code patching: the per-CPU :class:`PatchingContext` (:func:`context`),
   :func:`get_patch_pfn`, :func:`random_patching_addr`, :func:`mm_patch_enabled`,
@@ -41,12 +42,14 @@ from fuzzer.kernel.locking import (
     RwSem,
     down_read,
     down_write,
+    in_rcu_reader,
     lockdep_assert_irqs_disabled,
     might_sleep,
     mutex_lock,
     mutex_unlock,
     spin_lock,
     spin_unlock,
+    synchronize_rcu,
     up_read,
     up_write,
 )
@@ -113,6 +116,7 @@ __all__ = [
     "down_write",
     "get_cpu",
     "get_patch_pfn",
+    "in_rcu_reader",
     "instr_words",
     "is_prefixed",
     "kernel_struct",
@@ -133,6 +137,7 @@ __all__ = [
     "smp_processor_id",
     "spin_lock",
     "spin_unlock",
+    "synchronize_rcu",
     "up_read",
     "up_write",
 ]

@@ -29,3 +29,20 @@ MISTAKES = (
     "finish_gather_early",
     "lazy_switch_after_disable",
 )
+
+#: The deep set: mistakes that need two or more CPUs and three or more events in a
+#: particular cross-CPU order (issue 14). Not in MISTAKES: a default campaign is not
+#: expected to find each of them within its budget; bench/deep.py measures them.
+DEEP = (
+    "kprobe_trap_recheck",
+    "kprobe_slot_before_rcu",
+    "kprobe_irqs_on_in_handler",
+    "kprobe_unhash_first",
+    "kprobe_arm_before_hash",
+    "kprobe_rcu_too_early",
+    "static_key_inc_enabling",
+    "static_key_dec_stale_count",
+)
+
+#: Mistakes that show only at an extreme value of a kernel random draw.
+DRAWS = ("patching_addr_zero",)

@@ -104,7 +104,7 @@ def random_patching_addr(cpu: Cpu) -> int:
     """
     m = cpu.m
     pages = default_map_window(m) // m.run.page_size
-    return (1 + m.get_random_long() % (pages - 2)) << m.run.page_shift
+    return (1 + m.random_below(pages - 2)) << m.run.page_shift
 
 def get_patch_pfn(m: Machine, addr: int) -> int:
     """``get_patch_pfn()``: ``vmalloc_to_pfn`` for vmalloc/module addresses (kprobe insn
