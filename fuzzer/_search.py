@@ -48,6 +48,7 @@ from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, Signatur
 from fuzzer._machine import Machine
 from fuzzer._model import Model
 from fuzzer._steps import Step
+from fuzzer.kernel import faults
 
 #: Rules per example: uniform in this range (after the boot).
 RULES = (10, 100)
@@ -198,6 +199,10 @@ def apply_if_possible(m: Machine, step: Step) -> bool:
         if src is None or not m.can_interrupt(cpu, src):
             return False
         m.interrupt(cpu, src)
+    elif action == "fail":
+        if not faults.can_arm(m, cpu.n, step.name):
+            return False
+        faults.arm(m, cpu.n, step.name)
     else:
         return False
     return True
@@ -258,7 +263,8 @@ class Walker:
                           for k, s in op.args.items()}, f"op:{op.name}")
                     for op in model.operations]
         self.kinds = (["online", "offline"] + [f"op:{op.name}" for op in model.operations]
-                      + [f"irq:{src.name}" for src in model.interrupts])
+                      + [f"irq:{src.name}" for src in model.interrupts]
+                      + (["fail"] if model.run.enabled("CONFIG_FAULT_INJECTION") else []))
 
     def example(self, prefix: Sequence[Step] = ()) -> tuple[Machine | None, Found | None]:
         """One example: ``prefix`` (applied where possible) or a fresh boot, then random rules.
@@ -319,6 +325,8 @@ class Walker:
                 ok = [c for c in cpus if m.can_interrupt(c, src)]
                 if ok:
                     choices.append(("irq", src, ok))
+        if "fail" in on:
+            choices.append(("fail", None, cpus))
         if len(choices) == 0 or rng.randrange(len(choices) + 1) == len(choices):
             m.run_bytes(rng.randbytes(rng.randint(1, SCHEDULE_BLOCK)))
             return
@@ -331,6 +339,10 @@ class Walker:
         elif action == "start":
             op, draw, _ = what
             m.start(cpu, op, {k: d(rng) for k, d in draw.items()})
+        elif action == "fail":
+            sites = [s for s in faults.SITES if faults.can_arm(m, cpu.n, s)]
+            if sites:
+                faults.arm(m, cpu.n, rng.choice(sites))
         else:
             m.interrupt(cpu, what)
 

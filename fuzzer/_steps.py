@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 #: Step actions, in the order a reproduction usually shows them.
-ACTIONS = ("boot", "online", "offline", "start", "run", "irq")
+ACTIONS = ("boot", "online", "offline", "start", "run", "irq", "fail")
 
 
 def _freeze_args(args: Any) -> tuple[tuple[str, Any], ...]:
@@ -29,7 +29,7 @@ class Step:
     cpu: int | None = None
     """The CPU the step concerns (``online``, ``offline``, ``start``, ``irq``)."""
     name: str = ""
-    """The operation (``start``) or interrupt source (``irq``)."""
+    """The operation (``start``), interrupt source (``irq``) or allocation site (``fail``)."""
     args: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze_args)
     """Operation arguments as ``(name, value)`` pairs of plain JSON values."""
     cpus: tuple[int, ...] = attrs.field(default=(), converter=lambda c: tuple(c))
@@ -52,6 +52,8 @@ class Step:
             return f"CPU {self.cpu}: deliver interrupt {self.name}"
         if self.action == "run":
             return "advance " + _runs(self.cpus)
+        if self.action == "fail":
+            return f"CPU {self.cpu}: fail the next {self.name} allocation (fault injection)"
         return f"{self.action} {self}"  # pragma: no cover - unknown actions are rejected on load
 
     def to_json(self) -> dict[str, Any]:
@@ -95,7 +97,7 @@ class Step:
         if cpu is not None:
             _check_count("cpu", cpu)
         name = data.get("name", "")
-        if not isinstance(name, str) or (action in ("start", "irq") and not name):
+        if not isinstance(name, str) or (action in ("start", "irq", "fail") and not name):
             raise StepFormatError("name", f"expected a non-empty string, not {name!r}")
         args = data.get("args", {})
         if not isinstance(args, dict):
@@ -131,6 +133,7 @@ _FIELDS = {
     "start": ("cpu", "name", "args"),
     "run": ("cpus",),
     "irq": ("cpu", "name"),
+    "fail": ("cpu", "name"),
 }
 _REQUIRED = {
     "boot": ("seed",),
@@ -139,6 +142,7 @@ _REQUIRED = {
     "start": ("cpu", "name"),
     "run": (),
     "irq": ("cpu", "name"),
+    "fail": ("cpu", "name"),
 }
 
 
