@@ -74,6 +74,8 @@ MINIMAL = {
     "pmi_in_patch_window": 4,       # boot, start, run into the patch window, irq perf_pmi
     "skip_restore_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
     "skip_suspend_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
+    "enomem_leaks_mm": 3,           # boot, fail pgtable_alloc on CPU 1, online CPU 1
+    "disarm_lock_order": 4,         # boot, start kprobes.register, run, start kprobes.disable
 }
 
 #: Where a mistake shows in more than one way, the known-minimal length of a reproduction

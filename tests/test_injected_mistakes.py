@@ -26,6 +26,8 @@ EXPECTED = {
     "hash_no_hpte_flush": ("END-STATE", "patching mapping removed"),
     "unsafe_sequence_order": ("INVARIANT", "patched sequence safe at every step"),
     "cached_pte": ("BUG", "assert_pte_locked"),
+    "disarm_lock_order": ("LOCKDEP", "disarm_kprobe"),
+    "enomem_leaks_mm": ("END-STATE", "patching mm leak"),
 }
 #: The kernel version each mistake changes (the default is the newest, v6.12).
 KERNEL = {"cached_pte": "v6.12"}
@@ -45,6 +47,8 @@ NEEDS_SEARCH = {
     "skip_suspend_breakpoints": "start",
     "skip_restore_breakpoints": "start",
     "unsafe_sequence_order": "start",
+    "disarm_lock_order": "start",
+    "enomem_leaks_mm": "fail",
 }
 
 

@@ -20,4 +20,6 @@ MISTAKES = (
     "hash_no_hpte_flush",
     "unsafe_sequence_order",
     "cached_pte",
+    "disarm_lock_order",
+    "enomem_leaks_mm",
 )
