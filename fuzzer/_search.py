@@ -13,7 +13,8 @@ the shrinker, the corpus and the example database all work on that list.
 Search (:class:`Walker`). An example boots CPU 0 with a random kernel seed,
 then applies a random number of rules, each chosen uniformly among the
 enabled ones -- bring a CPU online or offline, start an operation with
-random arguments, deliver an interrupt, or advance a block of 1-48 scheduling
+random arguments, deliver an interrupt, make a CPU's next allocation at a
+site fail (``fail``, with CONFIG_FAULT_INJECTION), or advance a block of 1-48 scheduling
 decisions -- then finishes (every CPU runs to completion, end-state checks).
 A quarter of the examples use swarm testing: a random subset of the operations,
 interrupts and hotplug directions is switched off for the whole example, so

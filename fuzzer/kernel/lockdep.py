@@ -76,6 +76,14 @@ EXCLUSIVE = {
 }
 
 
+class LockdepReport(LockdepSplat):
+    """A lockdep report: the title line as the message, the whole report as ``detail``."""
+
+    def __init__(self, title: str, text: str, *, at: str, function: str) -> None:
+        super().__init__(title, at=at, function=function)
+        self.detail = text
+
+
 @attrs.define(eq=False)
 class HeldLock:
     """A ``struct held_lock``: one entry of a task's ``held_locks``."""
@@ -428,16 +436,15 @@ def _report(cpu: Cpu, ld: Lockdep, title: str, text: list[str], what: str) -> No
     """Print a report: ``debug_locks_off()``, then end the example unless it is a known finding."""
     ld.debug_locks = False
     frames = frames_here()
-    failure = LockdepSplat(title, at=location(cpu, what), function=_caller(frames))
-    failure.detail = "\n".join(text)  # type: ignore[attr-defined]
+    failure = LockdepReport(title, "\n".join(text), at=location(cpu, what), function=_caller(frames))
     if _known(cpu.m, failure):
-        ld.reports.append(failure.detail)  # type: ignore[attr-defined]
+        ld.reports.append(failure.detail)
         cpu.m.log.append(f"{title} (known finding, lockdep now off)")
         return
     raise failure
 
 
-def _known(m: Machine, failure: LockdepSplat) -> bool:
+def _known(m: Machine, failure: LockdepReport) -> bool:
     sig = failure.signature
     for k in known_findings():
         if (k["kind"], k["function"], k["location"]) == (sig.kind, sig.function, sig.location) \
