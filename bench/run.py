@@ -57,7 +57,7 @@ from fuzzer_plugins.mistakes import MISTAKES  # noqa: E402
 BENCH = Path(__file__).resolve().parent
 
 #: Kernel and MMU each mistake needs (as in tests/test_injected_mistakes.py; a test checks they agree).
-KERNEL = {"cached_pte": "v6.12"}
+KERNEL = {"cached_pte": "v6.12", "pmi_locks_user_pte": "v6.12"}
 MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash"}
 
 #: Known-minimal reproduction length, in steps: the shortest reproduction seen (shipped
@@ -76,6 +76,7 @@ MINIMAL = {
     "skip_suspend_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
     "enomem_leaks_mm": 3,           # boot, fail pgtable_alloc on CPU 1, online CPU 1
     "disarm_lock_order": 4,         # boot, start kprobes.register, run, start kprobes.disable
+    "pmi_locks_user_pte": 4,        # boot, start a user task, irq perf_pmi, online CPU 1
 }
 
 #: Where a mistake shows in more than one way, the known-minimal length of a reproduction

@@ -28,9 +28,10 @@ EXPECTED = {
     "cached_pte": ("BUG", "assert_pte_locked"),
     "disarm_lock_order": ("LOCKDEP", "disarm_kprobe"),
     "enomem_leaks_mm": ("END-STATE", "patching mm leak"),
+    "pmi_locks_user_pte": ("LOCKDEP", "__get_locked_pte"),
 }
 #: The kernel version each mistake changes (the default is the newest, v6.12).
-KERNEL = {"cached_pte": "v6.12"}
+KERNEL = {"cached_pte": "v6.12", "pmi_locks_user_pte": "v6.12"}
 #: Mistakes in one MMU's model: run with that MMU.
 MMU = {
     "hash_no_hpte_flush": "hash",
@@ -49,6 +50,7 @@ NEEDS_SEARCH = {
     "unsafe_sequence_order": "start",
     "disarm_lock_order": "start",
     "enomem_leaks_mm": "fail",
+    "pmi_locks_user_pte": "irq",
 }
 
 

@@ -22,4 +22,5 @@ MISTAKES = (
     "cached_pte",
     "disarm_lock_order",
     "enomem_leaks_mm",
+    "pmi_locks_user_pte",
 )
