@@ -28,7 +28,7 @@ from fuzzer import (
     pte_alloc,
     routine,
 )
-from fuzzer.kernel import ENOMEM
+from fuzzer.kernel import ENOMEM, dawr_slots
 
 if TYPE_CHECKING:
     from fuzzer import MM, Cpu, Machine
@@ -168,7 +168,8 @@ class RadixMmu(Mmu):
 
 @hookimpl
 def fuzzer_mmus() -> list[MmuSpec]:
-    return [MmuSpec("radix", RadixMmu, "POWER9/10 Radix MMU (radix_enabled())", radix=True)]
+    return [MmuSpec("radix", RadixMmu, "POWER9/10 Radix MMU (radix_enabled())", radix=True,
+                    breakpoint_slots=dawr_slots)]
 
 
 @hookimpl

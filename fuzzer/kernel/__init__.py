@@ -21,6 +21,7 @@ on the names exported here:
   :func:`instr_words`, the version tuples (``V61``, ``NEXT``, ``V62``,
   ``V612``, ``TEMP_MM``, ``SINCE_TEMP_MM``), the cited files (``CP``,
   ``PROCESS_C``) and :func:`line` (a cited line at the running version);
+* :func:`dawr_slots`, the powerpc MMU specs' ``breakpoint_slots``;
 * :data:`Gen`, the type of a modelled routine (a generator function declared
   with :func:`fuzzer.routine`; every ``yield`` is a point where hardware could
   interleave).
@@ -31,6 +32,7 @@ variables (``cpu_patching_context``); a plugin attaches its own with
 ``machine.attach(name, obj)`` and ``cpu.attach(name, obj)``.
 """
 
+from fuzzer.kernel.boot import dawr_slots
 from fuzzer.kernel.locking import (
     Mutex,
     RwSem,
@@ -88,6 +90,7 @@ __all__ = [
     "RwSem",
     "VmArea",
     "context",
+    "dawr_slots",
     "default_map_window",
     "down_read",
     "down_write",
