@@ -84,6 +84,10 @@ def check_for(expect: Signature | None) -> Check:
     if "leak" in expect.function.lower():
         return Check("counter", counter="PageTables", repeat=LEAK_REPEAT)
     loc = expect.location
+    if expect.kind == "LOCKDEP" and loc.startswith("kernel/locking/lockdep.c"):
+        # lockdep's own reports print no file:line (print_circular_bug and friends are no WARN).
+        return Check("message", ("possible circular locking dependency", "possible recursive locking",
+                                 "inconsistent lock state"))
     if expect.kind == "BUG" and loc:
         return Check("message", (f"kernel BUG at {loc}!",))
     if expect.kind in ("WARNING", "LOCKDEP", "KASAN", "OOPS") and loc:
