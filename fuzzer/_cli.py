@@ -129,7 +129,7 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
     run.add_argument("--config", dest="config", action="append", default=[],
                      metavar="CONFIG_X=VALUE",
                      help="set a kernel config option (repeatable); the default is a debug config:"
-                     " DEBUG_VM, STRICT_KERNEL_RWX, SMP on, 64K pages")
+                     " DEBUG_VM, STRICT_KERNEL_RWX, PROVE_LOCKING, FAULT_INJECTION, SMP on, 64K pages")
     run.add_argument("--cpus", type=_positive_int, default=None, metavar="N",
                      help="CPUs in the machine (default 4; 1 with CONFIG_SMP=n)")
     run.add_argument("--max-examples", type=_positive_int, default=DEFAULT_MAX_EXAMPLES,
