@@ -200,3 +200,69 @@ def test_the_graph_lives_for_the_whole_boot():
     assert "lock_b" in graph["lock_a"].after
     # The boot's own dependencies are in it too: poking_init's cpu_hotplug_lock -> PTE lock.
     assert "ptlock_ptr(page)" in graph["cpu_hotplug_lock"].after
+
+
+def _irq_order_plugin():
+    """An interrupt takes lock_s; one operation takes lock_s then lock_t with interrupts off
+    (spin_lock_irqsave), another takes lock_t with interrupts on."""
+
+    def setup(machine):
+        machine.attach("o", {"s": SpinLock("lock_s"), "t": SpinLock("lock_t")})
+
+    def nested(cpu):
+        locks = cpu.m.state["o"]
+        flags = cpu.local_irq_save()
+        yield from spin_lock(cpu, locks["s"])
+        yield from spin_lock(cpu, locks["t"])
+        yield from spin_unlock(cpu, locks["t"])
+        yield from spin_unlock(cpu, locks["s"])
+        cpu.local_irq_restore(flags)
+
+    def plain(cpu):
+        yield from spin_lock(cpu, cpu.m.state["o"]["t"])
+        yield from spin_unlock(cpu, cpu.m.state["o"]["t"])
+
+    def handler(cpu):
+        yield from spin_lock(cpu, cpu.m.state["o"]["s"])
+        yield from spin_unlock(cpu, cpu.m.state["o"]["s"])
+
+    return plugin_module(
+        "irq_order_plugin", fuzzer_machine_setup=hookimpl(setup),
+        fuzzer_operations=hookimpl(lambda config: [Operation("o.nested", nested),
+                                                   Operation("o.plain", plain)]),
+        fuzzer_interrupt_sources=hookimpl(lambda config: [InterruptSource("o.irq", handler)]))
+
+
+IRQ = [Step("irq", cpu=0, name="o.irq"), Step("run", cpus=[0] * 5)]
+
+
+def test_a_new_dependency_from_an_irq_safe_to_an_irq_unsafe_lock():
+    model = make_model("v6.12", extra=[_irq_order_plugin()], plugins=QUIET)
+    _, failure = replay(model, [*boot_steps(), *IRQ, *_run("o.plain", "o.nested")[1:]])
+    assert isinstance(failure, LockdepSplat)
+    assert failure.message == "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected"
+    assert "which would create a new lock dependency:\n (lock_s) -> (lock_t)" in failure.detail
+    assert failure.signature.location == "kernel/locking/lockdep.c:2916"
+
+
+def test_an_irq_use_after_the_dependency_is_an_irq_lock_inversion():
+    model = make_model("v6.1", extra=[_irq_order_plugin()], plugins=QUIET)
+    _, failure = replay(model, [*_run("o.nested", "o.plain"), *IRQ])
+    assert isinstance(failure, LockdepSplat)
+    assert failure.message == "WARNING: possible irq lock inversion dependency detected"
+    assert "but this lock took another, HARDIRQ-unsafe lock in the past:\n (lock_t)" in failure.detail
+    assert failure.signature.location == "kernel/locking/lockdep.c:4136"
+
+
+def test_irq_safe_locks_nested_with_interrupts_off_only_are_fine():
+    model = make_model(extra=[_irq_order_plugin()], plugins=QUIET)
+    _, failure = replay(model, [*_run("o.nested"), *IRQ, *_run("o.nested")[1:]])
+    assert failure is None
+
+
+def test_an_irq_unsafe_use_after_the_dependency_is_the_backward_inversion():
+    model = make_model("v6.12", extra=[_irq_order_plugin()], plugins=QUIET)
+    _, failure = replay(model, [*boot_steps(), *IRQ, *_run("o.nested", "o.plain")[1:]])
+    assert failure.message == "WARNING: possible irq lock inversion dependency detected"
+    assert "but this lock was taken by another, HARDIRQ-safe lock in the past:\n (lock_s)" in failure.detail
+    assert failure.signature.location == "kernel/locking/lockdep.c:4214"

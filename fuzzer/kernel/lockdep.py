@@ -22,8 +22,13 @@ invariants) still report. A report whose signature is a known finding of a
 released kernel does not end the example (the kernel goes on running after
 printing it); any other ends it, as the fuzzing config's console check does.
 
-Not modelled: softirq states, the irq-safe -> irq-unsafe dependency check
-(``check_irq_usage``) and irq inversion (``check_usage_forwards``), recursive
+The dependencies must not connect the two usages either: a new edge from a
+hardirq-safe class to a hardirq-unsafe one (``check_irq_usage``), or a usage
+change that makes an existing path do so (``check_usage_forwards`` /
+``_backwards``: "possible irq lock inversion dependency detected").
+
+Not modelled: softirq states, the read-lock refinements of those checks
+(``exclusive_mask``: no modelled reader is taken in hardirq context), recursive
 readers (no modelled lock has one: percpu rwsem readers are non-recursive,
 so every cycle is a deadlock), trylocks, ``lock_release`` imbalance reports
 (``spinlock_debug`` and ``mutex-debug`` report those), and lockdep in NMI
@@ -49,12 +54,15 @@ LOCKDEP_C = "kernel/locking/lockdep.c"
 #: ``print_circular_bug`` in check_noncircular, ``print_deadlock_bug`` in
 #: check_deadlock, ``print_usage_bug`` in valid_state, and
 #: ``DEBUG_LOCKS_WARN_ON(lockdep_hardirq_context())`` in
-#: lockdep_hardirqs_on_prepare. From linux-source-6.1 (6.1.192) and
+#: lockdep_hardirqs_on_prepare, ``print_bad_irq_dependency`` in check_irq_usage,
+#: ``print_irq_inversion_bug`` in check_usage_forwards/backwards. From linux-source-6.1 (6.1.192) and
 #: linux-source-6.12 (6.12.117); next-20221215 and v6.2 were not checked, so
 #: their reports name the file without a line (see :func:`location`).
 LINES: dict[str, dict[str, int]] = {
-    "v6.1": {"circular": 2215, "recursive": 3090, "usage": 4041, "hardirq_context": 4381},
-    "v6.12": {"circular": 2234, "recursive": 3117, "usage": 4080, "hardirq_context": 4428},
+    "v6.1": {"circular": 2215, "recursive": 3090, "usage": 4041, "hardirq_context": 4381,
+             "irq_usage": 2893, "inversion_forwards": 4136, "inversion_backwards": 4171},
+    "v6.12": {"circular": 2234, "recursive": 3117, "usage": 4080, "hardirq_context": 4428,
+              "irq_usage": 2916, "inversion_forwards": 4179, "inversion_backwards": 4214},
 }
 
 #: The locking primitives' own frames: a report names the function that called them.
@@ -82,6 +90,10 @@ class LockdepReport(LockdepSplat):
     def __init__(self, title: str, text: str, *, at: str, function: str) -> None:
         super().__init__(title, at=at, function=function)
         self.detail = text
+
+
+IRQ_SAFE = (IN_HARDIRQ_W, IN_HARDIRQ_R)
+IRQ_UNSAFE = (HARDIRQ_ON_W, HARDIRQ_ON_R)
 
 
 @attrs.define(eq=False)
@@ -115,6 +127,8 @@ class LockClass:
     usage: dict[str, tuple[Frame, ...]] = attrs.Factory(dict)
     after: dict[str, Dependency] = attrs.Factory(dict)
     """``locks_after``: the classes taken while this one was held."""
+    before: dict[str, Dependency] = attrs.Factory(dict)
+    """``locks_before``: the classes held when this one was taken."""
 
 
 @attrs.define(eq=False)
@@ -273,6 +287,11 @@ def _mark(cpu: Cpu, ld: Lockdep, h: HeldLock, bit: str) -> None:
         if bad in c.usage:
             _usage_bug(cpu, ld, h, bad, bit)
     c.usage[bit] = frames_here()
+    # The dependencies must not connect this usage with the opposite one elsewhere.
+    forwards = bit in IRQ_SAFE
+    found = _find_usage(ld, h.cls, IRQ_UNSAFE if forwards else IRQ_SAFE, forwards)
+    if found is not None:
+        _inversion_bug(cpu, ld, h, found, forwards)
 
 
 def _check_deadlock(cpu: Cpu, ld: Lockdep, held: list[HeldLock], new: HeldLock) -> None:
@@ -317,7 +336,69 @@ def _check_prev_add(cpu: Cpu, ld: Lockdep, held: list[HeldLock], prev: HeldLock,
     path = _path(ld, new.cls, prev.cls)
     if path is not None:
         _circular_bug(cpu, ld, held, prev, new, path)
-    pc.after[new.cls] = Dependency(prev.cls, new.cls, frames_here(), _who(cpu))
+    _check_irq_usage(cpu, ld, prev, new)
+    dep = Dependency(prev.cls, new.cls, frames_here(), _who(cpu))
+    pc.after[new.cls] = dep
+    ld.cls(new.cls).before[prev.cls] = dep
+
+
+def _find_usage(ld: Lockdep, start: str, bits: tuple[str, ...], forwards: bool) -> str | None:
+    """``find_usage_forwards``/``_backwards``: the first class from ``start`` (itself
+    included) along the dependencies that has one of ``bits``."""
+    seen = {start}
+    queue = [start]
+    while queue:
+        node = queue.pop(0)
+        c = ld.cls(node)
+        if any(b in c.usage for b in bits):
+            return node
+        for nxt in (c.after if forwards else c.before):
+            if nxt not in seen:
+                seen.add(nxt)
+                queue.append(nxt)
+    return None
+
+
+def _check_irq_usage(cpu: Cpu, ld: Lockdep, prev: HeldLock, new: HeldLock) -> None:
+    """``check_irq_usage()``: a hardirq-safe class at or before ``prev`` must not reach a
+    hardirq-unsafe one at or after ``new`` through the new dependency."""
+    safe = _find_usage(ld, prev.cls, IRQ_SAFE, forwards=False)
+    if safe is None:
+        return
+    unsafe = _find_usage(ld, new.cls, IRQ_UNSAFE, forwards=True)
+    if unsafe is None:
+        return
+    text = [
+        "=====================================================",
+        "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected",
+        "-----------------------------------------------------",
+        f"{_who(cpu)} [HC{int(cpu.in_interrupt())}[{cpu.irq_depth}]:SC0[0]:HE{int(cpu.irqs_enabled)}:SE1]"
+        " is trying to acquire:",
+        f" ({new.cls})",
+        "",
+        "and this task is already holding:",
+        f" ({prev.cls})",
+        "which would create a new lock dependency:",
+        f" ({prev.cls}) -> ({new.cls})",
+        "",
+        "but this new dependency connects a HARDIRQ-irq-safe lock:",
+        f" ({safe})",
+        "",
+        "... which became HARDIRQ-irq-safe at:",
+        *_trace_lines(_usage_trace(ld, safe, IRQ_SAFE)),
+        "",
+        "to a HARDIRQ-irq-unsafe lock:",
+        f" ({unsafe})",
+        "",
+        "... which became HARDIRQ-irq-unsafe at:",
+        *_trace_lines(_usage_trace(ld, unsafe, IRQ_UNSAFE)),
+    ]
+    _report(cpu, ld, "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected", text, "irq_usage")
+
+
+def _usage_trace(ld: Lockdep, cls: str, bits: tuple[str, ...]) -> tuple[Frame, ...]:
+    usage = ld.cls(cls).usage
+    return next((usage[b] for b in bits if b in usage), ())
 
 
 def _path(ld: Lockdep, start: str, goal: str) -> list[Dependency] | None:
@@ -430,6 +511,26 @@ def _usage_bug(cpu: Cpu, ld: Lockdep, h: HeldLock, prev_bit: str, new_bit: str) 
         *_held_lines(cpu, ld.held.get(cpu.current, [])),
     ]
     _report(cpu, ld, "WARNING: inconsistent lock state", text, "usage")
+
+
+def _inversion_bug(cpu: Cpu, ld: Lockdep, h: HeldLock, other: str, forwards: bool) -> None:
+    """``print_irq_inversion_bug()``: a usage change that dependencies make inconsistent."""
+    text = [
+        "========================================================",
+        "WARNING: possible irq lock inversion dependency detected",
+        "--------------------------------------------------------",
+        f"{_who(cpu)} just changed the state of lock:",
+        f" ({h.cls})",
+        ("but this lock took another, HARDIRQ-unsafe lock in the past:" if forwards
+         else "but this lock was taken by another, HARDIRQ-safe lock in the past:"),
+        f" ({other})",
+        "",
+        "",
+        "and interrupts could create inverse lock ordering between them.",
+        "",
+    ]
+    what = "inversion_forwards" if forwards else "inversion_backwards"
+    _report(cpu, ld, "WARNING: possible irq lock inversion dependency detected", text, what)
 
 
 def _report(cpu: Cpu, ld: Lockdep, title: str, text: list[str], what: str) -> None:
