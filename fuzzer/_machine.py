@@ -28,6 +28,7 @@ from fuzzer._errors import (
     PluginError,
 )
 from fuzzer._mm import MM, PTLOCK_CLASS, Geometry, Prot, Pte, PtePage, SpinLock, Table
+from fuzzer._oops import oops_of
 from fuzzer._routines import frame_of_code
 from fuzzer._steps import ACTIONS, Step
 
@@ -236,6 +237,8 @@ class Machine:
         """Kernel text as built, before any patching (for the torn-fetch invariant)."""
         self.text_writes: dict[int, set[int]] = {}
         """Per physical text word, every value a patch was asked to write there."""
+        self.stores = 0
+        """Words stored to memory so far: a check of some text can skip a step that stored none."""
         self.rodata_ro = False
         """``mark_rodata_ro`` done: kernel text is read-only in the linear map."""
         self.static_keys: dict[str, bool] = {}
@@ -365,6 +368,7 @@ class Machine:
 
     def _write_word(self, pa: int, value: int) -> None:
         self.mem[pa] = value
+        self.stores += 1
 
     def fetch(self, cpu: Cpu, va: int) -> int:
         """Instruction fetch of one word: kernel text, or executable vmalloc (insn slots)."""
@@ -487,7 +491,11 @@ class Machine:
         except (PluginError, ModelLimitation):
             raise
         except Exception as exc:
-            raise self._blame(exc) from exc
+            oops = oops_of(exc)  # a modelled routine followed a NULL kernel pointer
+            if oops is None:
+                raise self._blame(exc) from exc
+            self._annotate(oops, cpu, traceback_frames(exc.__traceback__) + _below(cpu))
+            raise oops from exc
         self.nsteps += 1
         if self.nsteps > self.max_steps:
             self._fail(Livelock(f"{self.max_steps} steps without the example ending"), cpu)
