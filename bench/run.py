@@ -57,8 +57,11 @@ from fuzzer_plugins.mistakes import MISTAKES  # noqa: E402
 BENCH = Path(__file__).resolve().parent
 
 #: Kernel and MMU each mistake needs (as in tests/test_injected_mistakes.py; a test checks they agree).
-KERNEL = {"cached_pte": "v6.12", "pmi_locks_user_pte": "v6.12"}
-MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash"}
+KERNEL = {"cached_pte": "v6.12", "local_kernel_tlb_flush": "v6.1",
+          "percpu_context_preemptible": "v6.12", "pmi_locks_user_pte": "v6.12"}
+MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash",
+       "hash_local_kernel_flush": "hash"}
+CONFIG = {"percpu_context_preemptible": ("CONFIG_PREEMPT=y",)}
 
 #: Known-minimal reproduction length, in steps: the shortest reproduction seen (shipped
 #: corpus entries and these benchmarks' shrunk outputs). Boot-time failures need only the
@@ -76,6 +79,11 @@ MINIMAL = {
     "pmi_in_patch_window": 4,       # boot, start, run into the patch window, irq perf_pmi
     "skip_restore_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
     "skip_suspend_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
+    # boot, online CPU 1, run, start a patching user, run into the window, another CPU's fill
+    "local_kernel_tlb_flush": 6,
+    "hash_local_kernel_flush": 6,   # as local_kernel_tlb_flush, the fill once the HPTE exists
+    # boot, online CPU 1, run, start a patching user, run to the preemption point, migrate
+    "percpu_context_preemptible": 6,
     "enomem_leaks_mm": 3,           # boot, fail pgtable_alloc on CPU 1, online CPU 1
     "disarm_lock_order": 4,         # boot, start kprobes.register, run, start kprobes.disable
     "pmi_locks_user_pte": 4,        # boot, start a user task, irq perf_pmi, online CPU 1
@@ -94,12 +102,13 @@ SEARCHER_TITLE = {"guided": "fuzzer --guide", "fuzzer": "fuzzer (default)",
                   "hypothesis": "fuzzer --engine hypothesis", "walk": "random walk"}
 
 
-def model_for(kernel: str = "v6.12", mmu: str = "radix", plugins: Sequence[str] = ()) -> Model:
+def model_for(kernel: str = "v6.12", mmu: str = "radix", plugins: Sequence[str] = (),
+              config: Sequence[str] = ()) -> Model:
     """The model ``python -m fuzzer -p PLUGIN run --kernel K --mmu M`` builds (no autoload)."""
     pm = FuzzerPluginManager()
     pm.load(list(plugins), autoload=False)
     pm.check_pending()
-    return Model.build(pm, RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), ()), 4))
+    return Model.build(pm, RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), config), 4))
 
 
 def targets() -> list[tuple[str, Model]]:
@@ -107,7 +116,7 @@ def targets() -> list[tuple[str, Model]]:
     out = [("seed crash", model_for("next-20221215"))]
     for name in MISTAKES:
         out.append((name, model_for(KERNEL.get(name, "v6.2"), MMU.get(name, "radix"),
-                                    [f"fuzzer_plugins.mistakes.{name}"])))
+                                    [f"fuzzer_plugins.mistakes.{name}"], CONFIG.get(name, ()))))
     return out
 
 

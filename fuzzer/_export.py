@@ -204,6 +204,12 @@ def plan(entry: Entry, actions: Mapping[tuple[str, str], Action | None]) -> Plan
                          " (the stress loop makes them arrive at random points)")
         elif step.action == "run":
             cpus_run |= set(step.cpus)
+        elif step.action == "fill":
+            notes.append(f"{i}. {step.describe()}: the hardware loads translations when it likes;"
+                         " no program can choose one")
+        elif step.action == "migrate":
+            notes.append(f"{i}. {step.describe()}: the scheduler preempts and migrates tasks on its"
+                         " own (a real kernel needs CONFIG_PREEMPT=y and load on the other CPUs)")
         elif step.action == "fail":
             notes.append(f"{i}. {step.describe()}: not exported; on a real kernel with"
                          " CONFIG_FAULT_INJECTION, failslab/fail_page_alloc with"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from fuzzer import _sched
 from fuzzer._errors import (
     Deadlock,
     EndStateViolation,
@@ -55,6 +56,10 @@ class Task:
     user_sp: int = 0
     """The user stack pointer saved at kernel entry (``task_pt_regs(current)->gpr[1]``)."""
     result: Any = None
+    pinned: bool = False
+    """A per-CPU kernel thread (``is_percpu_thread()``: the cpuhp threads): never migrates."""
+    migration_disabled: int = 0
+    """``migrate_disable()`` depth: preemptible, but resumes on the same CPU."""
 
 
 @attrs.frozen
@@ -626,6 +631,11 @@ class Machine:
         elif step.action == "run":
             self._record_run(list(step.cpus))
             self.run_cpus(step.cpus)
+        elif step.action == "fill":
+            self.speculative_fill(self._cpu(step), int(dict(step.args).get("va", 0)))
+        elif step.action == "migrate":
+            to = Step("migrate", cpu=step.cpus[0] if step.cpus else None)
+            self.migrate(self._cpu(step), self._cpu(to))
         elif step.action == "fail":
             from fuzzer.kernel import faults  # the kernel package imports this module
 
@@ -678,7 +688,7 @@ class Machine:
             raise ValueError(f"CPU {cpu.n} cannot come online now")
         self.steps.append(Step("online", cpu=cpu.n))
         self.hotplug_busy = True
-        task = Task(pid=self.next_pid, comm=f"cpuhp/{cpu.n}", active_mm=self.init_mm)
+        task = Task(pid=self.next_pid, comm=f"cpuhp/{cpu.n}", active_mm=self.init_mm, pinned=True)
         self.next_pid += 1
 
         def done(_: Any) -> None:
@@ -691,7 +701,7 @@ class Machine:
             raise ValueError(f"CPU {cpu.n} cannot go offline now")
         self.steps.append(Step("offline", cpu=cpu.n))
         self.hotplug_busy = True
-        task = Task(pid=self.next_pid, comm=f"cpuhp/{cpu.n}", active_mm=self.init_mm)
+        task = Task(pid=self.next_pid, comm=f"cpuhp/{cpu.n}", active_mm=self.init_mm, pinned=True)
         self.next_pid += 1
 
         def done(_: Any) -> None:
@@ -734,6 +744,42 @@ class Machine:
             self._annotate(failure, cpu, list(cpu.trace()))
             raise
         except (PluginError, ModelLimitation):
+            raise
+        except Exception as exc:
+            raise self._blame(exc) from exc
+
+    def speculative_fill(self, cpu: Cpu, va: int) -> None:
+        """The MMU loads a translation of ``va`` into ``cpu``'s TLB unasked (see ``_sched``)."""
+        if not _sched.can_fill(self, cpu, va):
+            raise ValueError(f"CPU {cpu.n} has no live mapping of {va:#x} to fill")
+        self.steps.append(Step("fill", cpu=cpu.n, args={"va": va}))
+        mm = _sched.fill_context(self, cpu, va)
+        assert mm is not None
+        try:
+            self.mmu.speculative_fill(cpu, mm, va)
+        except Exception as exc:
+            raise self._blame(exc) from exc
+        self._check_now(cpu)
+
+    def migrate(self, cpu: Cpu, to: Cpu) -> None:
+        """Preempt the task on ``cpu`` (CONFIG_PREEMPT); it resumes on ``to`` (see ``_sched``)."""
+        if not _sched.can_migrate(self, cpu, to):
+            raise ValueError(f"the task on CPU {cpu.n} cannot move to CPU {to.n} now")
+        self.steps.append(Step("migrate", cpu=cpu.n, cpus=(to.n,)))
+        try:
+            _sched.migrate(self, cpu, to)
+        except Exception as exc:
+            raise self._blame(exc) from exc
+        self._check_now(cpu)
+
+    def _check_now(self, cpu: Cpu) -> None:
+        """The step invariants, after a decision that is not an emulated step."""
+        try:
+            for check in self._step_checks:
+                msg = check.check(self)
+                if msg is not None:
+                    self._fail(InvariantViolation(check.name, msg), cpu)
+        except KernelFailure:
             raise
         except Exception as exc:
             raise self._blame(exc) from exc

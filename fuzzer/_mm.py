@@ -196,6 +196,24 @@ class MM:
             return None
         return page.entries.get(self.geometry.indices(addr)[3])
 
+    def mapped(self, base: int = 0) -> list[int]:
+        """Every page address with a present PTE, as ``base`` OR the table indices
+        (``base`` supplies the region bits above the top level: kernel addresses)."""
+        shifts = self.geometry.shifts
+        out: list[int] = []
+
+        def rec(node: Table | PtePage, level: int, va: int) -> None:
+            for idx, e in node.entries.items():
+                addr = va | (idx << shifts[level])
+                if isinstance(e, (Table, PtePage)):
+                    if not e.freed:
+                        rec(e, level + 1, addr)
+                else:
+                    out.append(addr)
+
+        rec(self.pgd, 0, base)
+        return out
+
     def pte_pages(self) -> list[PtePage]:
         out: list[PtePage] = []
 

@@ -84,6 +84,19 @@ class Mmu:
         """Physical address for a vmalloc-region ``va`` (init_mm tables), or None."""
         raise NotImplementedError
 
+    def speculative_fill(self, cpu: Cpu, mm: MM, va: int) -> None:
+        """The hardware loads a translation of ``va`` in ``mm`` into ``cpu``'s TLB
+        unasked (a speculative or prefetching walk), as POWER may at any time for any
+        address mapped in a context live on the CPU: ``mm`` is the mm ``cpu`` has
+        loaded, or init_mm for a kernel address, and ``va`` is mapped there.
+
+        Chosen by the search as a step of its own (``fill``). The default does
+        nothing and the search never offers the step: an MMU that does not model
+        speculation keeps working as before. An MMU that overrides it loads the
+        entry only where its hardware could (Radix: from the PTE the table walk
+        sees; Hash: from an HPTE already in the hashed page table).
+        """
+
     # -- invalidation ----------------------------------------------------------
     # The flushes themselves are the MMU plugin's routines (flush_tlb_kernel_range,
     # local_flush_tlb_page_psize), built on its own instructions (tlbie, tlbiel).

@@ -45,8 +45,9 @@ from typing import Any
 import hypothesis
 from hypothesis import HealthCheck, Phase
 
+from fuzzer import _sched
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, Signature, UsageError
-from fuzzer._machine import Machine
+from fuzzer._machine import Cpu, Machine
 from fuzzer._model import Model
 from fuzzer._steps import Step
 from fuzzer.kernel import faults
@@ -204,8 +205,25 @@ def apply_if_possible(m: Machine, step: Step) -> bool:
         if not faults.can_arm(m, cpu.n, step.name):
             return False
         faults.arm(m, cpu.n, step.name)
+    elif action in ("fill", "migrate"):
+        return _apply_hidden(m, cpu, step)
     else:
         return False
+    return True
+
+
+def _apply_hidden(m: Machine, cpu: Cpu, step: Step) -> bool:
+    """A ``fill`` or ``migrate`` step, when it still makes sense."""
+    if step.action == "fill":
+        va = dict(step.args).get("va")
+        if not isinstance(va, int) or not _sched.can_fill(m, cpu, va):
+            return False
+        m.speculative_fill(cpu, va)
+        return True
+    to = m.cpus[step.cpus[0]] if step.cpus and step.cpus[0] < len(m.cpus) else None
+    if to is None or not _sched.can_migrate(m, cpu, to):
+        return False
+    m.migrate(cpu, to)
     return True
 
 
@@ -263,7 +281,8 @@ class Walker:
         self.ops = [(op, {k: _checked_sampler(model, op.name, k, s, seed)[0]
                           for k, s in op.args.items()}, f"op:{op.name}")
                     for op in model.operations]
-        self.kinds = (["online", "offline"] + [f"op:{op.name}" for op in model.operations]
+        self.kinds = (["online", "offline", "fill", "migrate"]
+                      + [f"op:{op.name}" for op in model.operations]
                       + [f"irq:{src.name}" for src in model.interrupts]
                       + (["fail"] if model.run.enabled("CONFIG_FAULT_INJECTION") else []))
 
@@ -326,6 +345,7 @@ class Walker:
                 ok = [c for c in cpus if m.can_interrupt(c, src)]
                 if ok:
                     choices.append(("irq", src, ok))
+        _hidden_choices(m, on, choices)
         if "fail" in on:
             choices.append(("fail", None, cpus))
         if len(choices) == 0 or rng.randrange(len(choices) + 1) == len(choices):
@@ -333,7 +353,13 @@ class Walker:
             return
         action, what, where = rng.choice(choices)
         cpu = rng.choice(where)
-        if action == "online":
+        if action == "fill":
+            vas = _sched.fill_candidates(m, cpu)
+            if vas:
+                m.speculative_fill(cpu, rng.choice(vas))
+        elif action == "migrate":
+            m.migrate(cpu, rng.choice(_sched.migration_targets(m, cpu)))
+        elif action == "online":
             m.cpu_up(cpu)
         elif action == "offline":
             m.cpu_down(cpu)
@@ -346,6 +372,19 @@ class Walker:
                 faults.arm(m, cpu.n, rng.choice(sites))
         else:
             m.interrupt(cpu, what)
+
+
+def _hidden_choices(m: Machine, on: set[str], choices: list[tuple[str, Any, list[Any]]]) -> None:
+    """The decisions taken behind the kernel's back: a speculative TLB fill on an online
+    CPU (when the MMU models it), preempting a task onto an idle CPU (CONFIG_PREEMPT)."""
+    if "fill" in on and m.booted and _sched.speculates(m):
+        online = [c for c in m.cpus if c.online]
+        if online:
+            choices.append(("fill", None, online))
+    if "migrate" in on and m.booted and _sched.preempt_enabled(m):
+        movable = [c for c in m.cpus if _sched.preemptible(c) and _sched.migration_targets(m, c)]
+        if movable:
+            choices.append(("migrate", None, movable))
 
 
 # -- the shrinker ----------------------------------------------------------------------------

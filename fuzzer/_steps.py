@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 #: Step actions, in the order a reproduction usually shows them.
-ACTIONS = ("boot", "online", "offline", "start", "run", "irq", "fail")
+ACTIONS = ("boot", "online", "offline", "start", "run", "irq", "fill", "migrate", "fail")
 
 
 def _freeze_args(args: Any) -> tuple[tuple[str, Any], ...]:
@@ -27,13 +27,16 @@ class Step:
     action: str
     """One of :data:`ACTIONS`."""
     cpu: int | None = None
-    """The CPU the step concerns (``online``, ``offline``, ``start``, ``irq``)."""
+    """The CPU the step concerns (``online``, ``offline``, ``start``, ``irq``, ``fill``,
+    ``migrate``: the CPU the task is preempted on)."""
     name: str = ""
     """The operation (``start``), interrupt source (``irq``) or allocation site (``fail``)."""
     args: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze_args)
-    """Operation arguments as ``(name, value)`` pairs of plain JSON values."""
+    """Operation arguments as ``(name, value)`` pairs of plain JSON values (``fill``:
+    ``va``, the address whose translation the CPU loads)."""
     cpus: tuple[int, ...] = attrs.field(default=(), converter=lambda c: tuple(c))
-    """``run``: the CPU advanced at each emulated step, in order."""
+    """``run``: the CPU advanced at each emulated step, in order; ``migrate``: the CPU
+    the preempted task resumes on."""
     seed: int = 0
     """``boot``: the seed of the kernel's own random numbers (get_random_long)."""
 
@@ -52,6 +55,11 @@ class Step:
             return f"CPU {self.cpu}: deliver interrupt {self.name}"
         if self.action == "run":
             return "advance " + _runs(self.cpus)
+        if self.action == "fill":
+            return f"CPU {self.cpu}: speculative TLB fill of {_fmt(dict(self.args).get('va'))}"
+        if self.action == "migrate":
+            to = self.cpus[0] if self.cpus else "?"
+            return f"CPU {self.cpu}: preempt the running task; it resumes on CPU {to}"
         if self.action == "fail":
             return f"CPU {self.cpu}: fail the next {self.name} allocation (fault injection)"
         return f"{self.action} {self}"  # pragma: no cover - unknown actions are rejected on load
@@ -133,6 +141,8 @@ _FIELDS = {
     "start": ("cpu", "name", "args"),
     "run": ("cpus",),
     "irq": ("cpu", "name"),
+    "fill": ("cpu", "args"),
+    "migrate": ("cpu", "cpus"),
     "fail": ("cpu", "name"),
 }
 _REQUIRED = {
@@ -142,6 +152,8 @@ _REQUIRED = {
     "start": ("cpu", "name"),
     "run": (),
     "irq": ("cpu", "name"),
+    "fill": ("cpu", "args"),
+    "migrate": ("cpu", "cpus"),
     "fail": ("cpu", "name"),
 }
 

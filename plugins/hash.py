@@ -179,6 +179,28 @@ class HashMmu(Mmu):
     def translations_of(self, cpu: Cpu, mm: MM, va: int) -> bool:
         return (self.vsid(mm, va >> SID_SHIFT), va >> self.shift) in cpu.tlb
 
+    def speculative_fill(self, cpu: Cpu, mm: MM, va: int) -> None:
+        """Load a TLB entry from an HPTE already in the hashed page table.
+
+        The hardware searches the HPT on its own; it never inserts an HPTE
+        (``hash_page`` is the kernel's fault handler) nor an SLB entry (an SLB
+        miss is an interrupt). So a user address needs its segment in this
+        CPU's SLB; kernel segments are bolted.
+        """
+        esid = va >> SID_SHIFT
+        if mm.is_init:
+            vsid = self.vsid(mm, esid)
+        else:
+            if cpu.hw.context is not mm:
+                return
+            vsid = cpu.hw.slb.get(esid)
+            if vsid is None:
+                return
+        vpn = va >> self.shift
+        hpte = self.find(vsid, vpn)
+        if hpte is not None:
+            cpu.tlb[(vsid, vpn)] = hpte
+
     def hptes(self) -> list[Hpte]:
         return [h for group in self.hpt.values() for h in group]
 

@@ -19,6 +19,7 @@ from fuzzer import (
     HardwareViolation,
     Mmu,
     MmuSpec,
+    Prot,
     Pte,
     PtePage,
     PtePtr,
@@ -164,6 +165,27 @@ class RadixMmu(Mmu):
 
     def translations_of(self, cpu: Cpu, mm: MM, va: int) -> bool:
         return (mm.context_id, va >> self.shift) in cpu.tlb
+
+    def speculative_fill(self, cpu: Cpu, mm: MM, va: int) -> None:
+        """A table walk nobody asked for: load the PTE the walk sees into the TLB.
+
+        Only for the PID the CPU runs with (PID 0, init_mm, for kernel
+        addresses; none while a PID change awaits its isync), and never from a
+        PTE this CPU stored without a ptesync since: the walk need not see such
+        a store yet, and not seeing it keeps the "ptesync before use" check
+        meaningful. No context-synchronisation state changes.
+        """
+        hw = cpu.hw
+        if not mm.is_init and (hw.csi_pending or mm.context_id != hw.pid):
+            return
+        _, page = mm.walk(va)
+        if page is None:
+            return
+        idx = mm.geometry.indices(va)[3]
+        pte = page.entries.get(idx)
+        if pte is None or not pte.prot & Prot.PRESENT or (page, idx) in hw.unordered:
+            return
+        cpu.tlb[(mm.context_id, va >> self.shift)] = pte
 
 
 @hookimpl

@@ -11,7 +11,10 @@ import json
 import pytest
 
 from fuzzer._cli import main
+from fuzzer._search import replay_lenient
 from fuzzer_plugins.mistakes import MISTAKES
+
+from modelkit import make_model, search
 
 #: What each mistake is caught as: (failure kind, function or invariant).
 EXPECTED = {
@@ -31,12 +34,20 @@ EXPECTED = {
     "null_patching_context": ("OOPS", "walk_to_pmd"),
     "aggr_disarm_early": ("INVARIANT", "kprobes match the text"),
     "static_key_dec_no_update": ("INVARIANT", "static keys match their sites"),
+    "local_kernel_tlb_flush": ("END-STATE", "patching mapping removed"),
+    "hash_local_kernel_flush": ("END-STATE", "patching mapping removed"),
+    # On CPU B with CPU A's patching mm: start_using_temp_mm's WARN_ON(!mm_is_thread_local)
+    # or the patch-window check, whichever the interleaving reaches first.
+    "percpu_context_preemptible": None,
     "disarm_lock_order": ("LOCKDEP", "disarm_kprobe"),
     "enomem_leaks_mm": ("END-STATE", "patching mm leak"),
     "pmi_locks_user_pte": ("LOCKDEP", "__get_locked_pte"),
 }
 #: The kernel version each mistake changes (the default is the newest, v6.12).
-KERNEL = {"cached_pte": "v6.12", "pmi_locks_user_pte": "v6.12"}
+KERNEL = {"cached_pte": "v6.12", "local_kernel_tlb_flush": "v6.1",
+          "percpu_context_preemptible": "v6.12", "pmi_locks_user_pte": "v6.12"}
+#: Kernel config a mistake needs to show (the mechanism it depends on).
+CONFIG = {"percpu_context_preemptible": ("--config", "CONFIG_PREEMPT=y")}
 #: Mistakes in one MMU's model: run with that MMU.
 MMU = {
     "hash_no_hpte_flush": "hash",
@@ -44,6 +55,7 @@ MMU = {
     # half-patched sequence. (On Radix only an interrupt landing between two of
     # the patches shows it: found, but not reliably within the default budget.)
     "unsafe_sequence_order": "hash",
+    "hash_local_kernel_flush": "hash",
 }
 #: Mistakes that boot alone cannot show: the search has to find the steps.
 NEEDS_SEARCH = {
@@ -55,6 +67,9 @@ NEEDS_SEARCH = {
     "unsafe_sequence_order": "start",
     "aggr_disarm_early": "start",
     "static_key_dec_no_update": "start",
+    "local_kernel_tlb_flush": "fill",
+    "hash_local_kernel_flush": "fill",
+    "percpu_context_preemptible": "migrate",
     "disarm_lock_order": "start",
     "enomem_leaks_mm": "fail",
     "pmi_locks_user_pte": "irq",
@@ -72,7 +87,7 @@ def test_mistake_is_caught_within_the_default_budget(mistake, seed, tmp_path):
     out, err = io.StringIO(), io.StringIO()
     code = main(["-p", f"fuzzer_plugins.mistakes.{mistake}", "run", "--seed", str(seed),
                  "--kernel", KERNEL.get(mistake, "v6.2"), "--mmu", MMU.get(mistake, "radix"),
-                 "--report-json", str(report)], out=out, err=err)
+                 *CONFIG.get(mistake, ()), "--report-json", str(report)], out=out, err=err)
     assert code == 1, out.getvalue() + err.getvalue()
     data = json.loads(report.read_text())
     if EXPECTED[mistake] is not None:
@@ -92,11 +107,34 @@ EVERY_VERSION = ("unsafe_sequence_order",)
 
 @pytest.mark.parametrize("mistake", MISTAKES)
 def test_mistakes_change_nothing_on_other_versions(mistake):
-    """The variants change one version (or the Hash MMU only): v6.1 on Radix stays clean.
+    """The variants change one version (or the Hash MMU only): v6.1 on Radix stays clean
+    (v6.2 for a mistake in v6.1).
 
     Except those in a routine all versions share (``EVERY_VERSION``), which v6.1 shows too.
     """
+    other = "v6.2" if KERNEL.get(mistake) == "v6.1" else "v6.1"
     out, err = io.StringIO(), io.StringIO()
-    code = main(["-p", f"fuzzer_plugins.mistakes.{mistake}", "run", "--kernel", "v6.1",
+    code = main(["-p", f"fuzzer_plugins.mistakes.{mistake}", "run", "--kernel", other,
+                 *CONFIG.get(mistake, ()),
                  "--seed", "1", "--max-examples", "1000", "--corpus", "none"], out=out, err=err)
     assert code == (1 if mistake in EVERY_VERSION else 0), out.getvalue()
+
+
+#: Mistakes only a modelled mechanism shows: the step kind of that mechanism.
+MECHANISM = {"local_kernel_tlb_flush": "fill", "hash_local_kernel_flush": "fill",
+             "percpu_context_preemptible": "migrate"}
+
+
+@pytest.mark.parametrize("mistake", sorted(MECHANISM))
+def test_mistakes_need_their_mechanism(mistake):
+    """The reproduction without its speculative fills (or migrations) runs clean: no other
+    modelled code shows these mistakes."""
+    model = make_model(KERNEL.get(mistake, "v6.2"), mmu=MMU.get(mistake, "radix"),
+                       plugins=[f"fuzzer_plugins.mistakes.{mistake}"],
+                       config=CONFIG.get(mistake, ("",))[1:])
+    outcome = search(model, seed=1, max_examples=2000)
+    assert outcome.status == "failed"
+    kind = MECHANISM[mistake]
+    assert kind in {s.action for s in outcome.steps}
+    _, failure = replay_lenient(model, [s for s in outcome.steps if s.action != kind])
+    assert failure is None, failure

@@ -25,6 +25,10 @@ on the names exported here:
   a freed object as the kernel would (:class:`fuzzer.KernelOops`);
   :func:`kernel_struct` registers a class as a kernel struct, so a routine
   reading its members through ``None`` is a NULL-pointer oops too;
+* preemption control: :func:`preempt_disable`, :func:`get_cpu`,
+  :func:`migrate_disable` and their counterparts, :func:`smp_processor_id`,
+  :func:`preemptible` (with ``CONFIG_PREEMPT`` the search may migrate a
+  preemptible task to another CPU: see :mod:`fuzzer.kernel.sched`);
 * :func:`dawr_slots`, the powerpc MMU specs' ``breakpoint_slots``;
 * :data:`Gen`, the type of a modelled routine (a generator function declared
   with :func:`fuzzer.routine`; every ``yield`` is a point where hardware could
@@ -76,6 +80,16 @@ from fuzzer.kernel.patching import (
     mm_patch_enabled,
     random_patching_addr,
 )
+from fuzzer.kernel.sched import (
+    get_cpu,
+    migrate_disable,
+    migrate_enable,
+    preempt_disable,
+    preempt_enable,
+    preemptible,
+    put_cpu,
+    smp_processor_id,
+)
 
 __all__ = [
     "CP",
@@ -101,6 +115,7 @@ __all__ = [
     "deref",
     "down_read",
     "down_write",
+    "get_cpu",
     "get_patch_pfn",
     "instr_words",
     "is_prefixed",
@@ -108,11 +123,18 @@ __all__ = [
     "line",
     "lockdep_assert_irqs_disabled",
     "might_sleep",
+    "migrate_disable",
+    "migrate_enable",
     "mm_patch_enabled",
     "mutex_lock",
     "mutex_unlock",
+    "preempt_disable",
+    "preempt_enable",
+    "preemptible",
     "pte_alloc",
+    "put_cpu",
     "random_patching_addr",
+    "smp_processor_id",
     "spin_lock",
     "spin_unlock",
     "up_read",

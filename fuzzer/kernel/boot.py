@@ -41,6 +41,10 @@ def fuzzer_addconfig() -> list[ConfigOption]:
             "CONFIG_PPC_NR_DAWR", 1, "hardware breakpoint slots per CPU (POWER10: 2)", choices=(1, 2),
             arch="powerpc",
         ),
+        ConfigOption(
+            "CONFIG_PREEMPT", False, "full preemption (PREEMPT): a preemptible task may be"
+            " preempted at any point and resume on another CPU (n: PREEMPT_NONE/VOLUNTARY)"
+        ),
     ]
 
 

@@ -100,7 +100,8 @@ def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
         Invariant("patch window", invariants.patch_window,
                   doc="a loaded patching mm means IRQs off, on its own CPU only"),
         Invariant("patching mapping private", invariants.mapping_private,
-                  doc="no CPU but its owner holds a translation of a patching address"),
+                  doc="no CPU but its owner holds a translation of a temporary mm's"
+                  " patching address"),
         Invariant("patching mapping removed", invariants.nothing_left_mapped, when="end",
                   doc="no PTE and no TLB entry left at any patching address"),
         Invariant("patching context per online CPU", invariants.contexts_match_cpus, when="end",

@@ -53,11 +53,20 @@ def _patching_addrs(m: Machine) -> list[tuple[int, MM, int]]:
 
 
 def mapping_private(m: Machine) -> str | None:
+    """A temporary mm's patching address is translated by its owner only.
+
+    Not the vmalloc alias of v6.1 (and of Hash at every version): it lives in
+    init_mm, which every CPU has live and may translate speculatively, which is
+    why the kernel flushes it with ``flush_tlb_kernel_range`` (global). A stale
+    copy left behind is what "patching mapping removed" catches.
+    """
     holders = [c for c in m.cpus if c.tlb]
     if len(holders) < 2:
         return None  # only the owner's own TLB can hold anything
     translations_of = m.mmu.translations_of
     for owner, mm, addr in _patching_addrs(m):
+        if mm.is_init:
+            continue
         for c in holders:
             if c.n != owner and translations_of(c, mm, addr):
                 return f"CPU {c.n} holds a translation of CPU {owner}'s patching address {addr:#x}"
