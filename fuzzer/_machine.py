@@ -28,7 +28,7 @@ from fuzzer._errors import (
     ModelLimitation,
     PluginError,
 )
-from fuzzer._mm import MM, Geometry, Prot, Pte, PtePage, SpinLock, Table
+from fuzzer._mm import MM, PTLOCK_CLASS, Geometry, Prot, Pte, PtePage, SpinLock, Table
 from fuzzer._oops import oops_of
 from fuzzer._routines import frame_of_code
 from fuzzer._steps import Step
@@ -167,6 +167,12 @@ class Cpu:
         return flags
 
     def local_irq_restore(self, flags: bool) -> None:
+        if flags and not self.irqs_enabled:
+            # trace_hardirqs_on -> lockdep_hardirqs_on_prepare (imported here: the
+            # kernel package imports this module).
+            from fuzzer.kernel.lockdep import hardirqs_on_prepare
+
+            hardirqs_on_prepare(self)
         self.irqs_enabled = flags
 
     def trace(self) -> tuple[Frame, ...]:
@@ -440,7 +446,8 @@ class Machine:
         for level in range(3):
             nxt = node.entries.get(idx[level])
             if nxt is None:
-                nxt = Table(level + 1) if level < 2 else PtePage(SpinLock(f"ptl({mm.name}, {va:#x})"))
+                nxt = Table(level + 1) if level < 2 else PtePage(
+                    SpinLock(f"ptl({mm.name}, {va:#x})", PTLOCK_CLASS))
                 node.entries[idx[level]] = nxt
             node = nxt
         node.entries[idx[3]] = pte

@@ -28,6 +28,14 @@ def fuzzer_addconfig() -> list[ConfigOption]:
         ConfigOption(
             "CONFIG_STRICT_KERNEL_RWX", True, "read-only kernel text: patching goes through an alias"
         ),
+        ConfigOption(
+            "CONFIG_PROVE_LOCKING", True, "lockdep: lock-class dependency graph, circular"
+            " dependencies and inconsistent hardirq lock state reported at once",
+        ),
+        ConfigOption(
+            "CONFIG_FAULT_INJECTION", True, "the search may fail allocations (failslab,"
+            " fail_page_alloc; one 'fail' step per injected failure, as syzkaller's fail_nth)",
+        ),
         ConfigOption("CONFIG_PPC_64K_PAGES", True, "64K base pages (n: 4K)", arch="powerpc"),
         ConfigOption(
             "CONFIG_PPC_NR_DAWR", 1, "hardware breakpoint slots per CPU (POWER10: 2)", choices=(1, 2),
