@@ -168,11 +168,8 @@ class Cpu:
 
     def local_irq_restore(self, flags: bool) -> None:
         if flags and not self.irqs_enabled:
-            # trace_hardirqs_on -> lockdep_hardirqs_on_prepare (imported here: the
-            # kernel package imports this module).
-            from fuzzer.kernel.lockdep import hardirqs_on_prepare
-
-            hardirqs_on_prepare(self)
+            for fn in self.m._irqs_on_hooks:  # trace_hardirqs_on (lockdep_hardirqs_on_prepare)
+                fn(self)
         self.irqs_enabled = flags
 
     def trace(self) -> tuple[Frame, ...]:
@@ -269,6 +266,7 @@ class Machine:
         self._end_checks = model.end_invariants
         self._observers: list[Callable[[Cpu], None]] = []
         self._entry_hooks: list[Callable[[Cpu], None]] = []
+        self._irqs_on_hooks: list[Callable[[Cpu], None]] = []
         if model.machine_setup is not None:
             model.machine_setup(self)  # through pluggy; a raising plugin is blamed by name
 
@@ -293,6 +291,11 @@ class Machine:
         entry path (patched mitigation sequences) check what it executes.
         """
         self._entry_hooks.append(fn)
+
+    def on_hardirqs_on(self, fn: Callable[[Cpu], None]) -> None:
+        """Call ``fn(cpu)`` whenever a CPU's interrupts go from off to on, before they are
+        on (``trace_hardirqs_on``: the kernel's lockdep registers here)."""
+        self._irqs_on_hooks.append(fn)
 
     def exception_entry(self, cpu: Cpu) -> None:
         for fn in self._entry_hooks:

@@ -10,6 +10,7 @@ from fuzzer._mm import SpinLock
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import InterruptSource, Invariant
+from fuzzer.kernel import lockdep
 from fuzzer.kernel.locking import Mutex, RwSem
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 def fuzzer_machine_setup(machine: Machine) -> None:
     machine.attach("text_mutex", Mutex("text_mutex"))
     machine.attach("cpu_hotplug_lock", RwSem("cpu_hotplug_lock"))
+    machine.on_hardirqs_on(lockdep.hardirqs_on_prepare)
     for cpu in machine.cpus:
         cpu.irqs_enabled = False
 
