@@ -53,7 +53,8 @@ def main() -> None:
             times, examples, found = [], [], 0
             for seed in range(1, opts.seeds + 1):
                 out = run_campaign(model, seed=seed, max_examples=0, time_budget=opts.limit,
-                                   guide=guide, shrink=False, engine=opts.engine)
+                                   guide=guide, shrink=False, engine=opts.engine,
+                                   known=[k.signature for k in model.known])
                 if out.time_to_first_failure is not None:
                     found += 1
                     times.append(out.time_to_first_failure)

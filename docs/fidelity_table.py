@@ -32,7 +32,7 @@ def rows() -> dict[str, dict[str, set[str]]]:
 def markdown() -> str:
     out = ["| routine | runs at | kernel function (file) -- what the model follows |",
            "|---|---|---|"]
-    order = {"v6.1": 0, "next-20221215": 1, "v6.2": 2, "v6.12": 3}
+    order = {"v6.1": 0, "next-20221215": 1, "v6.2": 2, "v6.12": 3, "v6.12-fixed": 4}
     table = rows()
     for name in sorted(table):
         for target, where in sorted(table[name].items()):

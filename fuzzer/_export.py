@@ -81,7 +81,8 @@ def check_for(expect: Signature | None) -> Check:
     """The real-kernel check for a reproduction's expected outcome."""
     if expect is None:
         return Check("message", ("kernel BUG at", "WARNING:", "Oops:", "BUG:"))
-    if "leak" in expect.function.lower():
+    function = expect.function.lower()
+    if "leak" in function or function.endswith("memory freed"):  # patching mm, page-table memory
         return Check("counter", counter="PageTables", repeat=LEAK_REPEAT)
     loc = expect.location
     if expect.kind == "LOCKDEP" and loc.startswith("kernel/locking/lockdep.c"):

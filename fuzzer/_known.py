@@ -32,12 +32,18 @@ class KnownFinding:
     """The one-line fix it implies, or the upstream commit that fixes it."""
     reference: str = ""
     """Where the real kernel was seen doing it (a boot log, a mailing-list report)."""
+    fixed_in: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    """Versions that carry the fix: a version derived from one of them (``v6.12-fixed``
+    from ``v6.12``) does not inherit the finding from its ancestors."""
 
     def applies_to(self, kernel: str, based_on: Callable[[str], str | None]) -> bool:
-        """Whether it is known on ``kernel``: named, or an ancestor along ``based_on`` is."""
+        """Whether it is known on ``kernel``: named, or an ancestor along ``based_on`` is,
+        unless a version on the way (nearer than the one it names) carries the fix."""
         seen: set[str] = set()
         version: str | None = kernel
         while version is not None and version not in seen:
+            if version in self.fixed_in:
+                return False
             if version in self.kernels:
                 return True
             seen.add(version)

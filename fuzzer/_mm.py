@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -104,6 +104,9 @@ class Table:
     level: int
     entries: dict[int, Table | PtePage] = attrs.Factory(dict)
     freed: bool = False
+    desc: Any = None
+    """The page or slab object holding it (``fuzzer.kernel.pgalloc.PgtablePage``), when a
+    modelled allocator made it."""
 
 
 @kernel_struct("struct page")
@@ -114,6 +117,8 @@ class PtePage:
     ptl: SpinLock
     entries: dict[int, Pte] = attrs.Factory(dict)
     freed: bool = False
+    desc: Any = None
+    """The PTE fragment page holding it (``fuzzer.kernel.pgalloc.PgtablePage``)."""
 
 
 @attrs.define(eq=False)

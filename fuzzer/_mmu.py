@@ -61,18 +61,20 @@ class Mmu:
         """The scheduler switched ``cpu`` to ``task`` (``context_switch()`` in kernel/sched/core.c).
 
         Called outside any modelled routine when an operation's task starts
-        and when the CPU goes back to its idle task. The default loads the
-        task's own mm (adding the CPU to its ``mm_cpumask``), and ``init_mm``
-        for a kernel thread or the idle task: no lazy TLB. An MMU whose kernel
-        lets kernel threads borrow the previous mm (x86's ``enter_lazy_tlb``)
-        overrides it, setting ``task.active_mm`` to what it leaves loaded.
+        and when the CPU goes back to its idle task. A process gets its own mm
+        (the CPU joins its ``mm_cpumask``); a kernel thread or the idle task
+        borrows the mm already loaded, lazy TLB (``enter_lazy_tlb``, a no-op on
+        powerpc; ``next->active_mm = prev->active_mm``, core.c:5329-5336 in
+        v6.12): it stays loaded and the CPU stays in its cpumask. An MMU whose
+        kernel does otherwise overrides this, setting ``task.active_mm``.
         """
-        m = self.machine
-        mm = task.mm if task.mm is not None else m.init_mm
-        if task.mm is not None:
-            task.mm.cpumask.add(cpu.n)
-        cpu.loaded_mm = mm
-        self.switch_context(cpu, mm)
+        if task.mm is None:
+            task.active_mm = cpu.loaded_mm if cpu.loaded_mm is not None else self.machine.init_mm
+            return
+        task.active_mm = task.mm
+        task.mm.cpumask.add(cpu.n)
+        cpu.loaded_mm = task.mm
+        self.switch_context(cpu, task.mm)
 
     # -- translation ---------------------------------------------------------
 

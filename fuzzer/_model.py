@@ -15,6 +15,7 @@ from fuzzer._routines import RoutineInfo, RoutineTable, resolve
 from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
 
 if TYPE_CHECKING:
+    from fuzzer._known import KnownFinding
     from fuzzer._plugins import FuzzerPluginManager
 
 
@@ -41,6 +42,9 @@ class Model:
     machine_setup_plugins: tuple[str, ...]
     """The plugins whose ``fuzzer_machine_setup`` a machine runs."""
     plugin_modules: dict[str, str] = attrs.Factory(dict)
+    known: tuple[KnownFinding, ...] = ()
+    """The known findings plugins declare for this kernel (``fuzzer_known_findings``):
+    ``run`` and :func:`fuzzer.testing.search` count them and search past them by default."""
     """Module name -> plugin name, to attribute a Python exception to a plugin."""
 
     def operation(self, name: str) -> Operation:
@@ -126,6 +130,7 @@ class Model:
             machine_setup=_setup_call(pm, setup_caller) if setup_plugins else None,
             machine_setup_plugins=setup_plugins,
             plugin_modules=pm.plugin_modules(),
+            known=pm.known_findings(run),
         )
 
 

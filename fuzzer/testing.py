@@ -27,6 +27,7 @@ from fuzzer._engine.campaign import run_campaign
 from fuzzer._engine.hypothesis import Channel, state_machine_class
 from fuzzer._engine.records import Finding, Outcome, Status
 from fuzzer._engine.replay import replay as _replay
+from fuzzer._errors import Signature
 from fuzzer._machine import Machine
 from fuzzer._model import Model
 from fuzzer._plugins import FuzzerPluginManager
@@ -79,16 +80,18 @@ def replay(model: Model, steps: Iterable[Step]) -> tuple[Machine | None, Finding
 
 
 def search(model: Model, *, seed: int = 1, max_examples: int = 300, time_budget: float = 60,
-           engine: str = "walk", guide: bool = False, known: Iterable[Any] = ()) -> Outcome:
+           engine: str = "walk", guide: bool = False, known: Iterable[Any] | None = None) -> Outcome:
     """Search ``model`` as ``run`` does (``--engine``, ``--guide``); a failure comes back
     shrunk and replay-verified. ``known``: known findings (or their signatures) to count
-    and search past, as ``run`` does without ``--report-known``."""
-    signatures = [getattr(k, "signature", k) for k in known]
+    and search past; by default the model's own (``model.known``), as ``run`` does without
+    ``--report-known``; ``known=()`` reports them as ordinary findings."""
+    given: Iterable[Any] = model.known if known is None else known
+    signatures: list[Signature] = [k if isinstance(k, Signature) else k.signature for k in given]
     return run_campaign(model, seed=seed, max_examples=max_examples, time_budget=time_budget,
                         engine=engine, guide=guide, known=signatures)
 
 
-def state_machine(model: Model) -> type[RuleBasedStateMachine]:
+def state_machine(model: Model, *, report_known: bool = False) -> type[RuleBasedStateMachine]:
     """The model's Hypothesis ``RuleBasedStateMachine``, for your own test suite::
 
         TestMyPlugin = fuzzer.testing.state_machine(make_model(plugins=["my_plugin"])).TestCase
@@ -97,9 +100,12 @@ def state_machine(model: Model) -> type[RuleBasedStateMachine]:
     ``TestMyPlugin.settings``, or decorate the class with ``@settings``). A kernel
     failure is raised as the model raised it, and Hypothesis prints, under the
     falsifying example, the same kernel-style report and minimal reproduction as
-    ``python -m fuzzer run``.
+    ``python -m fuzzer run``. The kernel's known findings (``model.known``) end an
+    example as invalid and the search goes on, as ``run`` does; ``report_known=True``
+    raises them like any other failure.
     """
-    return state_machine_class(model, Channel(notes=True))
+    known = frozenset() if report_known else frozenset(k.signature for k in model.known)
+    return state_machine_class(model, Channel(notes=True, known=known))
 
 
 def boot_steps(seed: int = 0) -> list[Step]:

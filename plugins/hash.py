@@ -215,7 +215,8 @@ def fuzzer_mmus() -> list[MmuSpec]:
 def fuzzer_routines(config: RunConfig) -> list[Any]:
     if config.mmu != "hash":
         return []
-    return [hash__pte_update, switch_slb, hash__flush_tlb_kernel_range, hash__map_kernel_page]
+    return [hash__pte_update, switch_slb, hash__flush_tlb_kernel_range, hash__map_kernel_page,
+            hash__tlb_flush]
 
 
 @hookimpl
@@ -295,3 +296,14 @@ def hash__map_kernel_page(cpu: Cpu, ea: int, pfn: int, prot: Any) -> Gen:
         return -ENOMEM  # a table allocation failed (fault injection)
     yield from cpu.k.set_pte_at(cpu, mm, ea, ptr, Pte(pfn, prot))
     return 0
+
+
+@routine("tlb_flush", TLBFLUSH_H, symbol="hash__tlb_flush")
+def hash__tlb_flush(cpu: Cpu, tlb: Any) -> Gen:
+    """``hash__tlb_flush()`` (book3s64/hash_tlb.c): flush this CPU's pending HPTE batch.
+
+    Hash PTEs are invalidated as they are cleared (``pte_update`` here), and
+    freed tables need no invalidation (``tlb_needs_table_invalidate()`` is false
+    on Hash): nothing is left to do in the model.
+    """
+    yield from ()

@@ -204,6 +204,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
         radix__flush_tlb_kernel_range,
         radix__local_flush_tlb_page_psize,
         radix__map_kernel_page,
+        radix__tlb_flush,
     ]
 
 
@@ -289,3 +290,28 @@ def radix__map_kernel_page(cpu: Cpu, ea: int, pfn: int, prot: Any) -> Gen:
     yield
     m.mmu.ptesync(cpu)
     return 0
+
+
+@routine("tlb_flush", RADIX_TLB_C, symbol="radix__tlb_flush")
+def radix__tlb_flush(cpu: Cpu, tlb: Any) -> Gen:
+    """``radix__tlb_flush()`` (radix_tlb.c:1184, v6.12), for a gather that freed tables.
+
+    Not fullmm, base page size, ``freed_tables``: ``radix__flush_tlb_pwc_range_psize``
+    -> ``__radix__flush_tlb_range_psize(..., also_pwc)`` (:1235). The range spans a
+    PUD, so the whole PID is flushed; ``flush_type_needed`` (:765) makes it local
+    (``_tlbiel_pid``, RIC_FLUSH_ALL) when this CPU is the mm's only one, a
+    broadcast ``tlbie`` otherwise, and nothing when no CPU ever loaded it.
+    """
+    mmu = cpu.m.mmu
+    assert isinstance(mmu, RadixMmu)
+    mm = tlb.mm
+    yield
+    if not mm.cpumask:
+        return
+    mmu.ptesync(cpu)
+    if mm.cpumask == {cpu.n}:
+        for key in [k for k in cpu.tlb if k[0] == mm.context_id]:
+            del cpu.tlb[key]
+    else:
+        mmu.tlbie_pid(cpu, mm.context_id)
+    mmu.ptesync(cpu)

@@ -35,7 +35,7 @@ def test_a_version_of_another_architecture_is_a_one_line_usage_error():
         "kernel version 'v6.12' is a powerpc version; --mmu toymmu (toy) runs: toy-1, toy-2")
     with pytest.raises(UsageError) as info:
         make_model("toy-1", mmu="radix", extra=[toy_arch()])
-    assert str(info.value).endswith("(powerpc) runs: v6.1, next-20221215, v6.2, v6.12")
+    assert str(info.value).endswith("(powerpc) runs: v6.1, next-20221215, v6.2, v6.12-fixed, v6.12")
 
 
 def test_cli_offers_each_mmu_its_own_versions(cli, make_plugin, capsys):
@@ -59,7 +59,7 @@ def test_cli_offers_each_mmu_its_own_versions(cli, make_plugin, capsys):
     capsys.readouterr()
     cli("-p", name, "run", "--help")
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "powerpc: v6.1, next-20221215, v6.2, v6.12; toy: toy-1" in help_text
+    assert "powerpc: v6.1, next-20221215, v6.2, v6.12-fixed, v6.12; toy: toy-1" in help_text
 
 
 def test_a_kthread_operation_runs_without_an_mm_of_its_own():

@@ -117,13 +117,15 @@ SETTINGS = settings(max_examples=150, stateful_step_count=20, deadline=None,
                     report_multiple_bugs=False)
 
 
-@pytest.mark.parametrize("kernel", ["v6.1", "v6.2"])
+#: Not v6.2 or v6.12: their Radix put_patching_mm leaks page tables at CPU offline (a known
+#: finding) where Hash, patching through the alias, does not -- a true difference.
+@pytest.mark.parametrize("kernel", ["v6.1", "v6.12-fixed"])
 def test_radix_and_hash_agree(kernel):
     run_state_machine_as_test(_machines_for(kernel), settings=SETTINGS)
 
 
 def test_a_hash_only_mistake_makes_the_models_disagree():
     """Stale HPTEs, a mistake in the Hash model alone: the differential machine notices."""
-    broken = _machines_for("v6.2", ("fuzzer_plugins.mistakes.hash_no_hpte_flush",))
+    broken = _machines_for("v6.12-fixed", ("fuzzer_plugins.mistakes.hash_no_hpte_flush",))
     with pytest.raises(AssertionError):
         run_state_machine_as_test(broken, settings=SETTINGS)

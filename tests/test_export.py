@@ -100,6 +100,8 @@ def test_checks_follow_the_kind_of_finding():
     lockdep = check_for(Signature("LOCKDEP", "disarm_kprobe", "kernel/locking/lockdep.c:2234"))
     assert "possible circular locking dependency" in lockdep.needles  # lockdep prints no file:line
     assert check_for(Signature("END-STATE", "page-table leak", "")).kind == "counter"
+    leak = load(ROOT / "corpus" / "v6.12-end-state-page-table-memory-freed-9169333d7256.json")
+    assert check_for(leak.expect) == check_for(Signature("END-STATE", "patching mm leak", ""))
 
 
 def test_a_report_json_exports_like_a_corpus_entry(cli, tmp_path):

@@ -70,10 +70,11 @@ def test_a_warn_on_a_null_allocation_is_a_finding_without_fault_injection():
 
 def test_without_fault_injection_the_walk_never_fails_an_allocation():
     model = make_model(config=["CONFIG_FAULT_INJECTION=n"])
+    known = {k.signature for k in model.known}  # v6.12's CPU-offline findings end some walks
     walker = Walker(model, seed=1)
     for _ in range(30):
         m, failure = walker.example()
-        assert failure is None
+        assert failure is None or failure.signature in known, failure
         assert not any(s.action == "fail" for s in m.steps)
     m, _ = replay(model, boot_steps())
     assert not apply_step(m, Step("fail", cpu=1, name="mm_alloc"), strict=False)
@@ -82,11 +83,13 @@ def test_without_fault_injection_the_walk_never_fails_an_allocation():
 @pytest.mark.parametrize(("kernel", "mmu"), [("v6.1", "radix"), ("v6.2", "radix"), ("v6.12", "radix"),
                                              ("v6.2", "hash"), ("v6.12", "hash")])
 def test_walks_that_inject_faults_stay_clean_on_the_released_kernels(kernel, mmu):
-    walker = Walker(make_model(kernel, mmu=mmu), seed=2)
+    model = make_model(kernel, mmu=mmu)
+    known = {k.signature for k in model.known}  # the CPU-offline findings of v6.2 and v6.12
+    walker = Walker(model, seed=2)
     injected = 0
     for _ in range(150):
         m, failure = walker.example()
-        assert failure is None, failure
+        assert failure is None or failure.signature in known, failure
         injected += len(m.state["fault_injection"].injected) if "fault_injection" in m.state else 0
     assert injected > 10
 

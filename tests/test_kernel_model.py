@@ -118,11 +118,17 @@ def test_random_patching_address_is_per_cpu_and_in_bounds():
         assert a % 0x10000 == 0 and 0x10000 <= a <= (1 << 47) - 2 * 0x10000
 
 
-def test_offline_frees_the_patching_mm():
+@pytest.mark.parametrize("kernel", ["v6.2", "v6.12-fixed"])
+def test_offline_frees_the_patching_mm(kernel):
+    """The mm goes at CPU offline; its page tables too only with tlb_finish_mmu (v6.12-fixed):
+    v6.2's put_patching_mm leaks them, a known finding (tests/test_cpu_offline.py)."""
     steps = [*boot_steps(), Step("online", cpu=1), Step("run", cpus=[1] * 20),
              Step("offline", cpu=1), Step("run", cpus=[1] * 20)]
-    m, failure = replay(make_model("v6.2"), steps)
-    assert failure is None
+    m, failure = replay(make_model(kernel), steps)
+    if kernel == "v6.2":
+        assert failure is not None and failure.signature.function == "page-table memory freed"
+    else:
+        assert failure is None
     assert not m.cpus[1].online
     mms = [mm for mm in m.mms.values() if mm.name.startswith("patching_mm")]
     assert len(mms) == 2 and sum(mm.freed for mm in mms) == 1

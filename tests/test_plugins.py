@@ -68,7 +68,7 @@ def test_plugins_listing_shows_hooks_versions_and_mmus(cli):
         plugins["kprobes"][2]
     )
     assert "fuzzer_kernel_versions" in plugins["boot"][2]
-    assert "kernel versions: v6.1, next-20221215, v6.2, v6.12\n" in res.out
+    assert "kernel versions: v6.1, next-20221215, v6.2, v6.12-fixed, v6.12\n" in res.out
     assert "MMUs: hash, radix\n" in res.out
 
 

@@ -114,7 +114,8 @@ def test_migration_moves_the_task_and_leaves_per_cpu_data_with_its_cpu():
     # The routines' `cpu` now names CPU 1; each CPU number keeps its own per-CPU data.
     assert obj.n == 1 and m.cpus[1] is obj and obj.current is task
     assert m.cpus[1].state[CTX] is ctx1 and m.cpus[0].state[CTX] is ctx0
-    assert not m.cpus[0].stack and m.cpus[0].loaded_mm is m.init_mm
+    # CPU 0 goes back to its idle task, which keeps the task's mm loaded lazily (lazy TLB).
+    assert not m.cpus[0].stack and m.cpus[0].current is m.cpus[0].idle_task
     assert m.cpus[1].loaded_mm is task.mm and 1 in task.mm.cpumask
     assert m.steps[-1] == Step("migrate", cpu=0, cpus=[1])
     m.finish()  # the patch runs on CPU 1 with CPU 1's context: clean
@@ -157,7 +158,8 @@ def test_released_versions_are_clean_with_preemption(mmu):
 
 
 def test_walks_migrate_tasks_with_preemption_on():
-    walker = Walker(make_model("v6.12", config=("CONFIG_PREEMPT=y",)), seed=3)
+    # v6.12-fixed: v6.12's known findings (the CPU-offline leak) would end some walks.
+    walker = Walker(make_model("v6.12-fixed", config=("CONFIG_PREEMPT=y",)), seed=3)
     actions: set[str] = set()
     for _ in range(100):
         machine, failure = walker.example()

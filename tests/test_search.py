@@ -33,8 +33,10 @@ def walk_until_failure(model, seed):
 
 
 def test_every_walk_example_replays_from_its_recorded_steps():
-    """An example is a pure function of its steps: a strict replay ends the same way."""
-    model = make_model()
+    """An example is a pure function of its steps: a strict replay ends the same way.
+
+    On v6.12-fixed, so that the examples run clean (v6.12's known findings end them)."""
+    model = make_model("v6.12-fixed")
     walker = Walker(model, seed=5)
     for _ in range(30):
         m, failure = walker.example()
@@ -176,13 +178,15 @@ def test_end_state_is_checked_whenever_the_machine_is_quiescent(monkeypatch):
     monkeypatch.setattr(Machine, "finish", finish)
     model = make_model(plugins=[LEAK])
     early = 0
-    for seed in range(1, 6):
+    # Ten seeds: CPU offline now runs the dying CPU's idle task too, so fewer of the walk's
+    # examples reach a quiescent point before their end (5 of these 10 do).
+    for seed in range(1, 11):
         m, failure = walk_until_failure(model, seed)
         assert failure.kind == "END-STATE" and m.quiescent()
         early += m not in finished  # found before the example's end
         _, again = replay(model, failure.steps)  # replay ends with finish(): the same check
         assert again is not None and again.signature == failure.signature
-    assert early >= 3
+    assert early >= 4
 
 
 @pytest.mark.parametrize("engine", ["walk", "hypothesis"])

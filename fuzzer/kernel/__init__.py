@@ -19,7 +19,7 @@ on the names exported here:
 * code patching: the per-CPU :class:`PatchingContext` (:func:`context`),
   :func:`get_patch_pfn`, :func:`random_patching_addr`, :func:`mm_patch_enabled`,
   :func:`instr_words`, the version tuples (``V61``, ``NEXT``, ``V62``,
-  ``V612``, ``TEMP_MM``, ``SINCE_TEMP_MM``), the cited files (``CP``,
+  ``V612``, ``V612_FIXED``, ``TEMP_MM``, ``SINCE_TEMP_MM``), the cited files (``CP``,
   ``PROCESS_C``) and :func:`line` (a cited line at the running version);
 * bad pointers: :func:`deref` follows a kernel pointer and oopses on NULL or
   a freed object as the kernel would (:class:`fuzzer.KernelOops`);
@@ -69,6 +69,7 @@ from fuzzer.kernel.patching import (
     V61,
     V62,
     V612,
+    V612_FIXED,
     Gen,
     PatchingContext,
     context,
@@ -104,6 +105,7 @@ __all__ = [
     "V61",
     "V62",
     "V612",
+    "V612_FIXED",
     "Gen",
     "Mutex",
     "PatchingContext",

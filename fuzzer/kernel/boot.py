@@ -6,11 +6,13 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig
+from fuzzer._known import KnownFinding
 from fuzzer._mm import SpinLock
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import InterruptSource, Invariant
 from fuzzer.kernel import lockdep
+from fuzzer.kernel.known import known_findings
 from fuzzer.kernel.locking import Mutex, RwSem
 
 if TYPE_CHECKING:
@@ -56,6 +58,12 @@ def dawr_slots(config: KernelConfig) -> int:
 
 
 @hookimpl
+def fuzzer_known_findings(config: RunConfig) -> list[KnownFinding]:
+    """The modelled kernels' own known findings (:mod:`fuzzer.kernel.known`)."""
+    return known_findings()
+
+
+@hookimpl
 def fuzzer_kernel_versions() -> list[KernelVersion]:
     return [
         KernelVersion(
@@ -72,6 +80,12 @@ def fuzzer_kernel_versions() -> list[KernelVersion]:
         KernelVersion(
             "v6.12", 6120, "linux-source-6.12 (6.12.117): patch_mem, patch_instructions;"
             " ftrace patches at boot, before kprobes"
+        ),
+        KernelVersion(
+            # Sorts just before v6.12 so that the released kernel stays the default.
+            "v6.12-fixed", 6119, "v6.12 with the fixes for its two findings: tlb_finish_mmu() in"
+            " put_patching_mm() and 21641bd9a7a7 (lazy TLB off before CPU offline)",
+            based_on="v6.12",
         ),
     ]
 

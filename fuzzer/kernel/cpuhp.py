@@ -6,12 +6,13 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from fuzzer._config import RunConfig
-from fuzzer._errors import ModelLimitation
+from fuzzer._errors import KernelWarning, ModelLimitation
 from fuzzer._machine import CpuhpState
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import Invariant
 from fuzzer.kernel.locking import down_read, down_write, up_read, up_write
+from fuzzer.kernel.patching.common import V612, V612_FIXED
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine
@@ -25,7 +26,9 @@ CPUHP_AP_ONLINE_DYN = 169
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    return [cpuhp_setup_state, cpuhp_bringup_ap, cpuhp_teardown_ap]
+    return [cpuhp_setup_state, cpuhp_bringup_ap, cpuhp_teardown_ap, take_cpu_down, take_cpu_down_fixed,
+            cpu_disable, cleanup_cpu_mmu_context, do_idle, arch_cpu_idle_dead, pnv_cpu_offline_self,
+            idle_task_exit, idle_task_prepare_exit, idle_task_exit_fixed, cpu_die]
 
 
 @hookimpl
@@ -92,8 +95,7 @@ def cpuhp_bringup_ap(cpu: Cpu) -> Gen:
     cpu.irqs_enabled = True
     yield from down_write(cpu, lock)
     cpu.online = True
-    cpu.loaded_mm = m.init_mm
-    m.mmu.switch_context(cpu, m.init_mm)
+    _start_secondary_mm(cpu)
     yield
     ran: list[CpuhpState] = []
     ret = 0
@@ -107,26 +109,212 @@ def cpuhp_bringup_ap(cpu: Cpu) -> Gen:
         for state in reversed(ran):
             if state.teardown is not None:
                 yield from state.teardown(cpu)
+        # The rollback takes the CPU down as an offline does: __cpu_die clears it from
+        # init_mm's cpumask (6.12), so the next bring-up's start_secondary finds it clear.
+        yield from cpu.k.__cpu_die(cpu)
         _dead(cpu)
     yield from up_write(cpu, lock)
     return ret
 
 
+def _start_secondary_mm(cpu: Cpu) -> None:
+    """``start_secondary()`` (arch/powerpc/kernel/smp.c:1624, v6.12): the idle task takes
+    init_mm as its active mm; from 6.12's init_mm accounting on, ``VM_WARN_ON`` that
+    init_mm's cpumask does not have the CPU yet (:1634), then set it (:1635)."""
+    m = cpu.m
+    cpu.idle_task.active_mm = m.init_mm
+    if m.run.arch == "powerpc" and m.version.is_(*V612):
+        if cpu.n in m.init_mm.cpumask and m.config.enabled("CONFIG_DEBUG_VM"):
+            raise KernelWarning("arch/powerpc/kernel/smp.c:1634", function="start_secondary",
+                                detail=f"CPU {cpu.n} is already in init_mm's mm_cpumask")
+        m.init_mm.cpumask.add(cpu.n)
+    cpu.loaded_mm = m.init_mm
+    m.mmu.switch_context(cpu, m.init_mm)
+
+
+@hookimpl
+def fuzzer_machine_setup(machine: Machine) -> None:
+    # setup_arch (arch/powerpc/kernel/setup-common.c:986, v6.12): the boot CPU in
+    # init_mm's cpumask before anything runs. Older kernels set it lazily, at the
+    # first switch_mm_irqs_off to init_mm.
+    if machine.run.arch == "powerpc" and machine.version.is_(*V612):
+        machine.init_mm.cpumask.add(0)
+
+
 @routine("cpuhp_teardown_ap", "kernel/cpu.c", symbol="cpuhp_thread_fun")
 def cpuhp_teardown_ap(cpu: Cpu) -> Gen:
-    """Take ``cpu`` offline (kernel/cpu.c ``_cpu_down``): teardown callbacks, in reverse.
+    """Take ``cpu`` offline (kernel/cpu.c ``_cpu_down`` -> ``takedown_cpu``, :1295 v6.12).
 
-    AP_ONLINE_DYN teardowns run on the outgoing CPU in its hotplug thread,
-    under ``cpus_write_lock``; then the CPU dies and its TLB is gone.
+    AP_ONLINE_DYN teardowns run on the outgoing CPU in its hotplug thread, a
+    kernel thread that borrows the mm the CPU had loaded (lazy TLB), under
+    ``cpus_write_lock``. Then the stopper runs ``take_cpu_down`` there, and
+    the CPU's idle task dies (``do_idle`` -> ``arch_cpu_idle_dead``): on
+    powerpc the activation hands the CPU to its idle task for that; the lock
+    is released when the CPU is dead, as the control side does after
+    ``__cpu_die``.
     """
     m = cpu.m
     lock = m.state["cpu_hotplug_lock"]
+    cpu.current.active_mm = cpu.loaded_mm  # context_switch: a kthread borrows the mm
+    _woken_by_ipi(cpu)
     yield from down_write(cpu, lock)
     for state in reversed(m.cpuhp_states):
         if state.teardown is not None:
             yield from state.teardown(cpu)
+    if m.run.arch != "powerpc":
+        _dead(cpu)
+        yield from up_write(cpu, lock)
+        return
+    yield from cpu.k.take_cpu_down(cpu)
+    _become_idle(cpu, _idle_dies(cpu))
+    yield  # the idle task runs from here
+
+
+def _woken_by_ipi(cpu: Cpu) -> None:
+    """The control CPU wakes this CPU's hotplug thread (``cpuhp_kick_ap``) and its stopper
+    (``stop_machine_cpuslocked``) with an IPI: the interrupt is context synchronising."""
+    cpu.m.mmu.isync(cpu)
+
+
+def _become_idle(cpu: Cpu, gen: Gen) -> None:
+    """The hotplug thread's work is done and the CPU switches to its idle task: the
+    activation continues as the idle task running ``gen`` (the thread never runs again
+    on this CPU; its frames would only clutter the idle task's call trace)."""
+    act = cpu.stack[-1]
+    idle = cpu.idle_task
+    idle.active_mm = act.task.active_mm  # kernel thread -> kernel thread: lazy mm passed on
+    act.task, act.gen, act.label = idle, gen, "do_idle"
+
+
+def _idle_dies(cpu: Cpu) -> Gen:
+    """The idle task of a CPU going offline, then the control CPU's ``__cpu_die`` and
+    ``finish_cpu`` (kernel/cpu.c:1337, :902), and ``cpus_write_unlock``."""
+    m = cpu.m
+    yield from cpu.k.do_idle(cpu)
+    yield from cpu.k.__cpu_die(cpu)
     _dead(cpu)
-    yield from up_write(cpu, lock)
+    cpu.idle_task.active_mm = m.init_mm  # finish_cpu: idle->active_mm = &init_mm
+    yield from up_write(cpu, m.state["cpu_hotplug_lock"])
+
+
+@routine("take_cpu_down", "kernel/cpu.c")
+def take_cpu_down(cpu: Cpu) -> Gen:
+    """``take_cpu_down()`` (kernel/cpu.c:1268, v6.12) on the stopper thread, IRQs off:
+    ``__cpu_disable()`` (:1275)."""
+    _woken_by_ipi(cpu)
+    cpu.irqs_enabled = False
+    yield
+    yield from cpu.k.__cpu_disable(cpu)
+
+
+@routine("take_cpu_down", "kernel/cpu.c", versions=V612_FIXED)
+def take_cpu_down_fixed(cpu: Cpu) -> Gen:
+    """``take_cpu_down()`` with 21641bd9a7a7 ("lazy tlb: fix hotplug exit race with
+    MMU_LAZY_TLB_SHOOTDOWN"): ``idle_task_prepare_exit()`` first, switching away from
+    the lazy mm while this CPU is still in its ``mm_cpumask``; then as before."""
+    _woken_by_ipi(cpu)
+    cpu.irqs_enabled = False
+    yield
+    yield from cpu.k.idle_task_prepare_exit(cpu)
+    yield from cpu.k.__cpu_disable(cpu)
+
+
+@routine("__cpu_disable", "arch/powerpc/kernel/smp.c", symbol="pnv_smp_cpu_disable")
+def cpu_disable(cpu: Cpu) -> Gen:
+    """``__cpu_disable()`` (arch/powerpc/kernel/smp.c:1763) -> ``pnv_smp_cpu_disable()``
+    (platforms/powernv/smp.c:130, v6.12): ``set_cpu_online(cpu, false)`` (:138), then
+    ``cleanup_cpu_mmu_context()`` (:147)."""
+    cpu.online = False
+    yield
+    yield from cpu.k.cleanup_cpu_mmu_context(cpu)
+
+
+@routine("cleanup_cpu_mmu_context", "arch/powerpc/mm/book3s64/mmu_context.c")
+def cleanup_cpu_mmu_context(cpu: Cpu) -> Gen:
+    """``cleanup_cpu_mmu_context()`` (book3s64/mmu_context.c:340, v6.12; also v6.1):
+    ``clear_tasks_mm_cpumask(cpu)`` (kernel/cpu.c:1238) clears this CPU from the
+    ``mm_cpumask`` of every process's mm (``arch_clear_mm_cpumask_cpu``) -- including
+    the one this CPU may still be using lazily -- then ``tlbiel_all()``."""
+    yield
+    for mm in cpu.m.mms.values():
+        if not (mm.is_init or mm.is_patching or mm.freed):
+            mm.cpumask.discard(cpu.n)
+    cpu.tlb.clear()
+
+
+@routine("do_idle", "kernel/sched/idle.c")
+def do_idle(cpu: Cpu) -> Gen:
+    """``do_idle()`` (kernel/sched/idle.c:328-330, v6.12) on an offline CPU:
+    ``cpuhp_report_idle_dead()``, then ``arch_cpu_idle_dead()``."""
+    yield
+    yield from cpu.k.arch_cpu_idle_dead(cpu)
+
+
+@routine("arch_cpu_idle_dead", "arch/powerpc/kernel/smp.c")
+def arch_cpu_idle_dead(cpu: Cpu) -> Gen:
+    """``arch_cpu_idle_dead()`` (arch/powerpc/kernel/smp.c:1797, v6.12):
+    ``smp_ops->cpu_offline_self()`` -- ``pnv_cpu_offline_self`` on powernv."""
+    yield from cpu.k.pnv_cpu_offline_self(cpu)
+
+
+@routine("pnv_cpu_offline_self", "arch/powerpc/platforms/powernv/smp.c")
+def pnv_cpu_offline_self(cpu: Cpu) -> Gen:
+    """``pnv_cpu_offline_self()`` (platforms/powernv/smp.c:164, v6.12): ``idle_task_exit()``
+    (:172), then ``generic_set_cpu_dead`` (:175) and the CPU stops."""
+    yield from cpu.k.idle_task_exit(cpu)
+    yield
+
+
+@routine("idle_task_exit", "kernel/sched/core.c")
+def idle_task_exit(cpu: Cpu) -> Gen:
+    """``idle_task_exit()`` (kernel/sched/core.c:7904, v6.12; the same in v6.1): if the idle
+    task's ``active_mm`` is not init_mm (a lazily borrowed process mm),
+    ``switch_mm(mm, &init_mm, current)`` -- ``switch_mm_irqs_off`` with IRQs off."""
+    m = cpu.m
+    mm = cpu.current.active_mm
+    yield
+    if mm is not None and mm is not m.init_mm:
+        yield from cpu.k.switch_mm_irqs_off(cpu, mm, m.init_mm)
+
+
+@routine("idle_task_prepare_exit", "kernel/sched/core.c", versions=V612_FIXED)
+def idle_task_prepare_exit(cpu: Cpu) -> Gen:
+    """``idle_task_prepare_exit()`` (kernel/sched/core.c, 21641bd9a7a7), from
+    ``take_cpu_down``: switch the current (stopper) thread's lazy mm to init_mm
+    (``switch_mm_irqs_off``) before ``__cpu_disable``; the idle task then inherits init_mm."""
+    m = cpu.m
+    mm = cpu.current.active_mm
+    yield
+    if mm is not None and mm is not m.init_mm:
+        cpu.current.active_mm = m.init_mm
+        yield from cpu.k.switch_mm_irqs_off(cpu, mm, m.init_mm)
+
+
+@routine("idle_task_exit", "kernel/sched/core.c", versions=V612_FIXED)
+def idle_task_exit_fixed(cpu: Cpu) -> Gen:
+    """``idle_task_exit()`` with 21641bd9a7a7: only ``WARN_ON_ONCE(current->active_mm !=
+    &init_mm)`` -- ``idle_task_prepare_exit`` already switched."""
+    yield
+    if cpu.current.active_mm is not cpu.m.init_mm:
+        raise KernelWarning("kernel/sched/core.c", function="idle_task_exit",
+                            detail="the idle task of a dying CPU still has a lazy mm")
+
+
+@routine("__cpu_die", "arch/powerpc/kernel/smp.c")
+def cpu_die(cpu: Cpu) -> Gen:
+    """``__cpu_die()`` (arch/powerpc/kernel/smp.c:1783, v6.12), on the control CPU once the
+    AP reported dead: ``VM_WARN_ON_ONCE`` that init_mm's cpumask has the CPU (:1789),
+    then clear it (:1791). Before 6.12's init_mm accounting (v6.1, v6.2) it does not
+    touch init_mm. The model runs it after the AP's ``idle_task_exit``: the window where
+    the control CPU gets there first is not modelled."""
+    m = cpu.m
+    yield
+    if not m.version.is_(*V612):
+        return
+    if cpu.n not in m.init_mm.cpumask and m.config.enabled("CONFIG_DEBUG_VM"):
+        raise KernelWarning("arch/powerpc/kernel/smp.c:1789", function="__cpu_die",
+                            detail=f"CPU {cpu.n} is not in init_mm's mm_cpumask")
+    m.init_mm.cpumask.discard(cpu.n)
 
 
 def _dead(cpu: Cpu) -> None:

@@ -13,16 +13,18 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer._config import RunConfig
-from fuzzer._errors import KernelBug, KernelWarning
+from fuzzer._errors import KernelBug, KernelWarning, ModelLimitation
 from fuzzer._mm import MM, PTLOCK_CLASS, Pte, PtePage, PtePtr, SpinLock, Table
 from fuzzer._oops import deref, kernel_struct
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
+from fuzzer._specs import Invariant
+from fuzzer.kernel import pgalloc
 from fuzzer.kernel.faults import should_fail
 from fuzzer.kernel.locking import might_sleep, spin_lock, spin_unlock
 
 if TYPE_CHECKING:
-    from fuzzer._machine import Cpu
+    from fuzzer._machine import Cpu, Machine
 
 Gen = Generator[Any, None, Any]
 PGTABLE_C = "arch/powerpc/mm/pgtable.c"
@@ -42,7 +44,8 @@ ASSERT_PTE_LOCKED_LINES_612 = {"pgd": 387, "pud": 391, "pmd_present": 402, "lock
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    generic = [mm_alloc, mmput, get_locked_pte, pte_unmap_unlock, free_pgd_range, get_vm_area, free_vm_area]
+    generic = [mm_alloc, mmput, get_locked_pte, pte_unmap_unlock, free_pgd_range, get_vm_area, free_vm_area,
+               tlb_gather_mmu, tlb_remove_table, tlb_flush_mmu, tlb_finish_mmu]
     if config.arch != "powerpc":
         return generic  # another architecture brings its own PTE accessors and switch_mm
     return [
@@ -53,26 +56,45 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
         assert_pte_locked,
         assert_pte_locked_612,
         switch_mm_irqs_off,
+        switch_mm_irqs_off_612,
         virt_to_kpte,
     ]
+
+
+@hookimpl
+def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
+    return [Invariant("page-table memory freed", pgalloc.leaked, when="end",
+                      doc="a freed mm leaves no page-table page, PUD object or mmu_gather batch"
+                          " page behind (after RCU)")]
 
 
 @routine("mm_alloc", "kernel/fork.c")
 def mm_alloc(cpu: Cpu, name: str = "patching_mm") -> Gen:
     """``mm_alloc()`` (kernel/fork.c, v6.1-v6.12): a fresh mm with an empty pgd, GFP_KERNEL.
 
-    ``name`` only labels it in reports (x86's ``poking_mm``). NULL when fault
-    injection fails its ``allocate_mm`` (site ``mm_alloc``)."""
+    ``mm_init`` -> ``mm_alloc_pgd`` -> ``pgd_alloc`` (book3s/64/pgalloc.h:48):
+    the PGD is recorded in the page-table ledger. ``name`` only labels it in
+    reports (x86's ``poking_mm``). NULL when fault injection fails its
+    ``allocate_mm`` (site ``mm_alloc``), before any PGD is allocated."""
     might_sleep(cpu, "mm/slab.h:723")
     yield
     if should_fail(cpu, "mm_alloc"):
         return None
-    return cpu.m.new_mm(name)
+    mm = cpu.m.new_mm(name)
+    mm.pgd.desc = pgalloc.whole_alloc(cpu.m, mm, "pgd")
+    return mm
 
 
 @routine("mmput", "kernel/fork.c")
 def mmput(cpu: Cpu, mm: MM) -> Gen:
-    """``mmput()`` (kernel/fork.c): the last user frees the page tables and the mm.
+    """``mmput()`` (kernel/fork.c:1368 v6.12): the last user runs ``__mmput`` and ``mmdrop``.
+
+    ``exit_mmap`` frees the tables under the mm's VMAs (a patching mm has none:
+    its tables must already be gone, through ``free_pgd_range``; another mm's
+    linked tables stand for VMA-backed ones and are freed here); ``__mmdrop``
+    (fork.c:930) frees the PGD (``mm_free_pgd``), drops the fragments the mm
+    still caches (``destroy_context``) and frees the mm. Tables still linked
+    in a patching mm are never freed, as in the kernel.
 
     ``atomic_dec_and_test(&mm->mm_users)`` on a NULL or already freed mm oopses.
     """
@@ -81,9 +103,14 @@ def mmput(cpu: Cpu, mm: MM) -> Gen:
     mm.users -= 1
     yield
     if mm.users == 0:
-        for page in mm.pte_pages():
-            page.freed = True
-        _free_tables(mm.pgd)
+        if not mm.is_patching:
+            for page in mm.pte_pages():
+                page.freed = True
+            _free_tables(mm.pgd)
+        m = cpu.m
+        if mm.pgd.desc is not None:
+            pgalloc.pgtable_free_whole(m, mm.pgd.desc)
+        pgalloc.destroy_pagetable_cache(m, mm)
         mm.freed = True
 
 
@@ -140,10 +167,26 @@ def pte_alloc(cpu: Cpu, mm: MM, addr: int) -> Gen:
             else:
                 nxt = PtePage(SpinLock(f"ptl({mm.name}, {addr >> mm.geometry.shifts[2]:#x})",
                                        PTLOCK_CLASS))
+            nxt.desc = _table_alloc(cpu.m, mm, level)
             node.entries[idx[level]] = nxt
         node = nxt
     assert isinstance(node, PtePage)
     return PtePtr(node, idx[3], mm, addr)
+
+
+#: The table each level of the walk allocates: ``pud_alloc_one``, ``pmd_alloc_one``
+#: (``pmd_fragment_alloc``), ``pte_alloc_one`` (``pte_fragment_alloc``).
+_LEVEL_KIND = ("pud", "pmd", "pte")
+
+
+def _table_alloc(m: Machine, mm: MM, level: int) -> pgalloc.PgtablePage:
+    """Record a new table's memory and ``mm_inc_nr_ptes``/``pmds``/``puds``."""
+    kind = _LEVEL_KIND[level]
+    led = pgalloc.ledger(m)
+    led.pgtables_bytes[id(mm)] = led.pgtables_bytes.get(id(mm), 0) + 1
+    if kind == "pud":
+        return pgalloc.whole_alloc(m, mm, kind)
+    return pgalloc.fragment_alloc(m, mm, kind)
 
 
 @routine("pte_unmap_unlock", "include/linux/mm.h", inlined=True)
@@ -242,34 +285,189 @@ def _assert_pte_locked(cpu: Cpu, mm: MM, addr: int, lines: dict[str, int], no_ta
         )
 
 
-@routine("free_pgd_range", "mm/memory.c")
-def free_pgd_range(cpu: Cpu, mm: MM, addr: int, end: int) -> Gen:
-    """``free_pgd_range(tlb, addr, end, 0, 0)`` (mm/memory.c): free the tables of [addr, end).
+# ---------------------------------------------------------------------------
+# Freeing page tables: free_pgd_range into an mmu_gather (MMU_GATHER_RCU_TABLE_FREE)
+# ---------------------------------------------------------------------------
 
-    With floor and ceiling 0 every table level that maps only this range is
-    freed: for the patching mm, whose only mapping is the patching page, that
-    is the PTE, PMD and PUD pages on the way to it. ``pgd_offset(tlb->mm, addr)``
-    follows the mm: NULL or freed oopses.
+MMU_GATHER_C = "mm/mmu_gather.c"
+
+
+@attrs.define(eq=False)
+class TableBatch:
+    """``struct mmu_table_batch`` (asm-generic/tlb.h:200): one page of tables waiting to be freed."""
+
+    page: pgalloc.PgtablePage
+    tables: list[Table | PtePage] = attrs.Factory(list)
+
+
+@attrs.define(eq=False)
+class MmuGather:
+    """``struct mmu_gather`` (include/asm-generic/tlb.h), as powerpc builds it:
+    MMU_GATHER_RCU_TABLE_FREE, so freed tables go to a batch freed after RCU.
+
+    It lives on its caller's stack: a gather nobody finishes takes its batch
+    page and every table in it with it.
     """
+
+    mm: MM
+    fullmm: bool = False
+    freed_tables: bool = False
+    """Set by ``p*_free_tlb``: the flush must also invalidate page-walk caches."""
+    batch: TableBatch | None = None
+    """``tlb->batch``: tables queued for an RCU-deferred free, or None."""
+
+
+def max_table_batch(m: Machine) -> int:
+    """``MAX_TABLE_BATCH`` (asm-generic/tlb.h:208): (PAGE_SIZE - header) / sizeof(void *)."""
+    return (m.run.page_size - 24) // 8
+
+
+@routine("tlb_gather_mmu", MMU_GATHER_C)
+def tlb_gather_mmu(cpu: Cpu, mm: MM) -> Gen:
+    """``tlb_gather_mmu()`` -> ``__tlb_gather_mmu()`` (mm/mmu_gather.c:411/377, v6.12;
+    the same shape since 6.1): no batch yet (``tlb_table_init``), an empty range,
+    ``inc_tlb_flush_pending(mm)``."""
+    yield from ()
+    return MmuGather(mm)
+
+
+@routine("free_pgd_range", "mm/memory.c")
+def free_pgd_range(cpu: Cpu, tlb: MmuGather, addr: int, end: int, floor: int = 0,
+                   ceiling: int = 0) -> Gen:
+    """``free_pgd_range(tlb, addr, end, floor, ceiling)`` (mm/memory.c:303, v6.12; :292-348 v6.1).
+
+    With floor and ceiling 0 (code patching's only call) every level on the
+    way to ``[addr, end)`` is freed whatever else it maps: ``free_pte_range``
+    (:190) clears the pmd entry, ``pte_free_tlb`` and ``mm_dec_nr_ptes``;
+    ``free_pmd_range`` (:199) clears the pud entry, ``pmd_free_tlb``,
+    ``mm_dec_nr_pmds``; ``free_pud_range`` (:233) clears the p4d (= pgd, folded)
+    entry, ``pud_free_tlb``, ``mm_dec_nr_puds``. Each ``p*_free_tlb`` sets
+    ``tlb->freed_tables`` and hands the table to ``tlb_remove_table``: nothing
+    is freed here. The model handles one PMD's range (a single page here).
+    """
+    mm = deref(tlb.mm, "struct mm_struct", member="pgd")  # pgd_offset(tlb->mm, addr)
+    geo = mm.geometry
+    if floor or ceiling or (addr >> geo.shifts[2]) != ((end - 1) >> geo.shifts[2]):
+        raise ModelLimitation("free_pgd_range beyond one PMD range or with a floor/ceiling")
     yield
-    mm = deref(mm, "struct mm_struct", member="pgd")
-    idx = mm.geometry.indices(addr)
-    path: list[tuple[Table, int]] = []
-    node: Table | PtePage = mm.pgd
-    for level in range(3):
-        assert isinstance(node, Table)
-        nxt = node.entries.get(idx[level])
-        if nxt is None:
+    idx = geo.indices(addr)
+    pud = mm.pgd.entries.get(idx[0])
+    if pud is None:
+        return
+    assert isinstance(pud, Table)
+    pmd = pud.entries.get(idx[1])
+    if pmd is not None:
+        assert isinstance(pmd, Table)
+        pte = pmd.entries.pop(idx[2], None)
+        if pte is not None:
+            yield from _free_table_tlb(cpu, tlb, pte)
+        pud.entries.pop(idx[1])
+        yield from _free_table_tlb(cpu, tlb, pmd)
+    mm.pgd.entries.pop(idx[0])
+    yield from _free_table_tlb(cpu, tlb, pud)
+
+
+def _free_table_tlb(cpu: Cpu, tlb: MmuGather, table: Table | PtePage) -> Gen:
+    """``pte_free_tlb``/``pmd_free_tlb``/``pud_free_tlb`` (asm-generic/tlb.h:717-741) ->
+    ``__p*_free_tlb`` -> ``pgtable_free_tlb`` (book3s64/pgtable.c:495), then
+    ``mm_dec_nr_*``: the mm's ``pgtables_bytes`` drops now, the memory later."""
+    tlb.freed_tables = True
+    yield from cpu.k.tlb_remove_table(cpu, tlb, table)
+    led = pgalloc.ledger(cpu.m)
+    led.pgtables_bytes[id(tlb.mm)] = led.pgtables_bytes.get(id(tlb.mm), 0) - 1
+
+
+@routine("tlb_remove_table", MMU_GATHER_C)
+def tlb_remove_table(cpu: Cpu, tlb: MmuGather, table: Table | PtePage) -> Gen:
+    """``tlb_remove_table()`` (mm/mmu_gather.c:332, v6.12).
+
+    The first table takes a batch page (``__get_free_page(GFP_NOWAIT)``,
+    :337); if there is none, invalidate (``tlb_table_invalidate``) and free
+    this table at once after an IPI to every CPU (``tlb_remove_table_one``,
+    :315). Else queue it; a full batch is flushed (``tlb_table_flush``, :347).
+    """
+    m = cpu.m
+    if tlb.batch is None:
+        yield  # the page allocation (GFP_NOWAIT: never sleeps)
+        if _nowait_alloc_fails(m):
+            yield from _tlb_table_invalidate(cpu, tlb)
+            yield  # tlb_remove_table_sync_one: smp_call_function(..., wait=1)
+            _tlb_remove_table(m, table)
             return
-        path.append((node, idx[level]))
-        node = nxt
-    assert isinstance(node, PtePage)
-    node.freed = True
-    for parent, i in reversed(path):
-        child = parent.entries.pop(i)
-        child.freed = True
-        if parent.entries or parent is mm.pgd:
-            break
+        tlb.batch = TableBatch(pgalloc.whole_alloc(m, tlb.mm, "batch"))
+    tlb.batch.tables.append(table)
+    if len(tlb.batch.tables) == max_table_batch(m):
+        yield from _tlb_table_flush(cpu, tlb)
+
+
+def _nowait_alloc_fails(m: Machine) -> bool:
+    """Whether this GFP_NOWAIT page allocation fails: only when a fault-injection
+    plugin says so through ``machine.state["fail_nowait_page"]`` (a count of
+    allocations to fail)."""
+    left = m.state.get("fail_nowait_page", 0)
+    if left:
+        m.state["fail_nowait_page"] = left - 1
+        return True
+    return False
+
+
+def _tlb_remove_table(m: Machine, table: Table | PtePage) -> None:
+    """``__tlb_remove_table()`` (book3s64/pgtable.c:504) -> ``pgtable_free()``: the table's
+    fragment (or PUD object) goes back; its page goes with its last fragment."""
+    table.freed = True
+    if table.desc is not None:
+        pgalloc.pgtable_free(m, table.desc)
+
+
+def _tlb_table_invalidate(cpu: Cpu, tlb: MmuGather) -> Gen:
+    """``tlb_table_invalidate()`` (mm/mmu_gather.c:303): ``tlb_flush_mmu_tlbonly`` when
+    ``tlb_needs_table_invalidate()`` -- ``radix_enabled()`` on powerpc (asm/tlb.h:38)."""
+    if cpu.m.mmu.radix:
+        yield from _tlb_flush_mmu_tlbonly(cpu, tlb)
+
+
+def _tlb_flush_mmu_tlbonly(cpu: Cpu, tlb: MmuGather) -> Gen:
+    """``tlb_flush_mmu_tlbonly()`` (asm-generic/tlb.h:471): the arch ``tlb_flush`` if the
+    gather freed or cleared anything, then an empty range."""
+    if not tlb.freed_tables:
+        return
+    yield from cpu.k.tlb_flush(cpu, tlb)
+    tlb.freed_tables = False
+
+
+def _tlb_table_flush(cpu: Cpu, tlb: MmuGather) -> Gen:
+    """``tlb_table_flush()`` (mm/mmu_gather.c:321): invalidate, then ``call_rcu`` the batch
+    (``tlb_remove_table_free``, :286): its tables and its page are freed after a grace
+    period (``__tlb_remove_table_free``, :223)."""
+    batch = tlb.batch
+    if batch is None:
+        return
+    yield from _tlb_table_invalidate(cpu, tlb)
+    m = cpu.m
+
+    def free_batch() -> None:
+        for table in batch.tables:
+            _tlb_remove_table(m, table)
+        pgalloc.pgtable_free(m, batch.page)
+
+    pgalloc.call_rcu(m, free_batch)
+    tlb.batch = None
+
+
+@routine("tlb_flush_mmu", MMU_GATHER_C)
+def tlb_flush_mmu(cpu: Cpu, tlb: MmuGather) -> Gen:
+    """``tlb_flush_mmu()`` (mm/mmu_gather.c:371): ``tlb_flush_mmu_tlbonly`` then
+    ``tlb_flush_mmu_free`` -> ``tlb_table_flush`` (no page batches: nothing is unmapped)."""
+    yield from _tlb_flush_mmu_tlbonly(cpu, tlb)
+    yield from _tlb_table_flush(cpu, tlb)
+
+
+@routine("tlb_finish_mmu", MMU_GATHER_C)
+def tlb_finish_mmu(cpu: Cpu, tlb: MmuGather) -> Gen:
+    """``tlb_finish_mmu()`` (mm/mmu_gather.c:464, v6.12): ``tlb_flush_mmu`` (no nested
+    flush is modelled: one gather per mm at a time), free the page batches,
+    ``dec_tlb_flush_pending``."""
+    yield from cpu.k.tlb_flush_mmu(cpu, tlb)
 
 
 @routine("switch_mm_irqs_off", "arch/powerpc/mm/mmu_context.c")
@@ -289,6 +487,39 @@ def switch_mm_irqs_off(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
         return
     yield from cpu.k.switch_mmu_context(cpu, prev, next_mm)
     cpu.loaded_mm = next_mm
+
+
+MMU_CONTEXT_C = "arch/powerpc/mm/mmu_context.c"
+
+
+@routine("switch_mm_irqs_off", MMU_CONTEXT_C, versions=("v6.12",))
+def switch_mm_irqs_off_612(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
+    """``switch_mm_irqs_off()`` (arch/powerpc/mm/mmu_context.c:43, v6.12).
+
+    As before, with the two ``VM_WARN_ON_ONCE`` checks of 177255afb405 ("powerpc:
+    Add mm_cpumask warning when context switching", after v6.2), live under
+    CONFIG_DEBUG_VM: adding this CPU to ``mm_cpumask(next)`` must never be
+    needed for init_mm (:51; init_mm's mask is kept at boot, CPU online and
+    ``__cpu_die``), and after ``switch_mmu_context`` the CPU must still be in
+    ``mm_cpumask(prev)`` (:106) -- which ``cleanup_cpu_mmu_context`` breaks for
+    a lazily used mm when a CPU goes offline (fixed by 21641bd9a7a7).
+    """
+    next_mm = deref(next_mm, "struct mm_struct", member="cpu_bitmap")
+    debug_vm = cpu.m.config.enabled("CONFIG_DEBUG_VM")
+    if cpu.n not in next_mm.cpumask:
+        if debug_vm and next_mm.is_init:
+            raise KernelWarning(f"{MMU_CONTEXT_C}:51", function="switch_mm_irqs_off",
+                                detail=f"CPU {cpu.n} was not in init_mm's mm_cpumask")
+        next_mm.cpumask.add(cpu.n)
+    yield
+    if prev is next_mm:
+        return
+    yield from cpu.k.switch_mmu_context(cpu, prev, next_mm)
+    cpu.loaded_mm = next_mm
+    if debug_vm and prev is not None and cpu.n not in prev.cpumask:
+        raise KernelWarning(f"{MMU_CONTEXT_C}:106", function="switch_mm_irqs_off",
+                            detail=f"CPU {cpu.n} is not in mm_cpumask({prev.name}) of the mm it"
+                                   " switched away from")
 
 
 @kernel_struct("struct vm_struct")

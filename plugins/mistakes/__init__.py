@@ -29,4 +29,6 @@ MISTAKES = (
     "disarm_lock_order",
     "enomem_leaks_mm",
     "pmi_locks_user_pte",
+    "finish_gather_early",
+    "lazy_switch_after_disable",
 )

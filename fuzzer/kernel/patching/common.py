@@ -24,6 +24,9 @@ V61 = ("v6.1",)
 NEXT = ("next-20221215",)
 V62 = ("v6.2",)
 V612 = ("v6.12",)
+#: v6.12 with the fixes of the model's findings on it: ``tlb_finish_mmu()`` in
+#: ``put_patching_mm()`` and 21641bd9a7a7 (lazy TLB switched off before the CPU goes).
+V612_FIXED = ("v6.12-fixed",)
 TEMP_MM = NEXT + V62
 #: Routines unchanged from the temp-mm series to 6.12.
 SINCE_TEMP_MM = NEXT + V62 + V612

@@ -24,6 +24,7 @@ from fuzzer.kernel.patching.common import (
     TEMP_MM,
     V62,
     V612,
+    V612_FIXED,
     Gen,
     context,
     get_patch_pfn,
@@ -161,9 +162,32 @@ def text_area_cpu_down_mm(cpu: Cpu) -> Gen:
 
 @routine("put_patching_mm", CP, versions=SINCE_TEMP_MM, inlined=True)
 def put_patching_mm(cpu: Cpu, mm: MM, addr: int) -> Gen:
-    """``put_patching_mm()`` (code-patching.c:139): free_pgd_range of the one page, mmput."""
-    yield from cpu.k.free_pgd_range(cpu, mm, addr, addr + cpu.m.run.page_size)
-    yield from cpu.k.mmput(cpu, mm)
+    """``put_patching_mm()`` (code-patching.c:139-146 next-20221215 and v6.2, :142-149 v6.12).
+
+    ``tlb_gather_mmu`` (:143 / :146), ``free_pgd_range`` of the one page
+    (:144 / :147), ``mmput`` (:145 / :148) -- and no ``tlb_finish_mmu``: the
+    gather dies on the stack with its batch, so the PTE, PMD and PUD tables
+    ``free_pgd_range`` handed to ``tlb_remove_table``, and the batch page,
+    are never freed. A real 6.12.117 powernv kernel leaks 128 kB of
+    ``PageTables`` (two 64K fragment pages) per CPU offline/online cycle.
+    """
+    k = cpu.k
+    tlb = yield from k.tlb_gather_mmu(cpu, mm)
+    yield from k.free_pgd_range(cpu, tlb, addr, addr + cpu.m.run.page_size)
+    yield from k.mmput(cpu, mm)
+
+
+@routine("put_patching_mm", CP, versions=V612_FIXED, inlined=True)
+def put_patching_mm_fixed(cpu: Cpu, mm: MM, addr: int) -> Gen:
+    """``put_patching_mm()`` with the one-line fix: ``tlb_finish_mmu(&tlb)`` after
+    ``free_pgd_range`` (before ``mmput``, code-patching.c:148 in v6.12), as in
+    cpuhp-leak-fix.patch; the real kernel's page-table counters then stay flat."""
+    k = cpu.k
+    tlb = yield from k.tlb_gather_mmu(cpu, mm)
+    yield from k.free_pgd_range(cpu, tlb, addr, addr + cpu.m.run.page_size)
+    yield from k.tlb_finish_mmu(cpu, tlb)
+    yield from k.mmput(cpu, mm)
+
 
 @routine("patch_instruction", CP, versions=TEMP_MM)
 def patch_instruction(cpu: Cpu, addr: int, instr: int) -> Gen:

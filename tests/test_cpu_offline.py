@@ -1,0 +1,175 @@
+"""CPU offline as the kernel does it: page tables freed through mmu_gather, lazy TLB at exit.
+
+Ground truth: real 6.12.117 powernv boots cycling CPU 1 offline/online
+(shared/reference/real-boots/): without ``tlb_finish_mmu()`` in
+``put_patching_mm()`` PageTables grows by 128 kB (two 64K pages) and the
+pgtable-2^9 cache by one object per cycle; with it, flat. 3 of 4 of those
+boots also warn at arch/powerpc/mm/mmu_context.c:106 from idle_task_exit.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+
+import pytest
+
+from fuzzer import Step
+from fuzzer._cli import main
+from fuzzer.kernel import pgalloc
+from fuzzer.kernel.known import known_findings
+from fuzzer.testing import plugin_module
+
+from modelkit import boot_steps, make_model, replay
+
+#: The real 6.12 warning's call chain, innermost first (realkernel-6.12-cpuhp-leak.log).
+REAL_WARN_CHAIN = ["switch_mm_irqs_off", "idle_task_exit", "pnv_cpu_offline_self",
+                   "arch_cpu_idle_dead", "do_idle"]
+LEAK = ("END-STATE", "page-table memory freed")
+WARN_106 = ("WARNING", "switch_mm_irqs_off", "arch/powerpc/mm/mmu_context.c:106")
+
+
+def cycles(n: int, *, user_op: bool = False) -> list[Step]:
+    steps = list(boot_steps())
+    for _ in range(n):
+        steps += [Step("online", cpu=1), Step("run", cpus=[1] * 200)]
+        if user_op:
+            steps += [Step("start", cpu=1, name="jump_label.toggle", args={"key": 0}),
+                      Step("run", cpus=[1] * 300)]
+        steps += [Step("offline", cpu=1), Step("run", cpus=[1] * 200)]
+    return steps
+
+
+def counters(kernel: str, n: int, mmu: str = "radix", config: tuple[str, ...] = ()) -> tuple:
+    """(failure signature or None, NR_PAGETABLE, live PUDs, live batch pages) after n cycles."""
+    m, failure = replay(make_model(kernel, mmu=mmu, config=list(config)), cycles(n))
+    led = pgalloc.ledger(m)
+    pgalloc.rcu_barrier(m)
+    live = {k: sum(1 for p in led.pages if p.kind == k and not p.freed) for k in ("pud", "batch")}
+    sig = None if failure is None else (failure.signature.kind, failure.signature.function)
+    return sig, led.nr_page_table_pages, live["pud"], live["batch"]
+
+
+def test_offline_cycles_leak_as_the_real_612_boot():
+    """+2 NR_PAGETABLE pages (PTE and PMD fragment pages: 128 kB at 64K) and +1 PUD
+    object per cycle, as realkernel-6.12-cpuhp-leak.log; plus the batch page."""
+    runs = [counters("v6.12", n) for n in (1, 2, 3)]
+    assert all(sig == LEAK for sig, *_ in runs)
+    nr = [r[1] for r in runs]
+    assert [b - a for a, b in itertools.pairwise(nr)] == [2, 2]
+    assert [r[2] for r in runs] == [2, 3, 4]  # CPU 0's PUD + one per cycle
+    assert [r[3] for r in runs] == [1, 2, 3]
+
+
+def test_kernel_accounting_cannot_see_the_leak():
+    """free_pgd_range's mm_dec_nr_* bring pgtables_bytes to 0 before anything is freed."""
+    m, failure = replay(make_model("v6.12"), cycles(1))
+    assert failure is not None and failure.signature.function == LEAK[1]
+    led = pgalloc.ledger(m)
+    freed = [mm for mm in m.mms.values() if mm.freed]
+    assert freed and all(led.pgtables_bytes[id(mm)] == 0 for mm in freed)
+
+
+@pytest.mark.parametrize("mmu", ["radix", "hash"])
+def test_fixed_version_offline_cycles_stay_flat(mmu):
+    """cpuhp-leak-fix.patch (realkernel-6.12-cpuhp-leak-fixed.log): flat counters."""
+    runs = [counters("v6.12-fixed", n, mmu) for n in (1, 2, 3)]
+    assert all(sig is None for sig, *_ in runs)
+    assert len({r[1:] for r in runs}) == 1
+    assert runs[0][3] == 0
+
+
+@pytest.mark.parametrize(("kernel", "mmu", "config", "leaks"), [
+    ("next-20221215", "radix", ("CONFIG_DEBUG_VM=n",), True),  # DEBUG_VM: the seed crash first
+    ("v6.2", "radix", (), True),
+    ("v6.1", "radix", (), False),  # no temporary mm: the vmalloc alias in init_mm
+    ("v6.1", "hash", (), False),
+    ("v6.2", "hash", (), False),  # Hash patches through the alias at every version
+    ("v6.12", "hash", (), False),
+])
+def test_other_versions_follow_their_source(kernel, mmu, config, leaks):
+    sig, *_ = counters(kernel, 2, mmu, config)
+    assert (sig == LEAK) is leaks
+
+
+def test_no_batch_page_frees_tables_one_by_one():
+    """tlb_remove_table without a batch page (GFP_NOWAIT failed) frees each table at
+    once (tlb_remove_table_one): even the unfixed kernel then leaks nothing."""
+
+    def fuzzer_machine_setup(machine):
+        machine.state["fail_nowait_page"] = 1_000
+
+    faults = plugin_module("fail_nowait", fuzzer_machine_setup=fuzzer_machine_setup)
+    model = make_model("v6.12", extra=[faults])
+    m, failure = replay(model, cycles(2))
+    assert failure is None
+    assert not [p for p in pgalloc.ledger(m).pages if p.kind == "batch"]
+
+
+def report_known() -> list[str]:
+    """``run --report-known``: reports known findings (these are) as ordinary ones -- once the
+    engine has known findings (``fuzzer.KnownFinding``); before, every finding is reported."""
+    import fuzzer
+
+    return ["--report-known"] if hasattr(fuzzer, "KnownFinding") else []
+
+
+def run_json(tmp_path, *argv: str) -> tuple[int, dict]:
+    report = tmp_path / "r.json"
+    out = io.StringIO()
+    code = main([*argv, *report_known(), "--report-json", str(report), "--corpus", "none"], out=out,
+                err=io.StringIO())
+    assert code in (0, 1), out.getvalue()
+    return code, (json.loads(report.read_text()) if code == 1 else {})
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_search_finds_the_612_hotplug_warning(seed, tmp_path):
+    """On Hash (which has no leak) the walk finds the real boots' warning, with their chain."""
+    code, data = run_json(tmp_path, "run", "--kernel", "v6.12", "--mmu", "hash", "--seed", str(seed))
+    assert code == 1
+    sig = data["signature"]
+    assert (sig["kind"], sig["function"], sig["location"]) == WARN_106
+    assert [f["function"] for f in data["trace"] if not f["inlined"]] == REAL_WARN_CHAIN
+    assert "PID: 0 Comm: swapper/" in data["task"]
+    actions = [s["action"] for s in data["steps"]]
+    assert actions.index("start") < actions.index("offline")  # a process ran there first
+
+
+@pytest.mark.parametrize("kernel", ["v6.2", "v6.12"])
+def test_search_finds_the_leak(kernel, tmp_path):
+    code, data = run_json(tmp_path, "run", "--kernel", kernel, "--seed", "1")
+    assert code == 1
+    assert (data["signature"]["kind"], data["signature"]["function"]) in (LEAK, WARN_106[:2])
+    assert "offline" in [s["action"] for s in data["steps"]]
+
+
+@pytest.mark.parametrize("mmu", ["radix", "hash"])
+def test_fixed_version_runs_clean(mmu, tmp_path):
+    code, _ = run_json(tmp_path, "run", "--kernel", "v6.12-fixed", "--mmu", mmu, "--seed", "1",
+                       "--max-examples", "400")
+    assert code == 0
+
+
+@pytest.mark.parametrize("kernel", ["v6.1", "v6.2"])
+def test_the_warning_is_612s(kernel):
+    """The check arrived with 177255afb405 (after v6.2): the same steps are clean before."""
+    _, failure = replay(make_model(kernel, mmu="hash"), cycles(1, user_op=True))
+    assert failure is None
+
+
+def test_lazy_mm_survives_to_the_idle_task_exit():
+    m, failure = replay(make_model("v6.12-fixed", mmu="hash"), cycles(1, user_op=True))
+    assert failure is None
+    assert m.cpus[1].idle_task.active_mm is m.init_mm  # finish_cpu
+    assert 1 not in m.init_mm.cpumask  # __cpu_die
+
+
+def test_known_findings_match_the_corpus():
+    sigs = {(f.signature.kind, f.signature.function, f.signature.location): f for f in known_findings()}
+    assert set(sigs) == {(*LEAK, ""), WARN_106}
+    assert set(sigs[(*LEAK, "")].kernels) == {"next-20221215", "v6.2", "v6.12"}
+    assert "tlb_finish_mmu" in sigs[(*LEAK, "")].fix
+    assert "21641bd9a7a7" in sigs[WARN_106].fix
+    assert all(f.fixed_in == {"v6.12-fixed"} for f in sigs.values())
