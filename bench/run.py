@@ -60,7 +60,7 @@ BENCH = Path(__file__).resolve().parent
 #: Kernel and MMU each mistake needs (as in tests/test_injected_mistakes.py; a test checks they agree).
 KERNEL = {"cached_pte": "v6.12", "local_kernel_tlb_flush": "v6.1",
           "percpu_context_preemptible": "v6.12", "finish_gather_early": "v6.12-fixed",
-          "lazy_switch_after_disable": "v6.12-fixed"}
+          "lazy_switch_after_disable": "v6.12-fixed", "pmi_locks_user_pte": "v6.12"}
 MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash",
        "hash_local_kernel_flush": "hash"}
 CONFIG = {"percpu_context_preemptible": ("CONFIG_PREEMPT=y",)}
@@ -86,6 +86,9 @@ MINIMAL = {
     "hash_local_kernel_flush": 6,   # as local_kernel_tlb_flush, the fill once the HPTE exists
     # boot, online CPU 1, run, start a patching user, run to the preemption point, migrate
     "percpu_context_preemptible": 6,
+    "enomem_leaks_mm": 3,           # boot, fail pgtable_alloc on CPU 1, online CPU 1
+    "disarm_lock_order": 4,         # boot, start kprobes.register, run, start kprobes.disable
+    "pmi_locks_user_pte": 4,        # boot, start a user task, irq perf_pmi, online CPU 1
     "finish_gather_early": 4,       # boot, online, run, offline
     "lazy_switch_after_disable": 6,  # boot, online, run, start a process there, run, offline
 }

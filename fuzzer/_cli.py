@@ -197,7 +197,7 @@ def _add_model_options(run: argparse.ArgumentParser, pm: FuzzerPluginManager) ->
                      help=f"MMU plugin: {', '.join(_mmu_names(pm))} (default: radix)")
     run.add_argument("--config", dest="config", action="append", default=[], metavar="CONFIG_X=VALUE",
                      help="set a kernel config option (repeatable); the default is a debug config:"
-                     " DEBUG_VM, STRICT_KERNEL_RWX, SMP on, 64K pages")
+                     " DEBUG_VM, STRICT_KERNEL_RWX, PROVE_LOCKING, FAULT_INJECTION, SMP on, 64K pages")
     run.add_argument("--cpus", type=_count, default=None, metavar="N",
                      help="CPUs in the machine (default 4; 1 with CONFIG_SMP=n)")
 

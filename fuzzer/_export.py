@@ -85,6 +85,10 @@ def check_for(expect: Signature | None) -> Check:
     if "leak" in function or function.endswith("memory freed"):  # patching mm, page-table memory
         return Check("counter", counter="PageTables", repeat=LEAK_REPEAT)
     loc = expect.location
+    if expect.kind == "LOCKDEP" and loc.startswith("kernel/locking/lockdep.c"):
+        # lockdep's own reports print no file:line (print_circular_bug and friends are no WARN).
+        return Check("message", ("possible circular locking dependency", "possible recursive locking",
+                                 "inconsistent lock state"))
     if expect.kind == "BUG" and loc:
         return Check("message", (f"kernel BUG at {loc}!",))
     if expect.kind in ("WARNING", "LOCKDEP", "KASAN", "OOPS") and loc:
@@ -207,6 +211,10 @@ def plan(entry: Entry, actions: Mapping[tuple[str, str], Action | None]) -> Plan
         elif step.action == "migrate":
             notes.append(f"{i}. {step.describe()}: the scheduler preempts and migrates tasks on its"
                          " own (a real kernel needs CONFIG_PREEMPT=y and load on the other CPUs)")
+        elif step.action == "fail":
+            notes.append(f"{i}. {step.describe()}: not exported; on a real kernel with"
+                         " CONFIG_FAULT_INJECTION, failslab/fail_page_alloc with"
+                         " /proc/self/fail-nth around the CPU's hotplug write does it (skipped)")
     if all(step.action == "boot" for step in entry.steps):
         notes.append("the model fails during boot: a real kernel shows it on the console before init"
                      " runs, so this program only reports what it finds in /dev/kmsg if the boot survives")

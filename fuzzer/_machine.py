@@ -28,7 +28,7 @@ from fuzzer._errors import (
     ModelLimitation,
     PluginError,
 )
-from fuzzer._mm import MM, Geometry, Prot, Pte, PtePage, SpinLock, Table
+from fuzzer._mm import MM, PTLOCK_CLASS, Geometry, Prot, Pte, PtePage, SpinLock, Table
 from fuzzer._oops import oops_of
 from fuzzer._routines import frame_of_code
 from fuzzer._steps import Step
@@ -167,6 +167,9 @@ class Cpu:
         return flags
 
     def local_irq_restore(self, flags: bool) -> None:
+        if flags and not self.irqs_enabled:
+            for fn in self.m._irqs_on_hooks:  # trace_hardirqs_on (lockdep_hardirqs_on_prepare)
+                fn(self)
         self.irqs_enabled = flags
 
     def trace(self) -> tuple[Frame, ...]:
@@ -271,6 +274,7 @@ class Machine:
         self._end_checks = model.end_invariants
         self._observers: list[Callable[[Cpu], None]] = []
         self._entry_hooks: list[Callable[[Cpu], None]] = []
+        self._irqs_on_hooks: list[Callable[[Cpu], None]] = []
         if model.machine_setup is not None:
             model.machine_setup(self)  # through pluggy; a raising plugin is blamed by name
 
@@ -295,6 +299,11 @@ class Machine:
         entry path (patched mitigation sequences) check what it executes.
         """
         self._entry_hooks.append(fn)
+
+    def on_hardirqs_on(self, fn: Callable[[Cpu], None]) -> None:
+        """Call ``fn(cpu)`` whenever a CPU's interrupts go from off to on, before they are
+        on (``trace_hardirqs_on``: the kernel's lockdep registers here)."""
+        self._irqs_on_hooks.append(fn)
 
     def exception_entry(self, cpu: Cpu) -> None:
         for fn in self._entry_hooks:
@@ -476,7 +485,8 @@ class Machine:
         for level in range(3):
             nxt = node.entries.get(idx[level])
             if nxt is None:
-                nxt = Table(level + 1) if level < 2 else PtePage(SpinLock(f"ptl({mm.name}, {va:#x})"))
+                nxt = Table(level + 1) if level < 2 else PtePage(
+                    SpinLock(f"ptl({mm.name}, {va:#x})", PTLOCK_CLASS))
                 node.entries[idx[level]] = nxt
             node = nxt
         node.entries[idx[3]] = pte

@@ -70,13 +70,23 @@ class Geometry:
         )
 
 
+#: The lockdep class of every split PTE lock: ``ptlock_init`` initialises them all
+#: at one ``spin_lock_init`` site (6.6 and later spell it ``ptlock_ptr(ptdesc)``).
+PTLOCK_CLASS = "ptlock_ptr(page)"
+
+
 class SpinLock:
-    """A spinlock (``spinlock_t``): owner CPU or None. Split PTE locks are these."""
+    """A spinlock (``spinlock_t``): owner CPU or None. Split PTE locks are these.
 
-    __slots__ = ("name", "owner")
+    ``key`` is its lockdep class when many locks share one (the split PTE
+    locks, all initialised by one ``spin_lock_init`` call site); else the name.
+    """
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("key", "name", "owner")
+
+    def __init__(self, name: str, key: str | None = None) -> None:
         self.name = name
+        self.key = key or name
         self.owner: Cpu | None = None
 
     def busy(self) -> bool:

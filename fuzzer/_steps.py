@@ -28,6 +28,8 @@ class StepAction(enum.StrEnum):
     """The MMU loads a translation of ``args["va"]`` into ``cpu``'s TLB, unasked."""
     MIGRATE = "migrate"
     """Preempt the task running on ``cpu`` (CONFIG_PREEMPT); it resumes on ``cpus[0]``."""
+    FAIL = "fail"
+    """``cpu``'s next allocation at site ``name`` fails (CONFIG_FAULT_INJECTION)."""
 
 
 #: Step actions, in the order a reproduction usually shows them.
@@ -54,7 +56,7 @@ class Step:
     """The CPU the step concerns (``online``, ``offline``, ``start``, ``irq``, ``fill``,
     ``migrate``: the CPU the task is preempted on)."""
     name: str = ""
-    """The operation (``start``) or interrupt source (``irq``)."""
+    """The operation (``start``), interrupt source (``irq``) or allocation site (``fail``)."""
     args: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze_args)
     """Operation arguments as ``(name, value)`` pairs of plain JSON values (``fill``:
     ``va``, the address whose translation the CPU loads)."""
@@ -115,7 +117,7 @@ class Step:
         if cpu is not None:
             _check_count("cpu", cpu)
         name = data.get("name", "")
-        if not isinstance(name, str) or (action in ("start", "irq") and not name):
+        if not isinstance(name, str) or (action in ("start", "irq", "fail") and not name):
             raise StepFormatError("name", f"expected a non-empty string, not {name!r}")
         args = data.get("args", {})
         if not isinstance(args, dict):
@@ -157,6 +159,7 @@ _FIELDS = {
     "irq": ("cpu", "name"),
     "fill": ("cpu", "args"),
     "migrate": ("cpu", "cpus"),
+    "fail": ("cpu", "name"),
 }
 _REQUIRED = {
     "boot": ("seed",),
@@ -167,6 +170,7 @@ _REQUIRED = {
     "irq": ("cpu", "name"),
     "fill": ("cpu", "args"),
     "migrate": ("cpu", "cpus"),
+    "fail": ("cpu", "name"),
 }
 
 
@@ -181,6 +185,7 @@ _DESCRIBE = {
     StepAction.FILL: lambda s: f"CPU {s.cpu}: speculative TLB fill of {_fmt(dict(s.args).get('va'))}",
     StepAction.MIGRATE: lambda s: (f"CPU {s.cpu}: preempt the running task; it resumes on CPU"
                                    f" {s.cpus[0] if s.cpus else '?'}"),
+    StepAction.FAIL: lambda s: f"CPU {s.cpu}: fail the next {s.name} allocation (fault injection)",
 }
 
 

@@ -35,7 +35,7 @@ from fuzzer import (
     pte_alloc,
     routine,
 )
-from fuzzer.kernel import dawr_slots
+from fuzzer.kernel import ENOMEM, dawr_slots
 
 if TYPE_CHECKING:
     from fuzzer import MM, Cpu, Machine
@@ -292,6 +292,8 @@ def hash__map_kernel_page(cpu: Cpu, ea: int, pfn: int, prot: Any) -> Gen:
     """
     mm = cpu.m.init_mm
     ptr = yield from pte_alloc(cpu, mm, ea)
+    if ptr is None:
+        return -ENOMEM  # a table allocation failed (fault injection)
     yield from cpu.k.set_pte_at(cpu, mm, ea, ptr, Pte(pfn, prot))
     return 0
 

@@ -29,7 +29,7 @@ from fuzzer import (
     pte_alloc,
     routine,
 )
-from fuzzer.kernel import dawr_slots
+from fuzzer.kernel import ENOMEM, dawr_slots
 
 if TYPE_CHECKING:
     from fuzzer import MM, Cpu, Machine
@@ -284,6 +284,8 @@ def radix__map_kernel_page(cpu: Cpu, ea: int, pfn: int, prot: Any) -> Gen:
     m = cpu.m
     mm = m.init_mm
     ptr = yield from pte_alloc(cpu, mm, ea)
+    if ptr is None:
+        return -ENOMEM  # a table allocation failed (fault injection)
     yield from cpu.k.set_pte_at(cpu, mm, ea, ptr, Pte(pfn, prot))
     yield
     m.mmu.ptesync(cpu)

@@ -181,8 +181,9 @@ def test_a_known_finding_is_counted_and_the_search_goes_on(cli, make_plugin, eng
     assert res.rc == 0, res.out + res.err
     assert ("known finding: patching mm leaked at CPU offline [END-STATE in patching mm leak]"
             " -- counted, the search goes on") in res.out
-    seen = re.search(r"^1 known finding seen: patching mm leaked at CPU offline \((\d+) examples?\)$",
-                     res.out, re.M)
+    # v6.2's own known finding (the page-table leak at CPU offline) may be seen too.
+    seen = re.search(r"^\d known findings? seen: (?:.*; )?patching mm leaked at CPU offline"
+                     r" \((\d+) examples?\)", res.out, re.M)
     assert seen and int(seen[1]) >= 1, res.out
     assert re.search(r"^=+ \d+ passed, 0 failed", res.out, re.M)
     assert "found:" not in res.err
@@ -207,7 +208,8 @@ def test_a_known_finding_is_inherited_by_a_version_based_on_its_kernel():
 
 def test_a_known_finding_does_not_stop_the_public_search():
     model = make_model("v6.2", plugins=[LEAK])
-    outcome = search(model, seed=2, max_examples=100, known=[LEAK_SIGNATURE])
+    outcome = search(model, seed=2, max_examples=100,
+                     known=[LEAK_SIGNATURE, *(k.signature for k in model.known)])
     assert outcome.status == "passed"
     assert outcome.stats.known_seen[LEAK_SIGNATURE] >= 1
 

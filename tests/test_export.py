@@ -97,6 +97,8 @@ def test_checks_follow_the_kind_of_finding():
     warning = Signature("WARNING", "switch_mm_irqs_off", "arch/powerpc/mm/mmu_context.c:106")
     assert check_for(warning).needles == ("at arch/powerpc/mm/mmu_context.c:106",)
     assert check_for(Signature("INVARIANT", "patch window", "")).kind == "none"
+    lockdep = check_for(Signature("LOCKDEP", "disarm_kprobe", "kernel/locking/lockdep.c:2234"))
+    assert "possible circular locking dependency" in lockdep.needles  # lockdep prints no file:line
     assert check_for(Signature("END-STATE", "page-table leak", "")).kind == "counter"
     leak = load(ROOT / "corpus" / "v6.12-end-state-page-table-memory-freed-9169333d7256.json")
     assert check_for(leak.expect) == check_for(Signature("END-STATE", "patching mm leak", ""))

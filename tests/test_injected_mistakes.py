@@ -39,13 +39,16 @@ EXPECTED = {
     # On CPU B with CPU A's patching mm: start_using_temp_mm's WARN_ON(!mm_is_thread_local)
     # or the patch-window check, whichever the interleaving reaches first.
     "percpu_context_preemptible": None,
+    "disarm_lock_order": ("LOCKDEP", "disarm_kprobe"),
+    "enomem_leaks_mm": ("END-STATE", "patching mm leak"),
+    "pmi_locks_user_pte": ("LOCKDEP", "__get_locked_pte"),
     "finish_gather_early": ("END-STATE", "page-table memory freed"),
     "lazy_switch_after_disable": ("WARNING", "switch_mm_irqs_off"),
 }
 #: The kernel version each mistake changes (the default is the newest, v6.12).
 KERNEL = {"cached_pte": "v6.12", "local_kernel_tlb_flush": "v6.1",
           "percpu_context_preemptible": "v6.12", "finish_gather_early": "v6.12-fixed",
-          "lazy_switch_after_disable": "v6.12-fixed"}
+          "lazy_switch_after_disable": "v6.12-fixed", "pmi_locks_user_pte": "v6.12"}
 #: Kernel config a mistake needs to show (the mechanism it depends on).
 CONFIG = {"percpu_context_preemptible": ("--config", "CONFIG_PREEMPT=y")}
 #: Mistakes in one MMU's model: run with that MMU.
@@ -72,6 +75,9 @@ NEEDS_SEARCH = {
     "local_kernel_tlb_flush": "fill",
     "hash_local_kernel_flush": "fill",
     "percpu_context_preemptible": "migrate",
+    "disarm_lock_order": "start",
+    "enomem_leaks_mm": "fail",
+    "pmi_locks_user_pte": "irq",
 }
 
 

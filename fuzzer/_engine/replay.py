@@ -17,6 +17,7 @@ from fuzzer._errors import KernelFailure, ModelLimitation, PluginError
 from fuzzer._machine import Cpu, Machine
 from fuzzer._model import Model
 from fuzzer._steps import Step, StepAction
+from fuzzer.kernel import faults
 
 #: What a lenient replay or an engine's example may end with besides a finding.
 Fault = PluginError | ModelLimitation
@@ -37,6 +38,8 @@ def perform(m: Machine, action: StepAction, cpu: Cpu, what: Any = None,
         m.speculative_fill(cpu, what)  # what: the virtual address
     elif action is StepAction.MIGRATE:
         m.migrate(cpu, what)  # what: the CPU the task resumes on
+    elif action is StepAction.FAIL:
+        faults.arm(m, cpu.n, what)  # what: the allocation site
     else:
         raise ValueError(f"{action} is not a step on one CPU")
 
@@ -53,6 +56,8 @@ def allowed(m: Machine, action: StepAction, cpu: Cpu, what: Any = None) -> bool:
         return isinstance(what, int) and _sched.can_fill(m, cpu, what)
     if action is StepAction.MIGRATE:
         return what is not None and _sched.can_migrate(m, cpu, what)
+    if action is StepAction.FAIL:
+        return faults.can_arm(m, cpu.n, what)
     return m.can_interrupt(cpu, what)
 
 
@@ -100,6 +105,8 @@ def _target(m: Machine, step: Step, strict: bool) -> Any:
                 raise ValueError(f"step migrate names CPU {n}, machine has {len(m.cpus)}")
             return None
         return m.cpus[n]
+    if step.action is StepAction.FAIL:
+        return step.name
     if step.action is StepAction.START:
         return m.model.operation(step.name) if strict else _find(m.model.operations, step.name)
     if step.action is StepAction.IRQ:

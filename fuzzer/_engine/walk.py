@@ -13,8 +13,9 @@ the shrinker, the corpus and the example database all work on that list.
 Search (:class:`Walker`). An example boots CPU 0 with a random kernel seed,
 then applies a random number of rules, each chosen uniformly among the
 enabled ones -- bring a CPU online or offline, start an operation with
-random arguments, deliver an interrupt, or advance a block of 1-48 scheduling
-decisions -- then finishes (every CPU runs to completion, end-state checks).
+random arguments, deliver an interrupt, make a CPU's next allocation at a
+site fail (``fail``, with CONFIG_FAULT_INJECTION), or advance a block of 1-48
+scheduling decisions -- then finishes (every CPU runs to completion, end-state checks).
 A quarter of the examples use swarm testing: a random subset of the operations,
 interrupts and hotplug directions is switched off for the whole example, so
 that one kind of step can come many times (on the searched mistakes, swarm
@@ -49,6 +50,7 @@ from fuzzer._machine import Machine
 from fuzzer._model import Model
 from fuzzer._schedulers import PCT, Scheduler, Uniform, make, reuse_or_draw
 from fuzzer._steps import Step, StepAction
+from fuzzer.kernel import faults
 
 #: Rules per example: uniform in this range (after the boot).
 RULES = (10, 100)
@@ -106,7 +108,8 @@ class Walker:
                     for op in model.operations]
         self.kinds = (["online", "offline", "fill", "migrate"]
                       + [f"op:{op.name}" for op in model.operations]
-                      + [f"irq:{src.name}" for src in model.interrupts])
+                      + [f"irq:{src.name}" for src in model.interrupts]
+                      + (["fail"] if model.run.enabled("CONFIG_FAULT_INJECTION") else []))
 
     def example(self, prefix: Sequence[Step] = ()) -> tuple[Machine | None, Finding | Fault | None]:
         """One example: ``prefix`` (applied where possible) or a fresh boot, then random rules.
@@ -181,6 +184,8 @@ class Walker:
                 if ok:
                     choices.append((StepAction.IRQ, src, ok))
         _hidden_choices(m, on, choices)
+        if "fail" in on:
+            choices.append((StepAction.FAIL, None, cpus))
         if len(choices) == 0 or rng.randrange(len(choices) + 1) == len(choices):
             self.scheduler.run(m, rng, rng.randint(1, SCHEDULE_BLOCK))
             return
@@ -196,6 +201,10 @@ class Walker:
                 perform(m, action, cpu, rng.choice(vas))
         elif action is StepAction.MIGRATE:
             perform(m, action, cpu, rng.choice(_sched.migration_targets(m, cpu)))
+        elif action is StepAction.FAIL:
+            sites = [s for s in faults.SITES if faults.can_arm(m, cpu.n, s)]
+            if sites:
+                perform(m, action, cpu, rng.choice(sites))
         else:
             perform(m, action, cpu, what)
 

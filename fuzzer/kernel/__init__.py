@@ -10,6 +10,12 @@ on the names exported here:
   :func:`down_read` and their unlocks, :class:`Mutex`, :class:`RwSem`,
   :func:`might_sleep`, :func:`lockdep_assert_irqs_disabled`, and RCU's
   :func:`synchronize_rcu` (with :func:`in_rcu_reader`);
+* lockdep (:mod:`fuzzer.kernel.lockdep`): the lock-class dependency graph and
+  hardirq usage the locking primitives feed (a plugin's own lock is a
+  :class:`Mutex`/``SpinLock``: its name is its class);
+* fault injection (:mod:`fuzzer.kernel.faults`): a routine that allocates
+  asks ``should_fail(cpu, site)`` and takes its error path; a WARN the
+  kernel prints there goes through ``warn_on_alloc_failure``;
 * the generic mm code: :func:`pte_alloc`, :class:`VmArea`;
 * code patching: the per-CPU :class:`PatchingContext` (:func:`context`),
   :func:`get_patch_pfn`, :func:`random_patching_addr`, :func:`mm_patch_enabled`,

@@ -11,6 +11,7 @@ from fuzzer._mm import SpinLock
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import InterruptSource, Invariant
+from fuzzer.kernel import lockdep
 from fuzzer.kernel.known import known_findings
 from fuzzer.kernel.locking import Mutex, RwSem
 
@@ -29,6 +30,14 @@ def fuzzer_addconfig() -> list[ConfigOption]:
         ),
         ConfigOption(
             "CONFIG_STRICT_KERNEL_RWX", True, "read-only kernel text: patching goes through an alias"
+        ),
+        ConfigOption(
+            "CONFIG_PROVE_LOCKING", True, "lockdep: lock-class dependency graph, circular"
+            " dependencies and inconsistent hardirq lock state reported at once",
+        ),
+        ConfigOption(
+            "CONFIG_FAULT_INJECTION", True, "the search may fail allocations (failslab,"
+            " fail_page_alloc; one 'fail' step per injected failure, as syzkaller's fail_nth)",
         ),
         ConfigOption("CONFIG_PPC_64K_PAGES", True, "64K base pages (n: 4K)", arch="powerpc"),
         ConfigOption(
@@ -91,6 +100,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 def fuzzer_machine_setup(machine: Machine) -> None:
     machine.attach("text_mutex", Mutex("text_mutex"))
     machine.attach("cpu_hotplug_lock", RwSem("cpu_hotplug_lock"))
+    machine.on_hardirqs_on(lockdep.hardirqs_on_prepare)
     for cpu in machine.cpus:
         cpu.irqs_enabled = False
 

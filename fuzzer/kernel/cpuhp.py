@@ -109,6 +109,10 @@ def cpuhp_bringup_ap(cpu: Cpu) -> Gen:
         for state in reversed(ran):
             if state.teardown is not None:
                 yield from state.teardown(cpu)
+        # cpuhp_up_callbacks (kernel/cpu.c:1015-1030, v6.12) rolls a failed bring-up back
+        # to CPUHP_OFFLINE through takedown_cpu, as an offline does: __cpu_die clears the
+        # CPU from init_mm's cpumask, so the next start_secondary finds it clear.
+        yield from cpu.k.__cpu_die(cpu)
         _dead(cpu)
     yield from up_write(cpu, lock)
     return ret

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fuzzer._errors import KernelWarning, LockdepSplat
 from fuzzer._mm import SpinLock
 from fuzzer._routines import routine
+from fuzzer.kernel.lockdep import debug_locks_on, lock_acquire, lock_release, state
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Task
@@ -22,8 +23,13 @@ Gen = Generator[Any, None, Any]
 
 @routine("_raw_spin_lock", "kernel/locking/spinlock.c")
 def spin_lock(cpu: Cpu, lock: SpinLock) -> Gen:
-    """``spin_lock()``: spins with preemption off until the lock is free."""
-    if lock.owner is cpu:
+    """``spin_lock()``: spins with preemption off until the lock is free.
+
+    ``spin_acquire`` (lockdep) first, then DEBUG_SPINLOCK's recursion check
+    (``spin_bug``, silent once ``debug_locks`` is off, as after a lockdep report).
+    """
+    lock_acquire(cpu, lock)
+    if lock.owner is cpu and state(cpu.m).debug_locks:
         raise LockdepSplat(
             f"BUG: spinlock recursion on CPU#{cpu.n}, {cpu.current.comm}/{cpu.current.pid}"
             f" lock: {lock.name}",
@@ -38,7 +44,17 @@ def spin_lock(cpu: Cpu, lock: SpinLock) -> Gen:
 
 @routine("_raw_spin_unlock", "kernel/locking/spinlock.c")
 def spin_unlock(cpu: Cpu, lock: SpinLock) -> Gen:
-    """``spin_unlock()``: lockdep's ``spin_bug`` when it is not held by this CPU."""
+    """``spin_unlock()``: DEBUG_SPINLOCK's ``spin_bug`` when it is not held by this CPU."""
+    lock_release(cpu, lock)
+    if state(cpu.m).debug_locks:
+        _spin_bug(cpu, lock)
+    lock.owner = None
+    cpu.preempt_count -= 1
+    yield
+
+
+def _spin_bug(cpu: Cpu, lock: SpinLock) -> None:
+    """``debug_spin_unlock()`` (kernel/locking/spinlock_debug.c): the unlock checks."""
     if lock.owner is None:
         raise LockdepSplat(
             f"BUG: spinlock already unlocked on CPU#{cpu.n}, lock: {lock.name}",
@@ -50,9 +66,6 @@ def spin_unlock(cpu: Cpu, lock: SpinLock) -> Gen:
             f" held by CPU#{lock.owner.n}",
             at="kernel/locking/spinlock_debug.c:97",
         )
-    lock.owner = None
-    cpu.preempt_count -= 1
-    yield
 
 
 def might_sleep(cpu: Cpu, at: str) -> None:
@@ -73,8 +86,12 @@ def might_sleep(cpu: Cpu, at: str) -> None:
 
 
 def lockdep_assert_irqs_disabled(cpu: Cpu, at: str) -> None:
-    """``lockdep_assert_irqs_disabled()``: a WARN when interrupts are on."""
-    if cpu.irqs_enabled:
+    """``lockdep_assert_irqs_disabled()``: a WARN when interrupts are on.
+
+    Defined only with CONFIG_PROVE_LOCKING, and quiet once lockdep is off
+    (``__lockdep_enabled``), as in include/linux/lockdep.h.
+    """
+    if cpu.irqs_enabled and debug_locks_on(cpu.m):
         raise KernelWarning(at, detail="lockdep_assert_irqs_disabled: IRQs are enabled")
 
 
@@ -97,15 +114,15 @@ class Mutex:
 
 @routine("mutex_lock", "kernel/locking/mutex.c")
 def mutex_lock(cpu: Cpu, lock: Mutex) -> Gen:
-    """``mutex_lock()``: may sleep; recursive locking is a lockdep splat."""
+    """``mutex_lock()``: may sleep (``might_sleep``, mutex.c:580), then ``mutex_acquire``.
+
+    Taking a mutex the task already holds is lockdep's "possible recursive
+    locking detected"; without PROVE_LOCKING the task just blocks for ever
+    (the model's deadlock detection reports it).
+    """
     might_sleep(cpu, "kernel/locking/mutex.c:580")
     me = cpu.current
-    if lock.owner is me:
-        raise LockdepSplat(
-            f"WARNING: possible recursive locking detected: {me.comm}/{me.pid} is trying to"
-            f" acquire lock {lock.name} while holding it",
-            at="kernel/locking/lockdep.c",
-        )
+    lock_acquire(cpu, lock)
     yield
     while lock.owner is not None:
         yield lock.busy
@@ -115,7 +132,8 @@ def mutex_lock(cpu: Cpu, lock: Mutex) -> Gen:
 @routine("mutex_unlock", "kernel/locking/mutex.c")
 def mutex_unlock(cpu: Cpu, lock: Mutex) -> Gen:
     """``mutex_unlock()``: DEBUG_MUTEXES warns when the owner is not current."""
-    if lock.owner is not cpu.current:
+    lock_release(cpu, lock)
+    if lock.owner is not cpu.current and state(cpu.m).debug_locks:
         raise KernelWarning(
             "kernel/locking/mutex-debug.c:62",
             detail=f"mutex {lock.name} released by a task that does not own it",
@@ -148,6 +166,7 @@ class RwSem:
 def down_read(cpu: Cpu, sem: RwSem) -> Gen:
     """``cpus_read_lock()`` and friends."""
     might_sleep(cpu, "include/linux/percpu-rwsem.h:49")
+    lock_acquire(cpu, sem, read=1)
     yield
     while sem.writer is not None:
         yield sem.read_busy
@@ -158,6 +177,7 @@ def down_read(cpu: Cpu, sem: RwSem) -> Gen:
 def up_read(cpu: Cpu, sem: RwSem) -> Gen:
     if sem.readers <= 0:
         raise KernelWarning("include/linux/percpu-rwsem.h:101", detail=f"{sem.name}: up_read unbalanced")
+    lock_release(cpu, sem)
     sem.readers -= 1
     yield
 
@@ -166,6 +186,7 @@ def up_read(cpu: Cpu, sem: RwSem) -> Gen:
 def down_write(cpu: Cpu, sem: RwSem) -> Gen:
     """``cpus_write_lock()``."""
     might_sleep(cpu, "kernel/locking/percpu-rwsem.c:222")
+    lock_acquire(cpu, sem)
     yield
     while sem.writer is not None or sem.readers > 0:
         yield sem.write_busy
@@ -176,6 +197,7 @@ def down_write(cpu: Cpu, sem: RwSem) -> Gen:
 def up_write(cpu: Cpu, sem: RwSem) -> Gen:
     if sem.writer is None:
         raise KernelWarning("kernel/locking/percpu-rwsem.c:268", detail=f"{sem.name}: up_write unbalanced")
+    lock_release(cpu, sem)
     sem.writer = None
     yield
 

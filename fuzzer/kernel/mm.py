@@ -14,12 +14,13 @@ import attrs
 
 from fuzzer._config import RunConfig
 from fuzzer._errors import KernelBug, KernelWarning, ModelLimitation
-from fuzzer._mm import MM, Pte, PtePage, PtePtr, SpinLock, Table
+from fuzzer._mm import MM, PTLOCK_CLASS, Pte, PtePage, PtePtr, SpinLock, Table
 from fuzzer._oops import deref, kernel_struct
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import Invariant
 from fuzzer.kernel import pgalloc
+from fuzzer.kernel.faults import should_fail
 from fuzzer.kernel.locking import might_sleep, spin_lock, spin_unlock
 
 if TYPE_CHECKING:
@@ -73,9 +74,12 @@ def mm_alloc(cpu: Cpu, name: str = "patching_mm") -> Gen:
 
     ``mm_init`` -> ``mm_alloc_pgd`` -> ``pgd_alloc`` (book3s/64/pgalloc.h:48):
     the PGD is recorded in the page-table ledger. ``name`` only labels it in
-    reports (x86's ``poking_mm``)."""
+    reports (x86's ``poking_mm``). NULL when fault injection fails its
+    ``allocate_mm`` (site ``mm_alloc``), before any PGD is allocated."""
     might_sleep(cpu, "mm/slab.h:723")
     yield
+    if should_fail(cpu, "mm_alloc"):
+        return None
     mm = cpu.m.new_mm(name)
     mm.pgd.desc = pgalloc.whole_alloc(cpu.m, mm, "pgd")
     return mm
@@ -126,9 +130,12 @@ def get_locked_pte(cpu: Cpu, mm: MM, addr: int) -> Gen:
     ``walk_to_pmd`` allocates the missing PUD/PMD pages and
     ``pte_alloc_map_lock`` the PTE page (each allocation is GFP_KERNEL and may
     sleep, which is why patching pre-allocates at CPU online), then takes the
-    PTE page's split lock. Returns ``(pte pointer, ptl)``.
+    PTE page's split lock. Returns ``(pte pointer, ptl)``, or None when an
+    allocation failed (the tables already allocated stay, as in the kernel).
     """
     ptr = yield from pte_alloc(cpu, mm, addr)
+    if ptr is None:
+        return None
     yield from spin_lock(cpu, ptr.page.ptl)
     return ptr, ptr.page.ptl
 
@@ -139,8 +146,10 @@ def pte_alloc(cpu: Cpu, mm: MM, addr: int) -> Gen:
 
     Walk to ``addr``'s PTE page, allocating each missing level (GFP_KERNEL:
     may sleep, so never with IRQs off or a spinlock held). Returns the PTE
-    pointer, taking no lock. The MMUs' ``map_kernel_page`` use it for init_mm.
-    ``pgd_offset(mm, addr)`` reads ``mm->pgd``: a NULL or freed mm oopses here.
+    pointer, taking no lock, or None when fault injection fails a table
+    allocation (site ``pgtable_alloc``). The MMUs' ``map_kernel_page`` use it
+    for init_mm. ``pgd_offset(mm, addr)`` reads ``mm->pgd``: a NULL or freed
+    mm oopses here.
     """
     mm = deref(mm, "struct mm_struct", member="pgd")
     idx = mm.geometry.indices(addr)
@@ -151,10 +160,13 @@ def pte_alloc(cpu: Cpu, mm: MM, addr: int) -> Gen:
         if nxt is None:
             might_sleep(cpu, "mm/page_alloc.c:5280")
             yield  # page allocation
+            if should_fail(cpu, "pgtable_alloc"):
+                return None
             if level < 2:
                 nxt = Table(level + 1)
             else:
-                nxt = PtePage(SpinLock(f"ptl({mm.name}, {addr >> mm.geometry.shifts[2]:#x})"))
+                nxt = PtePage(SpinLock(f"ptl({mm.name}, {addr >> mm.geometry.shifts[2]:#x})",
+                                       PTLOCK_CLASS))
             nxt.desc = _table_alloc(cpu.m, mm, level)
             node.entries[idx[level]] = nxt
         node = nxt
@@ -522,9 +534,14 @@ class VmArea:
 
 @routine("get_vm_area", "mm/vmalloc.c")
 def get_vm_area(cpu: Cpu, size: int) -> Gen:
-    """``get_vm_area(size, VM_ALLOC)`` (mm/vmalloc.c): a fresh vmalloc range plus a guard page."""
+    """``get_vm_area(size, VM_ALLOC)`` (mm/vmalloc.c): a fresh vmalloc range plus a guard page.
+
+    NULL when fault injection fails the ``vm_struct`` allocation (site ``get_vm_area``).
+    """
     might_sleep(cpu, "mm/vmalloc.c:2481")
     yield
+    if should_fail(cpu, "get_vm_area"):
+        return None
     addr = cpu.m.alloc_vmalloc(size)
     return None if addr is None else VmArea(addr, size)
 

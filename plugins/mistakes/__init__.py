@@ -26,6 +26,9 @@ MISTAKES = (
     "local_kernel_tlb_flush",
     "hash_local_kernel_flush",
     "percpu_context_preemptible",
+    "disarm_lock_order",
+    "enomem_leaks_mm",
+    "pmi_locks_user_pte",
     "finish_gather_early",
     "lazy_switch_after_disable",
 )

@@ -15,7 +15,7 @@ from collections.abc import Generator
 from typing import Any
 
 from fuzzer import PAGE_KERNEL, Cpu, Pte, RunConfig, hookimpl, routine
-from fuzzer.kernel import CP, context, get_patch_pfn, random_patching_addr
+from fuzzer.kernel import CP, ENOMEM, context, get_patch_pfn, random_patching_addr
 
 V612 = ("v6.12",)
 
@@ -25,8 +25,14 @@ def text_area_cpu_up_mm(cpu: Cpu) -> Generator[Any, None, Any]:
     """v6.12's text_area_cpu_up_mm, caching the PTE pointer as c28c15b6d28a did."""
     k = cpu.k
     mm = yield from k.mm_alloc(cpu)
+    if mm is None:
+        return -ENOMEM  # fault injection (the error paths as v6.12 has them)
     addr = random_patching_addr(cpu)
-    pte, ptl = yield from k.__get_locked_pte(cpu, mm, addr)
+    got = yield from k.__get_locked_pte(cpu, mm, addr)
+    if got is None:
+        yield from k.put_patching_mm(cpu, mm, addr)
+        return -ENOMEM
+    pte, ptl = got
     yield from k.pte_unmap_unlock(cpu, pte, ptl)
     ctx = context(cpu)
     ctx.mm, ctx.addr, ctx.pte = mm, addr, pte

@@ -12,7 +12,7 @@ from collections.abc import Generator
 from typing import Any
 
 from fuzzer import Cpu, RunConfig, hookimpl, routine
-from fuzzer.kernel import CP, context, random_patching_addr
+from fuzzer.kernel import CP, ENOMEM, context, random_patching_addr
 
 
 @routine("text_area_cpu_up_mm", CP, versions=("v6.2",), override=True)
@@ -22,8 +22,14 @@ def text_area_cpu_up_mm(cpu: Cpu) -> Generator[Any, None, Any]:
     shared = cpu.m.state.get("shared_patching")
     if shared is None:
         mm = yield from k.mm_alloc(cpu)
+        if mm is None:
+            return -ENOMEM  # fault injection (the error paths as v6.2 has them)
         addr = random_patching_addr(cpu)
-        pte, ptl = yield from k.__get_locked_pte(cpu, mm, addr)
+        got = yield from k.__get_locked_pte(cpu, mm, addr)
+        if got is None:
+            yield from k.put_patching_mm(cpu, mm, addr)
+            return -ENOMEM
+        pte, ptl = got
         yield from k.pte_unmap_unlock(cpu, pte, ptl)
         shared = cpu.m.state["shared_patching"] = (mm, addr)
     mm, addr = shared

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from fuzzer._errors import KernelWarning
 from fuzzer._mm import MM, PAGE_KERNEL, Pte
 from fuzzer._routines import routine
+from fuzzer.kernel.faults import warn_on_alloc_failure
 from fuzzer.kernel.locking import lockdep_assert_irqs_disabled
 from fuzzer.kernel.patching.common import (
     CP,
@@ -77,7 +78,9 @@ def text_area_cpu_up(cpu: Cpu) -> Gen:
     k = cpu.k
     area = yield from k.get_vm_area(cpu, cpu.m.run.page_size)
     if area is None:
-        raise KernelWarning(line(cpu, "cpu_up_warn"), detail=f"Failed to create text area for cpu {cpu.n}")
+        warn_on_alloc_failure(cpu, "get_vm_area", line(cpu, "cpu_up_warn"), function="text_area_cpu_up",
+                              detail=f"Failed to create text area for cpu {cpu.n}")
+        return -1
     err = yield from k.map_patch_area(cpu, cpu.m.state["empty_zero_page"], area.addr)
     if err:
         return err
@@ -109,7 +112,9 @@ def text_area_cpu_up_mm_next(cpu: Cpu) -> Gen:
     k = cpu.k
     mm = yield from k.mm_alloc(cpu)
     if mm is None:
-        raise KernelWarning(line(cpu, "mm_alloc_warn"), detail="mm_alloc failed")
+        warn_on_alloc_failure(cpu, "mm_alloc", line(cpu, "mm_alloc_warn"),
+                              function="text_area_cpu_up_mm", detail="WARN_ON(!mm)")
+        return -ENOMEM
     addr = random_patching_addr(cpu)
     got = yield from k.__get_locked_pte(cpu, mm, addr)
     if got is None:
@@ -130,7 +135,9 @@ def text_area_cpu_up_mm(cpu: Cpu) -> Gen:
     k = cpu.k
     mm = yield from k.mm_alloc(cpu)
     if mm is None:
-        raise KernelWarning(line(cpu, "mm_alloc_warn"), detail="mm_alloc failed")
+        warn_on_alloc_failure(cpu, "mm_alloc", line(cpu, "mm_alloc_warn"),
+                              function="text_area_cpu_up_mm", detail="WARN_ON(!mm)")
+        return -ENOMEM
     addr = random_patching_addr(cpu)
     got = yield from k.__get_locked_pte(cpu, mm, addr)
     if got is None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fuzzer._errors import KernelBug, KernelWarning
+from fuzzer._errors import KernelBug
 from fuzzer._mm import PAGE_KERNEL, Pte
 from fuzzer._oops import deref
 from fuzzer._routines import routine
+from fuzzer.kernel.faults import warn_on_alloc_failure
 from fuzzer.kernel.patching.common import (
     CP,
     V61,
@@ -55,7 +56,9 @@ def text_area_cpu_up_v61(cpu: Cpu) -> Gen:
     k = cpu.k
     area = yield from k.get_vm_area(cpu, cpu.m.run.page_size)
     if area is None:
-        raise KernelWarning(line(cpu, "cpu_up_warn"), detail=f"Failed to create text area for cpu {cpu.n}")
+        warn_on_alloc_failure(cpu, "get_vm_area", line(cpu, "cpu_up_warn"), function="text_area_cpu_up",
+                              detail=f"Failed to create text area for cpu {cpu.n}")
+        return -1
     err = yield from k.map_patch_area(cpu, cpu.m.state["empty_zero_page"], area.addr)
     if err:
         return err
