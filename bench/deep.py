@@ -1,30 +1,40 @@
 """The deep-bug set: how many examples a uniform random walk needs, and what the schedulers need.
 
-    python bench/deep.py [--seeds 3] [--limit 60] [--only NAME ...] [--searchers walk pct ...]
-                         [--json bench/deep.json]
+    python bench/deep.py [--seeds 5] [--examples 10000 | --limit 60] [--only NAME ...]
+                         [--searchers walk fuzzer ...] [--json bench/deep.json]
 
-For each mistake of the deep set (``DEEP``), over ``--seeds`` seeds with a
-``--limit`` seconds budget each, side by side in one run:
+For each mistake of the deep set (``DEEP``), over ``--seeds`` seeds, each
+search with a budget of ``--examples`` examples or ``--limit`` seconds
+(whichever is spent first; ``--examples`` alone sets no time limit, so the
+figures do not depend on the machine's load), side by side in one run:
 
 * ``walk``: bench/run.py's :func:`random_walk`, the uniform baseline
   (rules uniform among the enabled ones, schedule bytes uniform);
-* ``uniform``, ``pct``, ``bounded``, ``mixed``: the same walk with the run
-  rules' CPUs chosen by a scheduler of :mod:`fuzzer._schedulers`.
+* ``fuzzer``: the fuzzer's campaign at its defaults, exactly what ``python -m
+  fuzzer run`` searches with (the walk engine, ``--cpu-scheduler mixed``,
+  interleaving feedback, the model's known findings searched past);
+  ``fuzzer-uniform``, ``fuzzer-pct``, ``fuzzer-bounded``: one scheduler alone;
+  ``fuzzer-nofeedback``: ``--no-interleave``; ``hypothesis``: ``--engine hypothesis``;
+* ``uniform``, ``pct``, ``bounded``, ``mixed``, ``feedback``: bench/run.py's
+  walk with the run rules' CPUs chosen by a scheduler of :mod:`fuzzer._schedulers`.
 
-Each cell: seeds found, median seconds and median examples to the first
-failure (a miss counts as the limit, and as the examples run by then). The
-first failure each scheduler finds is shrunk (30 s at most) and the table
-says how many CPUs its reproduction interleaves: the deep set's claim is
-that it needs two or more CPUs in a specific order.
+Per seed: examples and seconds to the first failure (a miss counts as the
+examples and seconds it ran). Per mistake and searcher: seeds found, the
+median examples and seconds. The first failure each searcher finds is shrunk
+(``--shrink`` seconds at most) and the table says how many CPUs its
+reproduction interleaves: the deep set's claim is that it needs two or more
+CPUs in a specific order. A mistake is *deep* when the walk's median is
+1,000 examples or more (or it misses within the budget).
 
-The machine is shared; times are wall-clock. Examples to find are the number
-to compare across machines.
+The machine is shared: examples to find are the number to compare across
+machines; seconds are wall-clock, with the load average printed beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -34,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import SCHEDULE_BLOCK, model_for, random_walk, sampler
+from run import SCHEDULE_BLOCK, known, model_for, random_walk, sampler
 
 from fuzzer._errors import KernelFailure
 from fuzzer._machine import Machine
@@ -63,7 +73,8 @@ BENCH_WALKS = ("uniform", "pct", "bounded", "mixed", "feedback")
 
 
 def scheduled_walk(model: Model, *, seed: int, time_budget: float, scheduler: Scheduler,
-                   rules: int | tuple[int, int] = RULES, feedback: bool = False) -> dict[str, Any]:
+                   rules: int | tuple[int, int] = RULES, feedback: bool = False,
+                   max_examples: int = 0) -> dict[str, Any]:
     """bench/run.py's uniform random walk with each ``run`` rule's CPUs chosen by ``scheduler``
     (and the fuzzer's swarm share and argument reuse). With ``feedback``, examples that add an
     interleaving pair are kept and half the examples replay one with a run step rescheduled."""
@@ -80,7 +91,7 @@ def scheduled_walk(model: Model, *, seed: int, time_budget: float, scheduler: Sc
     kinds = ["online", "offline"] + [op.name for op, _ in ops] + [s.name for s in model.interrupts]
     started = time.perf_counter()
     examples = 0
-    while time.perf_counter() - started < time_budget:
+    while not _spent(started, time_budget, examples, max_examples):
         m = Machine(model)
         examples += 1
         scheduler.begin(rng, len(m.cpus))
@@ -98,13 +109,20 @@ def scheduled_walk(model: Model, *, seed: int, time_budget: float, scheduler: Sc
                     _rule(m, rng, ops, scheduler, on)
             m.finish()
         except KernelFailure as failure:
+            if failure.signature in known(model):
+                continue
             return {"found": True, "time": time.perf_counter() - started, "examples": examples,
                     "steps": list(m.steps), "signature": str(failure.signature)}
         finally:
             scheduler.end(sum(len(s.cpus) for s in m.steps))
             if feedback:
                 seen.end_example(m)
-    return {"found": False, "time": time_budget, "examples": examples}
+    return {"found": False, "time": time.perf_counter() - started, "examples": examples}
+
+
+def _spent(started: float, seconds: float, examples: int, most: int) -> bool:
+    """A budget of ``seconds`` and ``most`` examples (0: unbounded) is spent."""
+    return bool(seconds and time.perf_counter() - started >= seconds or most and examples >= most)
 
 
 def _rule(m: Machine, rng: random.Random, ops: list[tuple[Any, dict[str, Any]]],
@@ -157,10 +175,10 @@ def shrink(model: Model, steps: list[Step], signature: str, seconds: float) -> l
     return list(sh.shrink())
 
 
-def fuzzer(model: Model, searcher: str, seed: int, limit: float) -> dict[str, Any]:
-    """The fuzzer's own campaign (no shrinking): ``fuzzer`` at defaults, ``fuzzer-X`` with
-    ``--cpu-scheduler X``, ``fuzzer-nofeedback`` with ``--no-interleave``, ``hypothesis`` with
-    ``--engine hypothesis``."""
+def fuzzer(model: Model, searcher: str, seed: int, limit: float, examples: int = 0) -> dict[str, Any]:
+    """The fuzzer's own campaign (no shrinking), past the model's known findings as ``run``
+    searches: ``fuzzer`` at defaults, ``fuzzer-X`` with ``--cpu-scheduler X``,
+    ``fuzzer-nofeedback`` with ``--no-interleave``, ``hypothesis`` with ``--engine hypothesis``."""
     from fuzzer._engine import run_campaign
 
     kind = searcher.removeprefix("fuzzer").removeprefix("-")
@@ -171,23 +189,27 @@ def fuzzer(model: Model, searcher: str, seed: int, limit: float) -> dict[str, An
         knobs["interleave"] = False
     elif searcher == "hypothesis":
         knobs["engine"] = "hypothesis"
-    out = run_campaign(model, seed=seed, max_examples=0, time_budget=limit, shrink=False, **knobs)
+    out = run_campaign(model, seed=seed, max_examples=examples, time_budget=limit, shrink=False,
+                       known=known(model), **knobs)
     found = out.time_to_first_failure is not None
-    return {"found": found, "time": out.time_to_first_failure if found else limit,
+    return {"found": found, "time": out.time_to_first_failure if found else out.duration,
             "examples": out.examples_to_first_failure if found else out.examples,
             "steps": list(out.steps) if found else None,
             "signature": str(out.failure.signature) if out.failure else None}
 
 
-def find(model: Model, searcher: str, seed: int, limit: float) -> dict[str, Any]:
+def find(model: Model, searcher: str, seed: int, limit: float, examples: int = 0) -> dict[str, Any]:
+    """One search of ``model`` by ``searcher`` from ``seed``, within ``limit`` seconds and
+    ``examples`` examples (0: unbounded): found, seconds and examples to the first failure."""
     if searcher in SEARCHERS and searcher != "walk":
-        return fuzzer(model, searcher, seed, limit)
+        return fuzzer(model, searcher, seed, limit, examples)
     if searcher == "walk":
-        return random_walk(model, seed=seed, time_budget=limit)
+        return random_walk(model, seed=seed, time_budget=limit, max_examples=examples)
     if searcher == "feedback":
         return scheduled_walk(model, seed=seed, time_budget=limit, scheduler=make("mixed"),
-                              feedback=True)
-    return scheduled_walk(model, seed=seed, time_budget=limit, scheduler=make(searcher))
+                              feedback=True, max_examples=examples)
+    return scheduled_walk(model, seed=seed, time_budget=limit, scheduler=make(searcher),
+                          max_examples=examples)
 
 
 #: A scenario per mistake for ``python -m fuzzer check`` (the CPUs are named; setup lines run first).
@@ -262,10 +284,81 @@ def _clean(kernel: str, mmu: str, cpus: int) -> Model:
     return Model.build(pm, RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), ()), cpus))
 
 
+def search_deep(opts: argparse.Namespace) -> dict[str, Any]:
+    """Every deep mistake (``--only``) under every searcher, ``--seeds`` seeds each, within the
+    budget: per seed and per mistake, examples and seconds to the first failure."""
+    table: dict[str, Any] = {}
+    for name, (kernel, mmu) in DEEP.items():
+        if opts.only and name not in opts.only:
+            continue
+        model = model_for(kernel, mmu, [f"fuzzer_plugins.mistakes.{name}"])
+        row: dict[str, Any] = {}
+        for searcher in opts.searchers:
+            runs = [find(model, searcher, seed, opts.limit, opts.examples)
+                    for seed in range(1, opts.seeds + 1)]
+            cell = {"found": sum(r["found"] for r in runs), "seeds": len(runs),
+                    "median_s": statistics.median(r["time"] for r in runs),
+                    "median_examples": statistics.median(r["examples"] for r in runs),
+                    "runs": [{"found": r["found"], "examples": r["examples"], "seconds": r["time"]}
+                             for r in runs], "load": os.getloadavg()[0]}
+            hit = next((r for r in runs if r.get("steps")), None)
+            if hit is not None and opts.shrink > 0:
+                shrunk = shrink(model, hit["steps"], hit["signature"], opts.shrink)
+                cell["shrunk"] = [s.describe() for s in shrunk]
+                cell["shrunk_cpus"] = cpus_of(shrunk)
+                cell["signature"] = hit["signature"]
+            row[searcher] = cell
+            print(f"{name:28} {searcher:8} found {cell['found']}/{cell['seeds']}"
+                  f" median {cell['median_examples']:8g} examples {cell['median_s']:7.2f} s"
+                  f" {_per_seed(cell['runs'])}"
+                  f" cpus {cell.get('shrunk_cpus', '-')} load {cell['load']:.1f}", flush=True)
+        table[name] = row
+    return table
+
+
+def _per_seed(runs: list[dict[str, Any]]) -> str:
+    """Examples to the first failure per seed, a miss as ``>N`` (the examples it ran)."""
+    return ", ".join(f"{r['examples']:,}" if r["found"] else f">{r['examples']:,}" for r in runs)
+
+
+def print_search_table(results: dict[str, Any]) -> None:
+    """The table of ``search_deep``'s results, in the README's form, with the targets."""
+    table, searchers = results["find"], results["settings"]["searchers"]
+    print(f"\n{results['date']}; load average {results['load']}; budget per seed:"
+          f" {results['settings']['examples'] or 'no'} examples, {results['settings']['limit'] or 'no'} s")
+    print("| mistake | " + " | ".join(f"{s}: found, median examples (s) per seed" for s in searchers)
+          + " | deep? |")
+    print("|---|" + "---|" * (len(searchers) + 1))
+    for name, row in table.items():
+        cells = []
+        for s in searchers:
+            c = row[s]
+            cells.append(f"{c['found']}/{c['seeds']}, **{c['median_examples']:,.0f}**"
+                         f" ({c['median_s']:.1f} s): {_per_seed(c['runs'])}")
+        walk = row.get("walk")
+        deep = "-" if walk is None else ("yes" if walk["median_examples"] >= 1000 else "no")
+        print(f"| `{name}` | " + " | ".join(cells) + f" | {deep} |")
+    if "walk" in searchers and len(searchers) > 1 and table:
+        walk = statistics.median(r["walk"]["median_examples"] for r in table.values())
+        walk_s = statistics.median(r["walk"]["median_s"] for r in table.values())
+        for s in searchers:
+            if s == "walk":
+                continue
+            ex = statistics.median(r[s]["median_examples"] for r in table.values())
+            sec = statistics.median(r[s]["median_s"] for r in table.values())
+            full = sum(r[s]["found"] == r[s]["seeds"] for r in table.values())
+            print(f"{s}: found on every seed for {full}/{len(table)}; median over the set"
+                  f" {ex:,.0f} examples ({sec:.1f} s) against the walk's {walk:,.0f} ({walk_s:.1f} s):"
+                  f" {ex / walk:.3f}x in examples, {sec / walk_s:.3f}x in seconds")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--limit", type=float, default=60.0)
+    ap.add_argument("--limit", type=float, default=None,
+                    help="seconds per search (default 60; none with --examples alone)")
+    ap.add_argument("--examples", type=int, default=0,
+                    help="examples per search (10,000 is about 60 s of an idle machine)")
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--searchers", nargs="*", default=["walk", "fuzzer"],
                     help=f"of {', '.join(SEARCHERS + BENCH_WALKS)} (default: walk fuzzer)")
@@ -277,6 +370,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="instead: exhaust the two check scenarios, K = 1-3, with and without"
                     " pruning, at most N schedules each")
     opts = ap.parse_args(argv)
+    if opts.limit is None:
+        opts.limit = 0.0 if opts.examples else 60.0
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M %Z"),
                                "settings": vars(opts), "find": {}}
     if opts.verify is not None or opts.check_bench is not None:
@@ -287,28 +382,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if opts.json:
             Path(opts.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
         return results
-    for name, (kernel, mmu) in DEEP.items():
-        if opts.only and name not in opts.only:
-            continue
-        model = model_for(kernel, mmu, [f"fuzzer_plugins.mistakes.{name}"])
-        row: dict[str, Any] = {}
-        for searcher in opts.searchers:
-            runs = [find(model, searcher, seed, opts.limit) for seed in range(1, opts.seeds + 1)]
-            cell = {"found": sum(r["found"] for r in runs), "seeds": len(runs),
-                    "median_s": statistics.median(r["time"] for r in runs),
-                    "median_examples": statistics.median(r["examples"] for r in runs),
-                    "examples": [r["examples"] for r in runs]}
-            hit = next((r for r in runs if r.get("steps")), None)
-            if hit is not None and opts.shrink > 0:
-                shrunk = shrink(model, hit["steps"], hit["signature"], opts.shrink)
-                cell["shrunk"] = [s.describe() for s in shrunk]
-                cell["shrunk_cpus"] = cpus_of(shrunk)
-                cell["signature"] = hit["signature"]
-            row[searcher] = cell
-            print(f"{name:28} {searcher:8} found {cell['found']}/{cell['seeds']}"
-                  f" median {cell['median_s']:7.2f} s {cell['median_examples']:8g} examples"
-                  f" {cell['examples']} cpus {cell.get('shrunk_cpus', '-')}", flush=True)
-        results["find"][name] = row
+    results["find"] = search_deep(opts)
+    results["load"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print_search_table(results)
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
     return results

@@ -140,7 +140,7 @@ def sampler(strategy: Any) -> Callable[[random.Random], Any]:
 
 
 def random_walk(model: Model, *, seed: int, time_budget: float,
-                rules: int = STEPS_PER_EXAMPLE) -> dict[str, Any]:
+                rules: int = STEPS_PER_EXAMPLE, max_examples: int = 0) -> dict[str, Any]:
     """A plain uniform random walk over the state machine's rules, without Hypothesis.
 
     Each example boots (random kernel seed), then applies ``rules`` rules, each
@@ -149,12 +149,14 @@ def random_walk(model: Model, *, seed: int, time_budget: float,
     interrupts, or advance 1-48 uniformly random schedule bytes -- on a uniformly
     chosen CPU, then finishes as the fuzzer does. It stops at the first kernel
     failure; with no shrinking, its reproduction is the failing example's steps.
+    ``time_budget`` (seconds) and ``max_examples`` of 0 mean unbounded; the first spent ends it.
     """
     rng = random.Random(seed)
     ops = [(op, {k: sampler(s) for k, s in op.args.items()}) for op in model.operations]
     started = time.perf_counter()
     examples = nsteps = 0
-    while time.perf_counter() - started < time_budget:
+    while (not time_budget or time.perf_counter() - started < time_budget) \
+            and (not max_examples or examples < max_examples):
         m = Machine(model)
         examples += 1
         try:
@@ -170,7 +172,9 @@ def random_walk(model: Model, *, seed: int, time_budget: float,
                     "length": len(m.steps), "signature": str(failure.signature),
                     "steps_per_s": (nsteps + m.nsteps) / (time.perf_counter() - started)}
         nsteps += m.nsteps
-    return {"found": False, "time": time_budget, "examples": examples, "length": None,
+    spent = time.perf_counter() - started
+    return {"found": False, "time": spent if max_examples and examples >= max_examples else time_budget,
+            "examples": examples, "length": None,
             "steps_per_s": nsteps / (time.perf_counter() - started)}
 
 
