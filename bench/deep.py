@@ -62,6 +62,7 @@ DEEP = {
     "kprobe_rcu_too_early": ("v6.12", "radix"),
     "static_key_inc_enabling": ("v6.12", "radix"),
     "static_key_dec_stale_count": ("v6.12", "radix"),
+    "kprobe_aggr_publish_early": ("v6.12", "radix"),
 }
 #: Rules per example for the scheduled walks: the fuzzer's walk's range (and its swarm share).
 RULES = (10, 100)
@@ -122,7 +123,7 @@ def scheduled_walk(model: Model, *, seed: int, time_budget: float, scheduler: Sc
 
 def _spent(started: float, seconds: float, examples: int, most: int) -> bool:
     """A budget of ``seconds`` and ``most`` examples (0: unbounded) is spent."""
-    return bool(seconds and time.perf_counter() - started >= seconds or most and examples >= most)
+    return bool((seconds and time.perf_counter() - started >= seconds) or (most and examples >= most))
 
 
 def _rule(m: Machine, rng: random.Random, ops: list[tuple[Any, dict[str, Any]]],
@@ -225,6 +226,8 @@ SCENARIOS = {
     "kprobe_rcu_too_early": HIT_UNREGISTER + "cpu 0 kprobes.register site=4\n",
     "static_key_inc_enabling": "cpu 0 jump_label.inc\ncpu 1 jump_label.inc\n",
     "static_key_dec_stale_count": "setup 1 jump_label.inc\ncpu 1 jump_label.dec\ncpu 0 jump_label.inc\n",
+    "kprobe_aggr_publish_early": ("setup 0 kprobes.register site=0\ncpu 1 kprobes.register site=0 probe=1\n"
+                                  "cpu 2 kprobes.hit site=0\n"),
 }
 #: The two scenarios whose exploration is measured with and without pruning.
 CHECK_BENCH = {"hit vs unregister": HIT_UNREGISTER,

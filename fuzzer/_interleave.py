@@ -97,6 +97,11 @@ class Interleavings:
     kinds: list[str] = attrs.Factory(list)
     """The kind of object (``text``, ``kprobe table``, ...) of each kept example's pair."""
     most_kept: int = 500
+    per_pair: int = 4
+    """Examples kept per pair: the first few that form it, each where it formed -- one
+    example per pair left a single, often unsuitable, place to mutate each pair from."""
+    formed: dict[Pair, int] = attrs.Factory(dict)
+    """How many examples formed each pair."""
 
     def attach(self, m: Machine) -> AccessLog:
         log = AccessLog(m)
@@ -104,19 +109,26 @@ class Interleavings:
         return log
 
     def end_example(self, m: Machine | None) -> int:
-        """Fold the example's pairs in; keep its steps once per new pair. Returns how many."""
+        """Fold the example's pairs in; keep its steps once per pair formed fewer than
+        :attr:`per_pair` times before. Returns how many pairs are new."""
         log = m.accesses if m is not None else None
         if m is None or log is None:
             return 0
-        new = [(pair, at) for pair, at in log.pairs.items() if pair not in self.pairs]
+        new = 0
         steps = tuple(m.steps)
-        for pair, (at, where) in new:
+        formed = self.formed
+        for pair, (at, where) in log.pairs.items():
+            n = formed.get(pair, 0)
+            formed[pair] = n + 1
+            if n >= self.per_pair:
+                continue
+            new += pair not in self.pairs
             self.pairs.add(pair)
             self.kept.append((steps, at, where))
             self.kinds.append(pair[0])
         del self.kept[:-self.most_kept]
         del self.kinds[:-self.most_kept]
-        return len(new)
+        return new
 
     def pick(self, rng: random.Random) -> tuple[tuple[Step, ...], int, Where]:
         """A kept example to reschedule: a kind of object first, uniformly, then one of its
@@ -187,4 +199,27 @@ def delay(steps: Sequence[Step], where: Where) -> list[Step]:
             out.append(Step("run", cpus=per_step[i]))
     if where.second >= len(flat):  # the second access was in the final round-robin
         out.append(Step("run", cpus=[where.cpu] * len(moved)))
+    return out
+
+
+def extension_prefix(kept: tuple[tuple[Step, ...], int, Where]) -> list[Step]:
+    """A kept example's steps up to just after its pair's second access: the point where two
+    routines met, from which a walk goes on with fresh rules (the ``extend`` mutation).
+
+    The ``run`` step under way at that access is cut right after it, so the CPU that made
+    the first access may be paused there while the fresh rules start other operations --
+    on the same objects, since a walk reuses the prefix's arguments.
+    """
+    steps, _, where = kept
+    out: list[Step] = []
+    seen = 0
+    for s in steps:
+        if s.action != "run":
+            out.append(s)
+            continue
+        if seen + len(s.cpus) > where.second:
+            out.append(Step("run", cpus=s.cpus[:where.second - seen + 1]))
+            return out
+        seen += len(s.cpus)
+        out.append(s)
     return out

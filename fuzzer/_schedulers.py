@@ -29,7 +29,7 @@ stays a pure function of the engine's seed.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -297,6 +297,16 @@ def reuse_or_draw(m: Machine, rng: random.Random, declared: object, draw: Callab
     value = draw(rng)
     used.append(value)
     return value
+
+
+def remember_args(m: Machine, declared: Mapping[str, object], args: Mapping[str, object]) -> None:
+    """Put the arguments of an operation a replayed step started (``declared``: its declared
+    arguments) in the example's pool, so that :func:`reuse_or_draw` reuses them."""
+    for k, value in args.items():
+        if k in declared:
+            used = m.arg_pool.setdefault(id(declared[k]), [])
+            if value not in used:
+                used.append(value)
 
 
 def make(name: str, *, depth: int | None = None, bound: int | None = None) -> Scheduler:

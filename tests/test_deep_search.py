@@ -51,3 +51,19 @@ def test_fixed_versions_stay_clean_under_every_scheduler(kernel, mmu, scheduler)
     model = make_model(kernel, mmu=mmu)
     outcome = search(model, seed=1, max_examples=0, time_budget=60, scheduler=scheduler)
     assert outcome.status.value == "passed", outcome
+
+
+def test_an_aggregator_published_before_it_is_filled_in_is_found_by_search():
+    """kprobe_aggr_publish_early: a CPU that hits the probe finds the zeroed aggregator and
+    single-steps its NULL insn slot -- found from a seed by the walk at its defaults, with
+    the second registration and the hit on two different CPUs."""
+    model = make_model("v6.12", plugins=["fuzzer_plugins.mistakes.kprobe_aggr_publish_early"])
+    outcome = search(model, seed=3, max_examples=3000, time_budget=0)
+    assert outcome.status.value == "failed", outcome
+    assert outcome.failure.signature.function == "kprobe_handler"
+    assert outcome.failure.signature.kind == "OOPS"
+    starts = [s for s in outcome.steps if s.action == "start"]
+    hit = next(s for s in starts if s.name == "kprobes.hit")
+    second = [s for s in starts if s.name == "kprobes.register" and s.cpu != hit.cpu]
+    assert second, outcome.steps  # the aggregating registration runs on another CPU
+    assert len(_cpus(outcome.steps)) >= 2

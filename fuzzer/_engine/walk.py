@@ -45,10 +45,10 @@ from fuzzer._engine.replay import Fault, allowed, apply_step, perform, replay
 from fuzzer._engine.search import REPORT_EVERY, Found, Search
 from fuzzer._engine.store import saved_examples, steps_key
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, UsageError
-from fuzzer._interleave import Interleavings, replay_rescheduled
+from fuzzer._interleave import Interleavings, extension_prefix, replay_rescheduled
 from fuzzer._machine import Machine
 from fuzzer._model import Model
-from fuzzer._schedulers import PCT, Scheduler, Uniform, make, reuse_or_draw
+from fuzzer._schedulers import PCT, Scheduler, Uniform, make, remember_args, reuse_or_draw
 from fuzzer._steps import Step, StepAction
 from fuzzer.kernel import faults
 
@@ -66,6 +66,9 @@ MUTATE = 0.5
 #: shallow injected mistakes need 4x the examples (median over 4 mistakes x 3 seeds: 18
 #: against 4); a quarter costs them nothing measurable (4).
 RESCHEDULE = 0.25
+#: With interleaving feedback: the fraction of examples that replay a kept example up to
+#: where its pair formed and go on from there with fresh rules (reusing its arguments).
+EXTEND = 0.25
 
 Sampler = Callable[[random.Random], Any]
 
@@ -118,7 +121,10 @@ class Walker:
         """
         rng = self.rng
         seen = self.interleavings
-        reschedule = not prefix and seen is not None and seen.kept and rng.random() < RESCHEDULE
+        mutate = rng.random() if not prefix and seen is not None and seen.kept else 1.0
+        reschedule = mutate < RESCHEDULE
+        if seen is not None and RESCHEDULE <= mutate < RESCHEDULE + EXTEND:
+            prefix = extension_prefix(seen.pick(rng))
         if not prefix and not reschedule and self.guide and self.kept and rng.random() < MUTATE:
             kept = rng.choice(self.kept)
             prefix = kept[:rng.randint(1, len(kept))]
@@ -154,7 +160,9 @@ class Walker:
         then random rules, each run rule scheduled by :attr:`scheduler`."""
         self.scheduler.begin(rng, len(m.cpus))
         for step in prefix:
-            apply_step(m, step, strict=False)
+            if apply_step(m, step, strict=False) and step.action is StepAction.START:
+                op = next(o for o, _, _ in self.ops if o.name == step.name)
+                remember_args(m, op.args, dict(step.args))
         if not m.booted:
             m.boot(rng.getrandbits(32), choose_draws(rng, len(m.cpus)))
         swarm = rng.random() < SWARM

@@ -45,6 +45,7 @@ DEEP = (
     "kprobe_rcu_too_early",
     "static_key_inc_enabling",
     "static_key_dec_stale_count",
+    "kprobe_aggr_publish_early",
 )
 
 #: Mistakes that show only at an extreme value of a kernel random draw.
