@@ -264,3 +264,28 @@ def test_jump_labels_patch_concurrently_with_kprobes():
     assert m.fetch(m.cpus[0], jl_site(1)) == branch_to_target(1)
     assert m.fetch(m.cpus[0], site_addr(0)) == BREAKPOINT_INSTRUCTION
     assert context(m.cpus[0]).mm is not context(m.cpus[1]).mm
+
+
+def test_an_nmi_returning_on_a_reader_does_not_end_the_grace_period():
+    """CPU 1 is in kprobe_handler (interrupts off: an RCU reader) with a system reset on top
+    when CPU 2's unregister_kprobe calls synchronize_rcu; the NMI returning does not end
+    CPU 1's read-side section, so the insn slot is freed only after CPU 1 single-stepped it.
+    (The model once waited for the innermost activation only: a false NULL ainsn.insn oops
+    on the released v6.1, found by the walk's search.)"""
+    model = make_model("v6.1")
+    steps = [
+        Step("boot", seed=0),
+        Step("start", cpu=0, name="kprobes.register", args={"probe": 0, "site": 9}),
+        Step("irq", cpu=0, name="ipi"), Step("run", cpus=[0] * 11),
+        Step("irq", cpu=0, name="system_reset"), Step("run", cpus=[0] * 7),
+        Step("online", cpu=1), Step("run", cpus=[1] * 11 + [0] * 14),
+        Step("start", cpu=1, name="kprobes.hit", args={"site": 9}),
+        Step("irq", cpu=1, name="ipi"), Step("irq", cpu=1, name="system_reset"),
+        Step("run", cpus=[1] * 7), Step("irq", cpu=1, name="system_reset"),
+        Step("online", cpu=2), Step("run", cpus=[2] * 11),
+        Step("start", cpu=2, name="kprobes.unregister", args={"probe": 0, "site": 9}),
+        Step("run", cpus=[2] * 12), Step("irq", cpu=1, name="system_reset"),
+    ]
+    m, failure = replay(model, steps)
+    assert failure is None, failure
+    assert kstate(m).user == {}  # the unregister completed, after CPU 1's single step

@@ -222,9 +222,12 @@ def synchronize_rcu(cpu: Cpu) -> Gen:
     such CPU is out of its section, or has finished the activation it was in
     (a pure function of the machine's state, so a replay waits exactly as the
     run did); it may wait a little longer than a real grace period, never less.
+    The activation is the outermost on the CPU's stack: an interrupt or NMI on
+    top of a reader (a program check in ``kprobe_handler``, say) returning does
+    not end the section it interrupted.
     """
     might_sleep(cpu, "kernel/rcu/tree.c:4113")
-    readers = [(c, c.stack[-1]) for c in cpu.m.cpus if c is not cpu and in_rcu_reader(c)]
+    readers = [(c, c.stack[0]) for c in cpu.m.cpus if c is not cpu and in_rcu_reader(c)]
 
     def waiting() -> bool:
         return any(act in c.stack and in_rcu_reader(c) for c, act in readers)
