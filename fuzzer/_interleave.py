@@ -10,10 +10,12 @@ that made each, form a pair::
 
     ("text", "__patch_mem", "w", "op_hit", "r")
 
-An example that adds a pair no earlier example had has reached a new
-interleaving of two routines: the walk keeps it and later examples replay it
-with one of its ``run`` steps rescheduled (:func:`reschedule`). Accesses of
-one CPU to its own objects, and reads after reads, make no pair.
+An example that forms a pair has reached an interleaving of two routines: the
+walk keeps the first few that form each pair, and later examples replay one
+with one of its ``run`` steps rescheduled (:func:`replay_rescheduled`), or up
+to just after the pair's second access and go on with fresh rules from there
+(:func:`extension_prefix`). Accesses of one CPU to its own objects, and reads
+after reads, make no pair.
 """
 
 from __future__ import annotations
