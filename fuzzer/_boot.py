@@ -126,6 +126,10 @@ def console_verdict(text: str, entry: Entry) -> tuple[str, tuple[str, ...]]:
     return "VERDICT: NO VERDICT (the init did not report; see the log)", numbers
 
 
+#: The patch a patched copy holds, inside the copy (so a later --patch can reverse it).
+APPLIED = ".fuzzer-boot.patch"
+
+
 class Builder:
     """Builds kernels and inits in a work directory, running each command with its output logged."""
 
@@ -143,13 +147,26 @@ class Builder:
             raise UsageError(f"boot: {' '.join(cmd[:3])} failed (exit {proc.returncode}); see {log}")
 
     def tree(self, source: Path, label: str, patch: Path | None) -> Path:
-        """A build tree: ``source`` itself, or a copy with ``patch`` applied."""
+        """A build tree: ``source`` itself, or a copy with ``patch`` applied. The copy is kept and
+        re-patched for another patch (the old one reversed first), so only what the patches touch
+        is built again; the first build of a copy is a full one (objtool's paths are absolute)."""
         if patch is None:
             return source
         tree = self.work / f"tree-{label}"
+        applied = tree / APPLIED
+        log = self.work / f"patch-{label}.log"
+        wanted = patch.read_bytes()
         if not tree.exists():
             self.run(["cp", "-a", f"{source}/.", str(tree)], self.work, self.work / "copy.log")
-            self.run(["patch", "-p1", "-i", str(patch.resolve())], tree, self.work / f"patch-{label}.log")
+        elif applied.is_file() and applied.read_bytes() == wanted:
+            return tree
+        elif applied.is_file():
+            self.run(["patch", "-R", "-p1", "-i", str(applied)], tree, log)
+        else:
+            raise UsageError(f"boot: {tree} holds a copy whose patch is unknown (an interrupted copy?):"
+                             " remove it, or pass another --work")
+        self.run(["patch", "-p1", "-i", str(patch.resolve())], tree, log)
+        applied.write_bytes(wanted)
         return tree
 
     def kernel(self, tree: Path, config: Mapping[str, Any], label: str) -> Path:
