@@ -148,8 +148,8 @@ class Builder:
 
     def tree(self, source: Path, label: str, patch: Path | None) -> Path:
         """A build tree: ``source`` itself, or a copy with ``patch`` applied. The copy is kept and
-        re-patched for another patch (the old one reversed first), so only what the patches touch
-        is built again; the first build of a copy is a full one (objtool's paths are absolute)."""
+        re-patched for another patch (the old one reversed first); a copy of a built tree
+        builds only what the patch touches."""
         if patch is None:
             return source
         tree = self.work / f"tree-{label}"
@@ -158,6 +158,7 @@ class Builder:
         wanted = patch.read_bytes()
         if not tree.exists():
             self.run(["cp", "-a", f"{source}/.", str(tree)], self.work, self.work / "copy.log")
+            self.keep_objects(source, tree)
         elif applied.is_file() and applied.read_bytes() == wanted:
             return tree
         elif applied.is_file():
@@ -168,6 +169,20 @@ class Builder:
         self.run(["patch", "-p1", "-i", str(patch.resolve())], tree, log)
         applied.write_bytes(wanted)
         return tree
+
+    def keep_objects(self, source: Path, tree: Path) -> None:
+        """Keep the copy's objects up to date: every object depends on objtool, whose build
+        records absolute paths, so the copy would rebuild objtool and then everything. Build
+        it in the copy now and date it back to the original's build."""
+        objtool = source / "tools" / "objtool" / "objtool"
+        if not objtool.is_file():
+            return  # the source was never built: the copy's first build is a full one anyway
+        self.run(["make", f"ARCH={ARCH}", f"CROSS_COMPILE={CROSS_COMPILE}", "tools/objtool"], tree,
+                 self.work / "copy.log")
+        stamp = objtool.stat()
+        for path in (tree / "tools" / "objtool").rglob("*"):
+            if path.is_file() and path.stat().st_mtime > stamp.st_mtime:
+                os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
 
     def kernel(self, tree: Path, config: Mapping[str, Any], label: str) -> Path:
         """Configure and build ``zImage.epapr`` (kept: a second call with the same config is quick)."""
