@@ -490,6 +490,9 @@ def switch_mm_irqs_off(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
 
 
 MMU_CONTEXT_C = "arch/powerpc/mm/mmu_context.c"
+#: init_mm's mm_cpumask as the interleaving feedback names it: a CPU switching to init_mm
+#: tests it, the control side's ``__cpu_die`` (cpuhp.py) clears a dying CPU's bit.
+INIT_MM_CPUMASK = ("mm_cpumask", "init_mm")
 
 
 @routine("switch_mm_irqs_off", MMU_CONTEXT_C, versions=("v6.12",))
@@ -502,10 +505,14 @@ def switch_mm_irqs_off_612(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
     needed for init_mm (:51; init_mm's mask is kept at boot, CPU online and
     ``__cpu_die``), and after ``switch_mmu_context`` the CPU must still be in
     ``mm_cpumask(prev)`` (:106) -- which ``cleanup_cpu_mmu_context`` breaks for
-    a lazily used mm when a CPU goes offline (fixed by 21641bd9a7a7).
+    a lazily used mm when a CPU goes offline; and :51 fires there too when the
+    control CPU's ``__cpu_die`` cleared init_mm's bit before the dying CPU's
+    ``idle_task_exit`` got here (both fixed by 21641bd9a7a7).
     """
     next_mm = deref(next_mm, "struct mm_struct", member="cpu_bitmap")
     debug_vm = cpu.m.config.enabled("CONFIG_DEBUG_VM")
+    if next_mm.is_init:
+        cpu.m.note_access(cpu, INIT_MM_CPUMASK, False)
     if cpu.n not in next_mm.cpumask:
         if debug_vm and next_mm.is_init:
             raise KernelWarning(f"{MMU_CONTEXT_C}:51", function="switch_mm_irqs_off",
