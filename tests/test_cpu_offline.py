@@ -265,3 +265,17 @@ def test_the_reproduction_is_clean_before_612_and_on_the_fixed_kernel():
     for kernel in ("v6.1", "v6.2"):
         _, failure = replay(make_model(kernel, mmu="hash"), steps)
         assert failure is None
+
+
+def test_the_control_side_runs_on_a_free_cpu_or_after_the_death():
+    """With CPU 0 free when CPU 1 reports idle-dead, the control side runs there; with CPU 0
+    busy (an operation running), on CPU 1 after its death: both offlines complete cleanly."""
+    model = make_model("v6.12-fixed", mmu="hash")
+    m, failure = replay(model, cycles(1, user_op=True))
+    assert failure is None and m.cpus[1].state["cpuhp_takedown"].control == "cpu"
+    busy = [*boot_steps(), Step("online", cpu=1), Step("run", cpus=[1] * 200),
+            Step("start", cpu=0, name="jump_label.toggle", args={"key": 0}),
+            Step("offline", cpu=1), Step("run", cpus=[1] * 300)]
+    m, failure = replay(model, busy)
+    assert failure is None and not m.cpus[1].online and 1 not in m.init_mm.cpumask
+    assert m.cpus[1].state["cpuhp_takedown"].control == "inline"
