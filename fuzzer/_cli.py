@@ -24,7 +24,7 @@ from typing import NoReturn, TextIO
 import attrs
 
 from fuzzer._campaign import ENGINES, Outcome, replay, run_campaign
-from fuzzer._config import KernelConfig, RunConfig
+from fuzzer._config import KernelConfig, RunConfig, VersionChain
 from fuzzer._corpus import DEFAULT_DIR as DEFAULT_CORPUS
 from fuzzer._corpus import CorpusError, Entry, find, load, save
 from fuzzer._coverage import DEFAULT_DIR as DEFAULT_COVERAGE_DIR
@@ -228,7 +228,8 @@ def make_run_config(pm: FuzzerPluginManager, args: argparse.Namespace) -> RunCon
         )
     arch = pm.arch_of(args.mmu)
     args.kernel = pm.resolve_kernel(args.kernel, args.mmu)
-    config = KernelConfig.build(pm.config_options(arch), args.config)
+    chain = VersionChain.of(args.kernel, {v.name: v.based_on for v in pm.kernel_versions()})
+    config = KernelConfig.build(pm.config_options(arch), args.config, chain)
     cpus = args.cpus
     if cpus is None:
         cpus = 4 if config.enabled("CONFIG_SMP") else 1

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fuzzer._campaign import Outcome, replay, run_campaign
-from fuzzer._config import KernelConfig, RunConfig
+from fuzzer._config import KernelConfig, RunConfig, VersionChain
 from fuzzer._model import Model
 from fuzzer._plugins import FuzzerPluginManager
 from fuzzer._steps import Step
@@ -54,7 +54,9 @@ def make_model(
     pm.check_pending()
     kernel = pm.resolve_kernel(kernel, mmu)
     arch = pm.arch_of(mmu)
-    run = RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(arch), config), cpus, arch=arch)
+    chain = VersionChain.of(kernel, {v.name: v.based_on for v in pm.kernel_versions()})
+    run = RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(arch), config, chain), cpus,
+                    arch=arch)
     return Model.build(pm, run)
 
 

@@ -1,8 +1,9 @@
 """Jump labels (static keys): a second code-patching user, serialised by its own mutex.
 
-kprobes and ftrace patch under ``text_mutex``; ``static_key_enable`` and
-``static_key_disable`` patch under ``jump_label_mutex`` instead, so two CPUs
-can be inside ``patch_instruction`` at once -- which is what per-CPU patching
+kprobes patch under ``text_mutex`` and ftrace under ``ftrace_lock`` alone;
+``static_key_enable`` and ``static_key_disable`` patch under
+``jump_label_mutex`` instead, so several CPUs can be inside
+``patch_instruction`` at once -- which is what per-CPU patching
 contexts exist for. Follows kernel/jump_label.c and
 arch/powerpc/kernel/jump_label.c (v6.1-v6.2).
 """

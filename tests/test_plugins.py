@@ -14,7 +14,7 @@ import pytest
 from fuzzer import AUTOLOAD_ENV
 
 ESSENTIAL = ("boot", "cpuhp", "mm", "patching")
-BUILTIN = ("radix", "hash", "kprobes", "jump_label", "fixups", "interrupts", "breakpoints")
+BUILTIN = ("radix", "hash", "kprobes", "jump_label", "fixups", "ftrace", "interrupts", "breakpoints")
 ALL = (*ESSENTIAL, *BUILTIN)
 
 # A quick run: one example, kprobes off so nothing but boot is fuzzed.
