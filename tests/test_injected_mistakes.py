@@ -26,9 +26,12 @@ EXPECTED = {
     "hash_no_hpte_flush": ("END-STATE", "patching mapping removed"),
     "unsafe_sequence_order": ("INVARIANT", "patched sequence safe at every step"),
     "cached_pte": ("BUG", "assert_pte_locked"),
+    "alias_on_radix": ("WARNING", "smp_call_function_many_cond"),
 }
 #: The kernel version each mistake changes (the default is the newest, v6.12).
 KERNEL = {"cached_pte": "v6.12"}
+#: Mistakes that only a boot parameter shows: run with it.
+CONFIG = {"alias_on_radix": ["--config", "CONFIG_CMDLINE=disable_tlbie"]}
 #: Mistakes in one MMU's model: run with that MMU.
 MMU = {
     "hash_no_hpte_flush": "hash",
@@ -59,7 +62,7 @@ def test_mistake_is_caught_within_the_default_budget(mistake, seed, tmp_path):
     out, err = io.StringIO(), io.StringIO()
     code = main(["-p", f"fuzzer_plugins.mistakes.{mistake}", "run", "--seed", str(seed),
                  "--kernel", KERNEL.get(mistake, "v6.2"), "--mmu", MMU.get(mistake, "radix"),
-                 "--report-json", str(report)], out=out, err=err)
+                 *CONFIG.get(mistake, []), "--report-json", str(report)], out=out, err=err)
     assert code == 1, out.getvalue() + err.getvalue()
     data = json.loads(report.read_text())
     if EXPECTED[mistake] is not None:

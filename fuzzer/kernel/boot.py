@@ -10,6 +10,7 @@ from fuzzer._mm import SpinLock
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import InterruptSource, Invariant
+from fuzzer.kernel import smp
 from fuzzer.kernel.locking import Mutex, RwSem
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def fuzzer_kernel_versions() -> list[KernelVersion]:
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
     return [start_kernel, kernel_init, kernel_init_freeable, do_one_initcall, mark_readonly,
-            timer_interrupt]
+            timer_interrupt, *smp.ROUTINES]
 
 
 @hookimpl

@@ -20,4 +20,5 @@ MISTAKES = (
     "hash_no_hpte_flush",
     "unsafe_sequence_order",
     "cached_pte",
+    "alias_on_radix",
 )
