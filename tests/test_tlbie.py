@@ -97,6 +97,6 @@ def test_ipi_flush_reaches_every_online_cpu():
 
 
 def test_unknown_boot_parameter_is_a_usage_error():
-    code, out, err = run_cli("run", "--config", "CONFIG_CMDLINE=nosmp")
+    code, _, err = run_cli("run", "--config", "CONFIG_CMDLINE=nosmp")
     assert code == 4
     assert "ERROR:" in err and "nosmp" in err and "disable_tlbie" in err
