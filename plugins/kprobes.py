@@ -33,7 +33,8 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer.kernel import down_read, up_read
+from fuzzer.kernel import V612, down_read, up_read
+from fuzzer.kernel.rcu import rcu_read_lock, rcu_read_unlock, synchronize_rcu
 
 if TYPE_CHECKING:
     import argparse
@@ -46,6 +47,16 @@ FUZZER_ARCH = "powerpc"
 Gen = Generator[Any, None, Any]
 KPROBES_C = "kernel/kprobes.c"
 ARCH_KPROBES_C = "arch/powerpc/kernel/kprobes.c"
+RETHOOK_C = "arch/powerpc/kernel/rethook.c"
+BEFORE_612 = ("v6.1", "next-20221215", "v6.2")
+#: arch/powerpc/kernel/kprobes.c lines of arch_arm_kprobe's and arch_disarm_kprobe's
+#: WARN_ON_ONCE (the file is the same at v6.1, next-20221215 and v6.2).
+WARN_LINES = {
+    "v6.1": {"arm": 195, "disarm": 201},
+    "next-20221215": {"arm": 195, "disarm": 201},
+    "v6.2": {"arm": 195, "disarm": 201},
+    "v6.12": {"arm": 178, "disarm": 184},
+}
 EINVAL, ENOMEM, ENOENT = 22, 12, 2
 
 BREAKPOINT_INSTRUCTION = 0x7FE0_0008  # tw 31,0,0
@@ -72,6 +83,8 @@ class Symbol:
 #: aligned, no prefixed instruction across a 64-byte boundary).
 TEXT = (
     Symbol("__kretprobe_trampoline", 0x0005_A000, (NOP, BLR)),
+    # 6.12's name for the same trampoline (arch/powerpc/kernel/rethook.c:15).
+    Symbol("arch_rethook_trampoline", 0x0005_A000, (NOP, BLR)),
     Symbol("do_sys_open", 0x0010_0000, (MFLR_R0, STD_R0, STDU_R1, BLR)),
     Symbol("vfs_read", 0x0010_0100, (MFLR_R0, ADDI, BLR)),
     Symbol("pcrel_copy", 0x0010_0200, (PADDI & 0xFFFF_FFFF, PADDI >> 32, BLR)),
@@ -200,7 +213,8 @@ def fuzzer_initcalls(config: RunConfig) -> list[Initcall]:
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
     return [
-        init_kprobes, arch_init_kprobes, register_kprobe, arch_prepare_kprobe,
+        init_kprobes, arch_init_kprobes, arch_init_kprobes_612, register_kprobe,
+        arch_prepare_kprobe,
         arm_kprobe, arch_arm_kprobe, disarm_kprobe, arch_disarm_kprobe,
         unregister_kprobe, kprobe_handler,
     ]
@@ -241,7 +255,7 @@ def init_kprobes(cpu: Cpu) -> Gen:
     return err
 
 
-@routine("arch_init_kprobes", ARCH_KPROBES_C)
+@routine("arch_init_kprobes", ARCH_KPROBES_C, versions=BEFORE_612)
 def arch_init_kprobes(cpu: Cpu) -> Gen:
     """``arch_init_kprobes()`` (arch/powerpc/kernel/kprobes.c:564 v6.1).
 
@@ -249,6 +263,14 @@ def arch_init_kprobes(cpu: Cpu) -> Gen:
     first patch_instruction after poking_init on the crash path.
     """
     kp = Kprobe(PAGE_OFFSET + SYMBOLS["__kretprobe_trampoline"].offset, owner="trampoline_p")
+    return (yield from cpu.k.register_kprobe(cpu, kp))
+
+
+@routine("arch_init_kprobes", RETHOOK_C, versions=V612)
+def arch_init_kprobes_612(cpu: Cpu) -> Gen:
+    """``arch_init_kprobes()`` (arch/powerpc/kernel/rethook.c:70, v6.12): kretprobes became
+    rethook, and ``register_kprobe(&trampoline_p)`` probes ``arch_rethook_trampoline``."""
+    kp = Kprobe(PAGE_OFFSET + SYMBOLS["arch_rethook_trampoline"].offset, owner="trampoline_p")
     return (yield from cpu.k.register_kprobe(cpu, kp))
 
 
@@ -314,10 +336,22 @@ def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     return 0
 
 
+def free_insn_slot(s: KprobesState, slot: int) -> None:
+    """``free_insn_slot(slot, 0)`` (kernel/kprobes.c): the slot is clean again at once, and
+    ``__get_insn_slot`` hands out the first clean slot of the page -- so the slot just freed
+    is the next one reused unless a lower one is free."""
+    s.free_slots.append(slot)
+    s.free_slots.sort()
+
+
 @routine("unregister_kprobe", KPROBES_C)
 def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``unregister_kprobes()`` (kernel/kprobes.c): under ``kprobe_mutex`` disarm the last
-    probe at the address and unlink it; ``synchronize_rcu()``; free the insn slot."""
+    """``unregister_kprobes()`` (kernel/kprobes.c:1857 v6.1, :1867 v6.12): under
+    ``kprobe_mutex`` disarm the last probe at the address and unlink it;
+    ``synchronize_rcu()`` (:1869 v6.1, :1879 v6.12) -- which returns only once no
+    CPU is still in a kprobe trap (``kprobe_handler`` runs with preemption off,
+    arch kprobes.c:317 to the single-step's end) that began before; then free the
+    insn slot, which a later probe may reuse."""
     s = kstate(cpu.m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
     probes = s.table.get(kp.addr, [])
@@ -333,9 +367,10 @@ def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         probes.remove(kp)
         last = False
     yield from mutex_unlock(cpu, s.kprobe_mutex)
-    yield  # synchronize_rcu(): every CPU passes a quiescent state
+    # synchronize_rcu(): no CPU still in a kprobe trap that began before the unlink.
+    yield from synchronize_rcu(cpu)
     if last and kp.insn_slot:
-        s.free_slots.append(kp.insn_slot)
+        free_insn_slot(s, kp.insn_slot)
     return 0
 
 
@@ -391,18 +426,23 @@ def arch_prepare_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     if ret == 0:
         if not s.free_slots:
             return -ENOMEM
-        kp.insn_slot = s.free_slots.pop(0)
+        kp.insn_slot = s.free_slots.pop(0)  # __get_insn_slot: the first clean slot
         yield from cpu.k.patch_instruction(cpu, kp.insn_slot, insn)
         kp.opcode = insn & 0xFFFF_FFFF
     return ret
 
 
+def _warn_at(cpu: Cpu, which: str) -> str:
+    return f"{ARCH_KPROBES_C}:{cpu.m.version.lookup(WARN_LINES, 'kprobes.c line numbers')[which]}"
+
+
 @routine("arch_arm_kprobe", ARCH_KPROBES_C)
 def arch_arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``arch_arm_kprobe()`` (kprobes.c:193 v6.1): ``WARN_ON_ONCE(patch_instruction(addr, trap))``."""
+    """``arch_arm_kprobe()`` (kprobes.c:193-196 v6.1, :176-179 v6.12):
+    ``WARN_ON_ONCE(patch_instruction(addr, trap))`` (:195 v6.1, :178 v6.12)."""
     err = yield from cpu.k.patch_instruction(cpu, kp.addr, BREAKPOINT_INSTRUCTION)
     if err:
-        raise KernelWarning(f"{ARCH_KPROBES_C}:193", detail=f"patch_instruction returned {err}")
+        raise KernelWarning(_warn_at(cpu, "arm"), detail=f"patch_instruction returned {err}")
     for p in kstate(cpu.m).table.get(kp.addr, [kp]):
         p.armed = True
     kp.armed = True
@@ -410,10 +450,11 @@ def arch_arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 
 @routine("arch_disarm_kprobe", ARCH_KPROBES_C)
 def arch_disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``arch_disarm_kprobe()`` (kprobes.c:199 v6.1): patch the saved opcode back, WARN on error."""
+    """``arch_disarm_kprobe()`` (kprobes.c:199-202 v6.1, :182-185 v6.12): patch the saved
+    opcode back, ``WARN_ON_ONCE`` on error (:201 v6.1, :184 v6.12)."""
     err = yield from cpu.k.patch_instruction(cpu, kp.addr, kp.opcode)
     if err:
-        raise KernelWarning(f"{ARCH_KPROBES_C}:199", detail=f"patch_instruction returned {err}")
+        raise KernelWarning(_warn_at(cpu, "disarm"), detail=f"patch_instruction returned {err}")
     for p in kstate(cpu.m).table.get(kp.addr, [kp]):
         p.armed = False
     kp.armed = False
@@ -535,7 +576,12 @@ def op_hit(cpu: Cpu, site: int) -> Gen:
             " instruction nor one a patch wrote",
         )
     if word == BREAKPOINT_INSTRUCTION:
-        flags = cpu.local_irq_save()  # program check: interrupts off in the handler
+        # The program check runs the handler with interrupts off, and kprobe_handler
+        # with preemption off to the single-step's end: an RCU read-side section
+        # from the trap on, which unregister_kprobe's synchronize_rcu waits out.
+        flags = cpu.local_irq_save()
+        rcu_read_lock(cpu)
         yield from cpu.k.kprobe_handler(cpu, addr)
+        rcu_read_unlock(cpu)
         cpu.local_irq_restore(flags)
     return 0

@@ -259,11 +259,19 @@ def radix__pte_update(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, *, clear_all: bo
 
 @routine("switch_mmu_context", MMU_CONTEXT_C, symbol="radix__switch_mmu_context")
 def radix__switch_mmu_context(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
-    """``radix__switch_mmu_context()`` (book3s64/mmu_context.c:323): mtspr PID, then isync."""
+    """``radix__switch_mmu_context()`` (book3s64/mmu_context.c:323): mtspr PID, then isync.
+
+    The loaded mm changes at the PID write, before the isync, as in the kernel;
+    ``switch_mm_irqs_off`` only records it again afterwards.
+    """
     mmu = cpu.m.mmu
     assert isinstance(mmu, RadixMmu)
     yield
     mmu.mtspr_pid(cpu, next_mm.context_id)
+    # From the PID write on, this CPU translates user addresses through next (the
+    # isync only makes that take effect for later instructions): an interrupt
+    # taken before the isync already finds next loaded.
+    cpu.loaded_mm = next_mm
     yield
     mmu.isync(cpu)
 
