@@ -308,17 +308,22 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
                 ret = yield from cpu.k.arm_kprobe(cpu, kp)
                 if ret:
                     del s.table[kp.addr]
+        if ret == 0 and "optprobes" in m.state:
+            yield from cpu.k.try_to_optimize_kprobe(cpu, kp)  # kernel/kprobes.c:1686
     yield from mutex_unlock(cpu, s.kprobe_mutex)
     return ret
 
 
 @routine("arm_kprobe", KPROBES_C, inlined=True)
 def arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``arm_kprobe()`` (kernel/kprobes.c): ``cpus_read_lock``, ``text_mutex``, arch_arm_kprobe."""
+    """``arm_kprobe()`` (kernel/kprobes.c): ``cpus_read_lock``, ``text_mutex``,
+    ``__arm_kprobe``: arch_arm_kprobe, then ``optimize_kprobe`` (queue it for the optimizer)."""
     m = cpu.m
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, m.state["text_mutex"])
     yield from cpu.k.arch_arm_kprobe(cpu, kp)
+    if "optprobes" in m.state:
+        yield from cpu.k.optimize_kprobe(cpu, kp)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     return 0
@@ -326,10 +331,13 @@ def arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 
 @routine("disarm_kprobe", KPROBES_C, inlined=True)
 def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``disarm_kprobe()`` (kernel/kprobes.c): as arm_kprobe, with arch_disarm_kprobe."""
+    """``disarm_kprobe()`` (kernel/kprobes.c): as arm_kprobe, with ``__disarm_kprobe``:
+    ``unoptimize_kprobe`` (the branch back to a trap), then arch_disarm_kprobe."""
     m = cpu.m
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, m.state["text_mutex"])
+    if "optprobes" in m.state:
+        yield from cpu.k.unoptimize_kprobe(cpu, kp)
     yield from cpu.k.arch_disarm_kprobe(cpu, kp)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
@@ -371,6 +379,8 @@ def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     yield from synchronize_rcu(cpu)
     if last and kp.insn_slot:
         free_insn_slot(s, kp.insn_slot)
+    if last and "optprobes" in cpu.m.state:
+        yield from cpu.k.free_aggr_kprobe(cpu, kp)
     return 0
 
 
@@ -575,6 +585,8 @@ def op_hit(cpu: Cpu, site: int) -> Gen:
             f"CPU {cpu.n} fetched {word:#010x} at {site_name(site)}: neither the original"
             " instruction nor one a patch wrote",
         )
+    if word >> 26 == 18 and "optprobes" in m.state:  # b detour: an optimized probe
+        yield from cpu.k.optimized_callback(cpu, addr, word)
     if word == BREAKPOINT_INSTRUCTION:
         # The program check runs the handler with interrupts off, and kprobe_handler
         # with preemption off to the single-step's end: an RCU read-side section

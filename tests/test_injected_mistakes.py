@@ -27,6 +27,7 @@ EXPECTED = {
     "unsafe_sequence_order": ("INVARIANT", "patched sequence safe at every step"),
     "cached_pte": ("BUG", "assert_pte_locked"),
     "alias_on_radix": ("WARNING", "smp_call_function_many_cond"),
+    "optprobe_branch_first": ("INVARIANT", "optprobe detour complete"),
 }
 #: The kernel version each mistake changes (the default is the newest, v6.12).
 KERNEL = {"cached_pte": "v6.12"}
@@ -48,6 +49,7 @@ NEEDS_SEARCH = {
     "skip_suspend_breakpoints": "start",
     "skip_restore_breakpoints": "start",
     "unsafe_sequence_order": "start",
+    "optprobe_branch_first": "start",
 }
 
 
@@ -77,7 +79,7 @@ def test_mistake_is_caught_within_the_default_budget(mistake, seed, tmp_path):
 
 
 #: Mistakes in a routine every version shares: they show on v6.1 too.
-EVERY_VERSION = ("unsafe_sequence_order",)
+EVERY_VERSION = ("unsafe_sequence_order", "optprobe_branch_first")
 
 
 @pytest.mark.parametrize("mistake", MISTAKES)

@@ -21,4 +21,5 @@ MISTAKES = (
     "unsafe_sequence_order",
     "cached_pte",
     "alias_on_radix",
+    "optprobe_branch_first",
 )
