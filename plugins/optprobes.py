@@ -156,10 +156,14 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
 
 def init_optprobes(cpu: Cpu) -> Gen:
     """``init_optprobes()`` (kernel/kprobes.c:2762 v6.1), a subsys_initcall."""
+    if "kprobes" not in cpu.m.state:  # the kprobes plugin is blocked: no kprobes at all
+        return 0
     return (yield from cpu.k.optimize_all_kprobes(cpu))
 
 
 def op_optimizer(cpu: Cpu) -> Gen:
+    if "kprobes" not in cpu.m.state:
+        return 0
     return (yield from cpu.k.kprobe_optimizer(cpu))
 
 
