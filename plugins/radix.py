@@ -352,3 +352,30 @@ def radix__map_kernel_page(cpu: Cpu, ea: int, pfn: int, prot: Any) -> Gen:
     yield
     m.mmu.ptesync(cpu)
     return 0
+
+
+def known_findings() -> list[dict[str, Any]]:
+    """Findings on v6.1 as released, booted with ``disable_tlbie`` (field values of
+    ``fuzzer.KnownFinding``, for the ``fuzzer_known_findings`` hook once it exists).
+
+    v6.1's ``do_patch_instruction`` disables interrupts (code-patching.c:188) around
+    ``__do_patch_instruction``, whose ``flush_tlb_kernel_range`` (:170) becomes
+    ``on_each_cpu(do_tlbiel_kernel, NULL, 1)`` without tlbie (radix_tlb.c:954-956,
+    981-984). With lockdep that is a WARNING in ``smp_call_function_many_cond``
+    (kernel/smp.c:913-915) on the first patch after ``start_kernel`` enables
+    interrupts; without it two CPUs patching at once (kprobes under text_mutex, a
+    static key under jump_label_mutex) each spin in ``csd_lock_wait`` with interrupts
+    off for the other's IPI. v6.2 patches through a per-CPU temporary mm with a local
+    flush on Radix + SMP and no longer flushes by IPI there. (The deadlock is not
+    declared: a deadlock's signature names no location, so declaring it would hide
+    every other deadlock at v6.1.)
+    """
+    where = ("arch/powerpc/lib/code-patching.c:170,188 (v6.1);"
+             " arch/powerpc/mm/book3s64/radix_tlb.c:954-956,981-984; kernel/smp.c:913-915,998")
+    fix = ("patch through a temporary mm with a local flush (c28c15b6d28a + 980411a4d1bb, v6.2),"
+           " or flush the alias outside the IRQ-off window")
+    return [
+        {"signature": ("WARNING", "smp_call_function_many_cond", "kernel/smp.c:915"),
+         "kernels": ("v6.1",), "fix": fix, "reference": where,
+         "title": "disable_tlbie: v6.1 code patching flushes kernel TLBs by IPI with IRQs off"},
+    ]
