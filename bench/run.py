@@ -47,6 +47,7 @@ import hypothesis  # noqa: E402
 
 from fuzzer import FuzzerPluginManager, KernelConfig, Model, RunConfig  # noqa: E402
 from fuzzer._campaign import STEPS_PER_EXAMPLE, replay, run_campaign  # noqa: E402
+from fuzzer._config import VersionChain  # noqa: E402
 from fuzzer._errors import KernelFailure  # noqa: E402
 from fuzzer._machine import Machine  # noqa: E402
 from fuzzer._search import SCHEDULE_BLOCK, Walker  # noqa: E402
@@ -59,6 +60,7 @@ BENCH = Path(__file__).resolve().parent
 #: Kernel and MMU each mistake needs (as in tests/test_injected_mistakes.py; a test checks they agree).
 KERNEL = {"cached_pte": "v6.12"}
 MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash"}
+CONFIG = {"alias_on_radix": ["CONFIG_CMDLINE=disable_tlbie"]}
 
 #: Known-minimal reproduction length, in steps: the shortest reproduction seen (shipped
 #: corpus entries and these benchmarks' shrunk outputs). Boot-time failures need only the
@@ -67,13 +69,14 @@ MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash"}
 MINIMAL = {
     "seed crash": 1,
     "irqs_early": 1, "no_local_flush": 1, "missing_ptesync": 1, "hash_no_hpte_flush": 1,
-    "cached_pte": 1,
+    "cached_pte": 1, "alias_on_radix": 1,
     "unsafe_sequence_order": 2,     # boot, start fixups.entry_flush (its own fault shows it)
     "shared_patching_mm": 3,        # boot, online CPU 1, start kprobes.register on CPU 0
     "leak_on_offline": 4,           # boot, online, run, offline
     "pmi_in_patch_window": 4,       # boot, start, run into the patch window, irq perf_pmi
     "skip_restore_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
     "skip_suspend_breakpoints": 4,  # boot, start breakpoints.set, run, start a patching user
+    "optprobe_branch_first": 5,     # boot, start kprobes.register, online CPU 1, run, start a hit
 }
 
 #: Where a mistake shows in more than one way, the known-minimal length of a reproduction
@@ -89,12 +92,16 @@ SEARCHER_TITLE = {"guided": "fuzzer --guide", "fuzzer": "fuzzer (default)",
                   "hypothesis": "fuzzer --engine hypothesis", "walk": "random walk"}
 
 
-def model_for(kernel: str = "v6.12", mmu: str = "radix", plugins: Sequence[str] = ()) -> Model:
-    """The model ``python -m fuzzer -p PLUGIN run --kernel K --mmu M`` builds (no autoload)."""
+def model_for(kernel: str = "v6.12", mmu: str = "radix", plugins: Sequence[str] = (),
+              config: Sequence[str] = ()) -> Model:
+    """The model ``python -m fuzzer -p PLUGIN run --kernel K --mmu M --config C`` builds (no
+    autoload), with the version's own config defaults."""
     pm = FuzzerPluginManager()
     pm.load(list(plugins), autoload=False)
     pm.check_pending()
-    return Model.build(pm, RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), ()), 4))
+    chain = VersionChain.of(kernel, {v.name: v.based_on for v in pm.kernel_versions()})
+    return Model.build(pm, RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), config,
+                                                                     chain), 4))
 
 
 def targets() -> list[tuple[str, Model]]:
@@ -102,7 +109,7 @@ def targets() -> list[tuple[str, Model]]:
     out = [("seed crash", model_for("next-20221215"))]
     for name in MISTAKES:
         out.append((name, model_for(KERNEL.get(name, "v6.2"), MMU.get(name, "radix"),
-                                    [f"fuzzer_plugins.mistakes.{name}"])))
+                                    [f"fuzzer_plugins.mistakes.{name}"], CONFIG.get(name, ()))))
     return out
 
 
