@@ -69,7 +69,9 @@ CONFIG = {"alias_on_radix": ["CONFIG_CMDLINE=disable_tlbie"]}
 MINIMAL = {
     "seed crash": 1,
     "irqs_early": 1, "no_local_flush": 1, "missing_ptesync": 1, "hash_no_hpte_flush": 1,
-    "cached_pte": 1, "alias_on_radix": 1,
+    "cached_pte": 1, "null_patching_context": 1, "alias_on_radix": 1,
+    "static_key_dec_no_update": 4,  # boot, start jump_label.inc, run, start jump_label.dec
+    "aggr_disarm_early": 6,         # boot, register, run, register at the same site, run, disable
     "unsafe_sequence_order": 2,     # boot, start fixups.entry_flush (its own fault shows it)
     "shared_patching_mm": 3,        # boot, online CPU 1, start kprobes.register on CPU 0
     "leak_on_offline": 4,           # boot, online, run, offline

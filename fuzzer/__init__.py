@@ -1,6 +1,6 @@
 """A plugin-based, Hypothesis-driven fuzzer for powerpc kernel logic."""
 
-from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig
+from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig, VersionChain
 from fuzzer._errors import (
     Deadlock,
     EndStateViolation,
@@ -9,6 +9,7 @@ from fuzzer._errors import (
     InvariantViolation,
     KernelBug,
     KernelFailure,
+    KernelOops,
     KernelWarning,
     Livelock,
     LockdepSplat,
@@ -18,6 +19,7 @@ from fuzzer._errors import (
     Signature,
     UsageError,
 )
+from fuzzer._export import Action as ExportAction
 from fuzzer._machine import Breakpoint, Cpu, Machine, Task
 from fuzzer._mm import (
     MM,
@@ -41,7 +43,7 @@ from fuzzer._plugins import (
     hookimpl,
 )
 from fuzzer._routines import routine
-from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
+from fuzzer._specs import BOOK3S64, AddressLayout, Initcall, InterruptSource, Invariant, MmuSpec, Operation
 from fuzzer._steps import Step
 from fuzzer.kernel.locking import (
     Mutex,
@@ -57,6 +59,7 @@ from fuzzer.kernel.mm import pte_alloc
 
 __all__ = [
     "AUTOLOAD_ENV",
+    "BOOK3S64",
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
     "KERNEL_TEXT_END",
@@ -66,11 +69,13 @@ __all__ = [
     "PAGE_OFFSET",
     "VMALLOC_END",
     "VMALLOC_START",
+    "AddressLayout",
     "Breakpoint",
     "ConfigOption",
     "Cpu",
     "Deadlock",
     "EndStateViolation",
+    "ExportAction",
     "Frame",
     "FuzzerPluginManager",
     "Geometry",
@@ -82,6 +87,7 @@ __all__ = [
     "KernelBug",
     "KernelConfig",
     "KernelFailure",
+    "KernelOops",
     "KernelVersion",
     "KernelWarning",
     "Livelock",
@@ -107,6 +113,7 @@ __all__ = [
     "Table",
     "Task",
     "UsageError",
+    "VersionChain",
     "check_access",
     "hookimpl",
     "lockdep_assert_irqs_disabled",

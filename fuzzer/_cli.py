@@ -23,6 +23,7 @@ from typing import NoReturn, TextIO
 
 import attrs
 
+from fuzzer._boot import boot as boot_real
 from fuzzer._campaign import ENGINES, Outcome, replay, run_campaign
 from fuzzer._config import KernelConfig, RunConfig, VersionChain
 from fuzzer._corpus import DEFAULT_DIR as DEFAULT_CORPUS
@@ -31,6 +32,7 @@ from fuzzer._coverage import DEFAULT_DIR as DEFAULT_COVERAGE_DIR
 from fuzzer._coverage import CoverageSession, CoverageSummary, measured_files
 from fuzzer._database import check_spec, is_redis, open_database
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, Signature, UsageError
+from fuzzer._export import FORMATS, write_export
 from fuzzer._model import Model
 from fuzzer._plugins import AUTOLOAD_ENV, FuzzerPluginManager
 from fuzzer._report import failure_json, format_failure, write_json
@@ -191,6 +193,24 @@ def build_parser(pm: FuzzerPluginManager) -> _Parser:
     plugins = sub.add_parser("plugins", help="list loaded plugins, their origin and hooks")
     plugins.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                          help=plugin_help)
+    exp = sub.add_parser("export", help="turn a reproduction into a program for a real kernel")
+    exp.add_argument("repro", metavar="REPRO", help="a corpus entry or a --report-json report")
+    exp.add_argument("--format", dest="fmt", choices=FORMATS, default=FORMATS[0],
+                     help="init-c: a static init against the kernel's nolibc; shell: a script for a"
+                     f" machine with a userland (default: {FORMATS[0]})")
+    exp.add_argument("--out", metavar="DIR", default=".", help="directory to write it to (default: .)")
+    exp.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME", help=plugin_help)
+    boot = sub.add_parser("boot", help="build a real kernel, boot it in QEMU with a reproduction,"
+                          " print the verdict")
+    boot.add_argument("repro", metavar="REPRO", help="a corpus entry or a --report-json report")
+    boot.add_argument("--source", metavar="DIR", required=True,
+                      help="an unpacked kernel source tree (Debian: /usr/src/linux-source-6.12.tar.xz)")
+    boot.add_argument("--patch", metavar="FILE", default=None,
+                      help="also build the tree with this patch applied (a candidate fix) and boot both")
+    boot.add_argument("--work", metavar="DIR", default="fuzzer-boot",
+                      help="build trees, logs and consoles (kept and reused; default: fuzzer-boot)")
+    boot.add_argument("--timeout", type=_seconds, default=600.0, metavar="SECONDS",
+                      help="give up on a boot after this long (default 600)")
     return parser
 
 
@@ -647,6 +667,34 @@ def cmd_replay(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, e
     return code
 
 
+def cmd_export(pm: FuzzerPluginManager, repro: str, fmt: str, directory: str, out: TextIO) -> int:
+    """``export``: write the program, say where, and what it checks."""
+    path = write_export(repro, fmt, directory,
+                        lambda name, args: pm.hook.fuzzer_export_operation(name=name, args=args))
+    out.write(f"wrote {path} ({fmt})\n")
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.lstrip("#/* ").rstrip()
+        if text.startswith(("expect:", "verdict:")):
+            out.write(f"  {text}\n")
+    return EXIT_OK
+
+
+def cmd_boot(repro: str, source: str, patch: str | None, work: str, timeout: float, out: TextIO,
+             err: TextIO) -> int:
+    """``boot``: build, boot, and print each boot's verdict (side by side with ``--patch``)."""
+    def echo(text: str) -> None:
+        err.write(text + "\n")
+        err.flush()
+
+    results = boot_real(repro, source, patch=patch, work=work, timeout=timeout, echo=echo)
+    for result in results:
+        out.write(f"{result.label:>8}: {result.verdict}\n")
+        for number in result.numbers:
+            out.write(f"{'':>10}{number}\n")
+        out.write(f"{'':>10}console: {result.log}\n")
+    return EXIT_OK
+
+
 def _underline(text: str) -> str:
     width = 78
     pad = max(width - len(text) - 2, 4)
@@ -666,12 +714,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         parser = build_parser(pm)
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("a command is required: run, replay or plugins (see --help)")
+            raise UsageError("a command is required: run, replay, export, boot or plugins (see --help)")
         if args.command == "plugins":
             return cmd_plugins(pm, out)
         if args.command == "replay":
             args.plugins = requested  # global and subcommand -p alike
             return cmd_replay(pm, args, out, err)
+        if args.command == "export":
+            return cmd_export(pm, args.repro, args.fmt, args.out, out)
+        if args.command == "boot":
+            return cmd_boot(args.repro, args.source, args.patch, args.work, args.timeout, out, err)
         return cmd_run(pm, args, out, err, plugins=requested)
     except UsageError as exc:
         err.write(f"ERROR: {exc}\n")

@@ -184,3 +184,33 @@ class Livelock(KernelFailure):
     def __init__(self, detail: str) -> None:
         super().__init__(f"livelock: {detail}", function="livelock")
         self.detail = detail
+
+
+class KernelOops(KernelFailure):
+    """A bad kernel data access: NULL or a freed object's poison, as ``__bad_page_fault`` prints it.
+
+    ``arch/powerpc/mm/fault.c`` (``__bad_page_fault``, 6.1:568, 6.12:612):
+    below ``PAGE_SIZE`` it is "Kernel NULL pointer dereference", else
+    "Unable to handle kernel data access"; a data storage interrupt says
+    "on read"/"on write", a data segment interrupt (an address outside every
+    segment, as SLUB's poison is) does not; then ``die("Kernel access of bad
+    area", regs, SIGSEGV)``. A NULL access is a user address, so KUAP's
+    ``bad_kernel_fault`` prints its "Kernel attempted to read user page" line
+    first. The signature is the faulting function (the innermost modelled frame).
+    """
+
+    kind = "OOPS"
+
+    def __init__(self, address: int, *, write: bool = False, what: str = "") -> None:
+        access = "write" if write else "read"
+        self.kuap = ""
+        """The line KUAP prints before the oops (a user address: NULL), or ``""``."""
+        if address < 0x1_0000:  # below PAGE_SIZE: a NULL pointer plus a field offset
+            self.kuap = (f"Kernel attempted to {access} user page ({address:x})"
+                         " - exploit attempt? (uid: 0)")
+            super().__init__(f"BUG: Kernel NULL pointer dereference on {access} at 0x{address:08x}")
+        else:
+            super().__init__(f"BUG: Unable to handle kernel data access at 0x{address:08x}")
+        self.address = address
+        self.write = write
+        self.detail = what

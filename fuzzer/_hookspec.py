@@ -18,7 +18,7 @@ interrupt sources, resolved routines) so the hot path pays nothing for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import argparse
 
     from fuzzer._config import ConfigOption, KernelVersion, RunConfig
+    from fuzzer._export import Action as ExportAction
     from fuzzer._machine import Machine
     from fuzzer._routines import RoutineFn
     from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
@@ -153,4 +154,23 @@ def fuzzer_machine_setup(machine: Machine) -> None:
 
     Called after the CPUs, memory and the MMU exist and before boot. Return
     value ignored.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Export to a real kernel: ``python -m fuzzer export``.
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def fuzzer_export_operation(name: str, args: Mapping[str, Any]) -> ExportAction | None:
+    """Say what a real kernel runs for one of this plugin's operations.
+
+    ``name`` is the operation (``kprobes.register``), ``args`` its recorded
+    arguments. Return a :class:`fuzzer.ExportAction` (shell commands, C
+    statements against the exported init's helpers, and a note where the
+    equivalent is approximate), or None for an operation that is not yours.
+    First non-None wins; operations nobody answers fall back to the built-in
+    table, and are listed in the program's header as having no real
+    equivalent when that does not know them either.
     """

@@ -28,7 +28,7 @@ from fuzzer._errors import (
     PluginError,
 )
 from fuzzer._mm import MM, Geometry, Prot, Pte, PtePage, SpinLock, Table
-from fuzzer._mmu import KERNEL_TEXT_END, MEMORY_SIZE, PAGE_OFFSET, VMALLOC_END, VMALLOC_START
+from fuzzer._oops import oops_of
 from fuzzer._routines import frame_of_code
 from fuzzer._steps import ACTIONS, Step
 
@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 
 Wait = Callable[[], bool]
 NOP = 0x6000_0000
-#: Physical memory handed out for user pages starts here (past the kernel image).
-USER_MEMORY_START = 0x4000_0000
-#: Where a user task's stack page is mapped.
-USER_STACK_TOP = 0x7FFF_F000_0000
 USER_PAGE = Prot.PRESENT | Prot.READ | Prot.WRITE | Prot.ACCESSED | Prot.DIRTY
 
 
@@ -222,7 +218,9 @@ class Machine:
         self.version = model.chain
         """The kernel version and those it is based on (``m.version.is_("v6.1")``)."""
         self.k = model.routines
-        self.nr_wp_slots = int(self.config.values.get("CONFIG_PPC_NR_DAWR", 1) or 1)
+        self.layout = model.mmu.layout
+        """The kernel's address layout (the MMU spec's)."""
+        self.nr_wp_slots = model.mmu.breakpoint_slots(self.config)
         self.max_steps = max_steps
         self.nsteps = 0
         self.steps: list[Step] = []
@@ -233,6 +231,8 @@ class Machine:
         """Kernel text as built, before any patching (for the torn-fetch invariant)."""
         self.text_writes: dict[int, set[int]] = {}
         """Per physical text word, every value a patch was asked to write there."""
+        self.stores = 0
+        """Words stored to memory so far: a check of some text can skip a step that stored none."""
         self.rodata_ro = False
         """``mark_rodata_ro`` done: kernel text is read-only in the linear map."""
         self.static_keys: dict[str, bool] = {}
@@ -240,8 +240,8 @@ class Machine:
         self.booted = False
         self.hotplug_busy = False
         self.cpuhp_states: list[CpuhpState] = []
-        self.vmalloc_next = VMALLOC_START
-        self.next_pfn = USER_MEMORY_START >> model.run.page_shift
+        self.vmalloc_next = self.layout.vmalloc_start
+        self.next_pfn = self.layout.user_memory_start >> model.run.page_shift
         self.mm_ids = 1
         self.next_pid = 2
         self.state: dict[str, Any] = {}
@@ -307,19 +307,20 @@ class Machine:
     def alloc_vmalloc(self, size: int) -> int | None:
         """Kernel virtual space for a vmalloc/module_alloc range, with a guard page; None when full."""
         addr = self.vmalloc_next
-        if addr + size > VMALLOC_END:
+        if addr + size > self.layout.vmalloc_end:
             return None
         self.vmalloc_next = addr + size + self.run.page_size
         return addr
 
     def translate(self, cpu: Cpu, va: int, write: bool) -> int | None:
         """Physical address of a kernel-mode access by ``cpu``, or None for a fault."""
-        if va >= PAGE_OFFSET:
-            if va < PAGE_OFFSET + MEMORY_SIZE:
-                if write and self.rodata_ro and va < PAGE_OFFSET + KERNEL_TEXT_END:
+        lay = self.layout
+        if va >= lay.page_offset:
+            if va < lay.page_offset + lay.memory_size:
+                if write and self.rodata_ro and va < lay.page_offset + lay.kernel_text_end:
                     return None  # STRICT_KERNEL_RWX: text is read-only in the linear map
-                return va - PAGE_OFFSET
-            if VMALLOC_START <= va < VMALLOC_END:
+                return va - lay.page_offset
+            if lay.vmalloc_start <= va < lay.vmalloc_end:
                 return self.mmu.translate_vmalloc(cpu, va, write)
             return None
         return self.mmu.translate_user(cpu, va, write)
@@ -361,11 +362,13 @@ class Machine:
 
     def _write_word(self, pa: int, value: int) -> None:
         self.mem[pa] = value
+        self.stores += 1
 
     def fetch(self, cpu: Cpu, va: int) -> int:
         """Instruction fetch of one word: kernel text, or executable vmalloc (insn slots)."""
-        if PAGE_OFFSET <= va < PAGE_OFFSET + MEMORY_SIZE:
-            return self.mem.get(va - PAGE_OFFSET, NOP)
+        base = self.layout.page_offset
+        if base <= va < base + self.layout.memory_size:
+            return self.mem.get(va - base, NOP)
         pa = self.translate(cpu, va, False)
         if pa is None:
             raise ModelLimitation(f"CPU {cpu.n} fetched from unmapped {va:#x}")
@@ -374,14 +377,14 @@ class Machine:
     def write_text(self, va: int, words: Iterable[int]) -> None:
         """Lay out kernel text at build time (before boot)."""
         for i, w in enumerate(words):
-            pa = va - PAGE_OFFSET + 4 * i
+            pa = va - self.layout.page_offset + 4 * i
             self.mem[pa] = w
             self.pristine_text[pa] = w
 
     def expect_text(self, va: int, words: Iterable[int]) -> None:
         """A patch is about to write ``words`` at ``va``: they are legitimate values there."""
         for i, w in enumerate(words):
-            self.text_writes.setdefault(va - PAGE_OFFSET + 4 * i, set()).add(w)
+            self.text_writes.setdefault(va - self.layout.page_offset + 4 * i, set()).add(w)
 
     def get_random_long(self) -> int:
         """``get_random_long()``: from the seeded generator, so a run is reproducible."""
@@ -419,7 +422,7 @@ class Machine:
     def new_user_task(self, comm: str) -> Task:
         """A user process in a syscall: its own mm with a stack page mapped."""
         mm = self.new_mm(f"{comm}_mm")
-        stack = USER_STACK_TOP - self.run.page_size
+        stack = self.layout.user_stack_top - self.run.page_size
         self.map_page(mm, stack, Pte(self.alloc_pfn(), USER_PAGE))
         task = self.new_task(comm, mm)
         task.user_sp = stack + self.run.page_size - 256
@@ -481,7 +484,11 @@ class Machine:
         except (PluginError, ModelLimitation):
             raise
         except Exception as exc:
-            raise self._blame(exc) from exc
+            oops = oops_of(exc)  # a modelled routine followed a NULL kernel pointer
+            if oops is None:
+                raise self._blame(exc) from exc
+            self._annotate(oops, cpu, traceback_frames(exc.__traceback__) + _below(cpu))
+            raise oops from exc
         self.nsteps += 1
         if self.nsteps > self.max_steps:
             self._fail(Livelock(f"{self.max_steps} steps without the example ending"), cpu)

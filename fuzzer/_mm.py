@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from fuzzer._errors import MemoryCorruption
+from fuzzer._oops import kernel_struct
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu
@@ -95,6 +96,7 @@ class Table:
     freed: bool = False
 
 
+@kernel_struct("struct page")
 @attrs.define(eq=False)
 class PtePage:
     """A PTE page with its split page-table lock (``ptlock_ptr(page)``)."""
@@ -135,6 +137,7 @@ class PtePtr:
         return old
 
 
+@kernel_struct("struct mm_struct")
 @attrs.define(eq=False)
 class MM:
     """An ``mm_struct``: page tables, the context id (radix PID) and the CPU mask."""

@@ -5,19 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fuzzer._mm import Geometry, Prot, Pte, PtePtr
+from fuzzer._specs import BOOK3S64
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine, Task
     from fuzzer._mm import MM
 
-#: Kernel address layout (book3s64): the linear map, then vmalloc.
-PAGE_OFFSET = 0xC000_0000_0000_0000
-VMALLOC_START = 0xC008_0000_0000_0000
-VMALLOC_END = 0xC00A_0000_0000_0000
-#: Size of physical memory and of kernel text, as in the crash report's boot log
-#: ("Mapped 0x0000000000000000-0x0000000002760000 with 64.0 KiB pages (exec)").
-MEMORY_SIZE = 0x8000_0000
-KERNEL_TEXT_END = 0x0276_0000
+#: The book3s64 address layout's landmarks, for plugins that place kernel text at fixed
+#: powerpc addresses (the machine itself reads ``MmuSpec.layout``).
+PAGE_OFFSET = BOOK3S64.page_offset
+VMALLOC_START = BOOK3S64.vmalloc_start
+VMALLOC_END = BOOK3S64.vmalloc_end
+KERNEL_TEXT_END = BOOK3S64.kernel_text_end
 
 
 class Mmu:

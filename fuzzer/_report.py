@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from fuzzer._errors import KernelBug, KernelFailure, KernelWarning
+from fuzzer._errors import KernelBug, KernelFailure, KernelOops, KernelWarning
 from fuzzer._model import Model
 from fuzzer._steps import Step
 
@@ -48,6 +48,12 @@ def format_failure(failure: KernelFailure, model: Model, steps: Sequence[Step]) 
     elif isinstance(failure, KernelWarning):
         fn = failure.signature.function
         out += [CUT, f"WARNING: CPU: {cpu} {task.split(' Comm')[0]} at {failure.at} {fn}", _banner(model)]
+        out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
+    elif isinstance(failure, KernelOops):  # die() from __bad_page_fault: no cut line
+        fn = failure.signature.function or "?"
+        out += [failure.kuap] if failure.kuap else []
+        out += [failure.message, f"Faulting instruction address: in {fn} (modelled)",
+                "Oops: Kernel access of bad area, sig: 11 [#1]", _banner(model)]
         out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
     else:
         out += [CUT, failure.message, _banner(model)]

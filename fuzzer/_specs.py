@@ -81,6 +81,46 @@ class Initcall:
 
 
 @attrs.frozen
+class AddressLayout:
+    """Where an architecture's kernel keeps things: its MMU spec carries one.
+
+    The machine translates kernel addresses with it (the linear map, then
+    vmalloc), lays out kernel text and hands out user memory.
+    """
+
+    page_offset: int
+    """Start of the linear map of physical memory (``PAGE_OFFSET``)."""
+    vmalloc_start: int
+    vmalloc_end: int
+    memory_size: int
+    """Size of physical memory, mapped from ``page_offset``."""
+    kernel_text_end: int
+    """End of kernel text in physical memory: read-only after ``mark_rodata_ro``."""
+    user_memory_start: int
+    """Physical memory handed out for user pages starts here (past the kernel image)."""
+    user_stack_top: int
+    """Where a user task's stack page ends."""
+
+
+#: book3s64 (POWER, 64-bit): the linear map, then vmalloc; memory and text sizes as in the
+#: crash report's boot log ("Mapped 0x0000000000000000-0x0000000002760000 with 64.0 KiB
+#: pages (exec)").
+BOOK3S64 = AddressLayout(
+    page_offset=0xC000_0000_0000_0000,
+    vmalloc_start=0xC008_0000_0000_0000,
+    vmalloc_end=0xC00A_0000_0000_0000,
+    memory_size=0x8000_0000,
+    kernel_text_end=0x0276_0000,
+    user_memory_start=0x4000_0000,
+    user_stack_top=0x7FFF_F000_0000,
+)
+
+
+def _one_slot(config: Any) -> int:
+    return 1
+
+
+@attrs.frozen
 class MmuSpec:
     """An MMU model: owns translation, page-table geometry, TLBs and flushes."""
 
@@ -93,3 +133,8 @@ class MmuSpec:
     """What the kernel's ``radix_enabled()`` returns with this MMU."""
     arch: str = "powerpc"
     """The architecture: ``--mmu NAME`` runs only the kernel versions of this ``arch``."""
+    layout: AddressLayout = BOOK3S64
+    """The kernel's address layout on this MMU's architecture."""
+    breakpoint_slots: Callable[[Any], int] = attrs.field(default=_one_slot, repr=False)
+    """Data breakpoint registers per CPU for a :class:`~fuzzer.KernelConfig` (powerpc: the
+    DAWRs, ``CONFIG_PPC_NR_DAWR``)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hypothesis import strategies as st
 
 from fuzzer import Breakpoint, Operation, RunConfig, hookimpl, routine
-from fuzzer.kernel import context
+from fuzzer.kernel import context, dawr_slots
 
 if TYPE_CHECKING:
     from fuzzer import Cpu
@@ -41,7 +41,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
-    slots = int(config.config.values.get("CONFIG_PPC_NR_DAWR", 1) or 1)
+    slots = dawr_slots(config.config)
     return [
         Operation(
             "breakpoints.set",

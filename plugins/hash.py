@@ -35,6 +35,7 @@ from fuzzer import (
     pte_alloc,
     routine,
 )
+from fuzzer.kernel import dawr_slots
 
 if TYPE_CHECKING:
     from fuzzer import MM, Cpu, Machine
@@ -184,7 +185,8 @@ class HashMmu(Mmu):
 
 @hookimpl
 def fuzzer_mmus() -> list[MmuSpec]:
-    return [MmuSpec("hash", HashMmu, "POWER Hash MMU (HPT, SLB): patching uses the vmalloc alias")]
+    return [MmuSpec("hash", HashMmu, "POWER Hash MMU (HPT, SLB): patching uses the vmalloc alias",
+                    breakpoint_slots=dawr_slots)]
 
 
 @hookimpl

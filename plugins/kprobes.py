@@ -19,6 +19,7 @@ from fuzzer import (
     PAGE_KERNEL_ROX,
     PAGE_OFFSET,
     Initcall,
+    Invariant,
     InvariantViolation,
     KernelFailure,
     KernelWarning,
@@ -33,7 +34,7 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer.kernel import V612, down_read, up_read
+from fuzzer.kernel import EINVAL, V612, deref, down_read, kernel_struct, up_read
 from fuzzer.kernel.rcu import rcu_read_lock, rcu_read_unlock, synchronize_rcu
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ WARN_LINES = {
     "v6.2": {"arm": 195, "disarm": 201},
     "v6.12": {"arm": 178, "disarm": 184},
 }
-EINVAL, ENOMEM, ENOENT = 22, 12, 2
+ENOMEM, ENOENT = 12, 2
 
 BREAKPOINT_INSTRUCTION = 0x7FE0_0008  # tw 31,0,0
 NOP = 0x6000_0000
@@ -119,19 +120,76 @@ def site_name(i: int) -> str:
     return f"{sym}+{off:#x}"
 
 
-@attrs.define(eq=False)
+#: Bumped by every change to a kprobe, a probe list or the hash table (any machine's):
+#: with ``Machine.stores``, what lets the table check skip a step that changed nothing.
+CHANGES = [0]
+
+
+def _changed(inst: Any, attribute: Any, value: Any) -> Any:
+    CHANGES[0] += 1
+    return value
+
+
+class ProbeList(list):
+    """An aggregator's ``ap->list``: a list whose every change is noted in ``CHANGES``."""
+
+    def _note(name: str) -> Any:  # type: ignore[misc]  # a class-body helper, not a method
+        base = getattr(list, name)
+
+        def method(self: Any, *args: Any) -> Any:
+            CHANGES[0] += 1
+            return base(self, *args)
+
+        return method
+
+    append = _note("append")
+    remove = _note("remove")
+    clear = _note("clear")
+    insert = _note("insert")
+    pop = _note("pop")
+    extend = _note("extend")
+    __setitem__ = _note("__setitem__")
+    __delitem__ = _note("__delitem__")
+
+
+class ProbeTable(dict):
+    """``kprobe_table``: a dict whose every change is noted in ``CHANGES``."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        CHANGES[0] += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        CHANGES[0] += 1
+        super().__delitem__(key)
+
+    def pop(self, *args: Any) -> Any:
+        CHANGES[0] += 1
+        return super().pop(*args)
+
+
+@kernel_struct("struct kprobe")
+@attrs.define(eq=False, on_setattr=_changed)
 class Kprobe:
-    """A ``struct kprobe`` registered by someone: boot's trampoline probe or an operation."""
+    """A ``struct kprobe``: boot's trampoline probe, an operation's, or an aggregator."""
 
     addr: int
     owner: str
     opcode: int = 0
     insn_slot: int = 0
     armed: bool = False
+    """What ``arch_arm_kprobe``/``arch_disarm_kprobe`` last did to the text (the model's record)."""
     disabled: bool = False
+    """``KPROBE_FLAG_DISABLED``."""
     hits: int = 0
     busy: bool = False
     """An operation is working on it (a user never races two calls on one kprobe)."""
+    children: list[Kprobe] | None = None
+    """An aggregator's ``ap->list`` (``kprobe_aggrprobe``); None for any other probe."""
+    parent: Kprobe | None = None
+    """The aggregator whose list this probe joined (``register_aggr_kprobe``)."""
+    freed: bool = False
+    """kfree()d: by its owner after unregistering it, or ``free_aggr_kprobe``."""
 
 
 @attrs.define(eq=False)
@@ -139,12 +197,16 @@ class KprobesState:
     """Per-machine kprobes state: the kprobe table, insn slots, the mutex."""
 
     kprobe_mutex: Mutex = attrs.Factory(lambda: Mutex("kprobe_mutex"))
-    table: dict[int, list[Kprobe]] = attrs.Factory(dict)
-    """``kprobe_table``: probes by address (aggregated probes share one)."""
-    user: dict[int, Kprobe] = attrs.Factory(dict)
-    """Operations' own kprobes, by site index."""
+    table: dict[int, Kprobe] = attrs.Factory(ProbeTable)
+    """``kprobe_table``: the hashed probe at each address (an aggregator when there are several)."""
+    user: dict[tuple[int, int], Kprobe] = attrs.Factory(dict)
+    """Operations' own kprobes, by (site index, which of the two a user may have there)."""
     free_slots: list[int] = attrs.Factory(list)
     initialized: bool = False
+    probed: tuple[tuple[int, int], ...] = ()
+    """(address, physical address) of every place a probe can be: what the table check reads."""
+    checked: tuple[int, int] = (-1, -1)
+    """(``Machine.stores``, ``CHANGES``) when the table check last found everything consistent."""
 
 
 def kstate(m: Machine) -> KprobesState:
@@ -203,6 +265,7 @@ def fuzzer_machine_setup(machine: Machine) -> None:
     rox = machine.config.enabled("CONFIG_STRICT_KERNEL_RWX")
     machine.map_page(machine.init_mm, va, Pte(pfn, PAGE_KERNEL_ROX if rox else PAGE_KERNEL | Prot.EXEC))
     st_.free_slots = [va + 64 * i for i in range(16)]
+    st_.probed = tuple((a, a - PAGE_OFFSET) for a in probed_addresses())
 
 
 @hookimpl
@@ -214,24 +277,39 @@ def fuzzer_initcalls(config: RunConfig) -> list[Initcall]:
 def fuzzer_routines(config: RunConfig) -> list[Any]:
     return [
         init_kprobes, arch_init_kprobes, arch_init_kprobes_612, register_kprobe,
-        arch_prepare_kprobe,
-        arm_kprobe, arch_arm_kprobe, disarm_kprobe, arch_disarm_kprobe,
-        unregister_kprobe, kprobe_handler,
+        register_aggr_kprobe,
+        arch_prepare_kprobe, arm_kprobe, arch_arm_kprobe, disarm_kprobe, arch_disarm_kprobe,
+        __disable_kprobe, disable_kprobe, enable_kprobe, unregister_kprobe,
+        __unregister_kprobe_top, __unregister_kprobe_bottom, kprobe_handler,
+    ]
+
+
+@hookimpl
+def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
+    return [
+        Invariant("kprobes match the text", table_matches_text,
+                  doc="kprobe_mutex free: every enabled hashed probe's address holds the trap,"
+                      " no other probe site does, no saved opcode is the trap, an aggregator"
+                      " is disabled exactly when all its probes are"),
     ]
 
 
 @hookimpl
 def fuzzer_operations(config: RunConfig) -> list[Operation]:
     sites = st.sampled_from(_sites(config))
+    probe = st.integers(0, 1)  # a user's first or second kprobe at the site: two aggregate
     return [
-        Operation("kprobes.register", op_register, {"site": sites},
-                  doc="register_kprobe() on a text site (armed at once)", comm="perf"),
-        Operation("kprobes.disable", op_disable, {"site": sites},
-                  doc="disable_kprobe(): disarm, patching the original back", comm="perf"),
-        Operation("kprobes.enable", op_enable, {"site": sites},
+        Operation("kprobes.register", op_register, {"site": sites, "probe": probe},
+                  doc="register_kprobe() on a text site (armed at once; a second probe"
+                      " at one address aggregates)", comm="perf"),
+        Operation("kprobes.disable", op_disable, {"site": sites, "probe": probe},
+                  doc="disable_kprobe(): disarm once no probe at the address is enabled",
+                  comm="perf"),
+        Operation("kprobes.enable", op_enable, {"site": sites, "probe": probe},
                   doc="enable_kprobe(): arm again", comm="perf"),
-        Operation("kprobes.unregister", op_unregister, {"site": sites},
-                  doc="unregister_kprobe(): disarm and free the insn slot", comm="perf"),
+        Operation("kprobes.unregister", op_unregister, {"site": sites, "probe": probe},
+                  doc="unregister_kprobe(): disarm, unhash, free the insn slot and the probe",
+                  comm="perf"),
         Operation("kprobes.hit", op_hit, {"site": sites},
                   doc="a CPU executes the instruction at a site (traps into a probe if armed)",
                   comm="bash"),
@@ -279,23 +357,33 @@ def arch_init_kprobes_612(cpu: Cpu) -> Gen:
 # ---------------------------------------------------------------------------
 
 
+def get_kprobe(m: Machine, addr: int) -> Kprobe | None:
+    """``get_kprobe()`` (kernel/kprobes.c): the hash table's entry for ``addr``, or None."""
+    return kstate(m).table.get(addr)
+
+
+def _jump_label_mutex(m: Machine) -> Mutex | None:
+    """``jump_label_lock()``'s mutex, when the jump_label plugin models it."""
+    jl = m.state.get("jump_label")
+    return getattr(jl, "mutex", None) if jl is not None else None
+
+
 @routine("register_kprobe", KPROBES_C)
 def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``register_kprobe()`` (kernel/kprobes.c, v6.1/v6.2).
+    """``register_kprobe()`` (kernel/kprobes.c:1624 v6.1, :1634 v6.12).
 
-    Under ``kprobe_mutex``: a probe already at the address aggregates
-    (no patching); else under ``cpus_read_lock`` and ``text_mutex``
-    ``prepare_kprobe`` -> ``arch_prepare_kprobe``; add it to the table; arm
-    it unless disabled (``arm_kprobe``).
+    Under ``kprobe_mutex``: a probe already at the address goes to
+    ``register_aggr_kprobe`` (no patching of the text); else under
+    ``cpus_read_lock`` and ``text_mutex`` ``prepare_kprobe`` ->
+    ``arch_prepare_kprobe``; add it to the hash table; arm it unless disabled
+    (``arm_kprobe``), unhashing it again if that fails.
     """
     m = cpu.m
     s = kstate(m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
-    ret = 0
-    if kp.addr in s.table:
-        s.table[kp.addr].append(kp)
-        kp.opcode = s.table[kp.addr][0].opcode
-        kp.armed = s.table[kp.addr][0].armed
+    old = get_kprobe(m, kp.addr)
+    if old is not None:
+        ret = yield from cpu.k.register_aggr_kprobe(cpu, old, kp)
     else:
         yield from down_read(cpu, m.state["cpu_hotplug_lock"])
         yield from mutex_lock(cpu, m.state["text_mutex"])
@@ -303,7 +391,7 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         yield from mutex_unlock(cpu, m.state["text_mutex"])
         yield from up_read(cpu, m.state["cpu_hotplug_lock"])
         if ret == 0:
-            s.table[kp.addr] = [kp]
+            s.table[kp.addr] = kp
             if not kp.disabled:
                 ret = yield from cpu.k.arm_kprobe(cpu, kp)
                 if ret:
@@ -312,6 +400,47 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
             yield from cpu.k.try_to_optimize_kprobe(cpu, kp)  # kernel/kprobes.c:1686
     yield from mutex_unlock(cpu, s.kprobe_mutex)
     return ret
+
+
+@routine("register_aggr_kprobe", KPROBES_C)
+def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
+    """``register_aggr_kprobe()`` (kernel/kprobes.c:1296 v6.1, :1305 v6.12): a second probe.
+
+    The second or later probe at an address. Under ``cpus_read_lock``,
+    ``jump_label_lock`` and ``text_mutex``: if the hashed probe is not an
+    aggregator yet, ``alloc_aggr_kprobe`` and
+    ``init_aggr_kprobe`` (the aggregator copies its opcode and insn slot,
+    takes its flags, lists it, and replaces it in the hash table); then
+    ``copy_kprobe(ap, p)`` and ``add_new_kprobe``. After unlocking, an
+    aggregator that was disabled is armed again if ``p`` is enabled.
+    """
+    m = cpu.m
+    s = kstate(m)
+    orig = deref(orig, "struct kprobe", member="pre_handler")
+    jl = _jump_label_mutex(m)
+    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
+    if jl is not None:
+        yield from mutex_lock(cpu, jl)
+    yield from mutex_lock(cpu, m.state["text_mutex"])
+    ap = orig
+    if orig.children is None:
+        yield  # alloc_aggr_kprobe(): kzalloc(GFP_KERNEL)
+        ap = Kprobe(orig.addr, owner="aggr_kprobe", opcode=orig.opcode, insn_slot=orig.insn_slot,
+                    armed=orig.armed, disabled=orig.disabled, children=ProbeList([orig]))
+        orig.parent = ap
+        s.table[orig.addr] = ap  # hlist_replace_rcu
+    p.opcode, p.insn_slot = ap.opcode, ap.insn_slot  # copy_kprobe(ap, p)
+    assert ap.children is not None
+    ap.children.append(p)  # add_new_kprobe: list_add_rcu(&p->list, &ap->list)
+    p.parent = ap
+    yield from mutex_unlock(cpu, m.state["text_mutex"])
+    if jl is not None:
+        yield from mutex_unlock(cpu, jl)
+    yield from up_read(cpu, m.state["cpu_hotplug_lock"])
+    if ap.disabled and not p.disabled:
+        ap.disabled = False
+        yield from cpu.k.arm_kprobe(cpu, ap)
+    return 0
 
 
 @routine("arm_kprobe", KPROBES_C, inlined=True)
@@ -344,44 +473,158 @@ def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     return 0
 
 
-def free_insn_slot(s: KprobesState, slot: int) -> None:
-    """``free_insn_slot(slot, 0)`` (kernel/kprobes.c): the slot is clean again at once, and
-    ``__get_insn_slot`` hands out the first clean slot of the page -- so the slot just freed
-    is the next one reused unless a lower one is free."""
-    s.free_slots.append(slot)
-    s.free_slots.sort()
+def get_valid_kprobe(m: Machine, p: Kprobe) -> Kprobe | None:
+    """``__get_valid_kprobe()`` (kernel/kprobes.c): the hashed probe ``p`` is, or is listed on."""
+    ap = get_kprobe(m, p.addr)
+    if ap is None:
+        return None
+    ap = deref(ap, "struct kprobe", member="list")
+    if ap is p or (ap.children is not None and p in ap.children):
+        return ap
+    return None
+
+
+@routine("__disable_kprobe", KPROBES_C, inlined=True)
+def __disable_kprobe(cpu: Cpu, p: Kprobe) -> Gen:
+    """``__disable_kprobe()`` (kernel/kprobes.c:1715 v6.1, :1725 v6.12), ``kprobe_mutex`` held.
+
+    A child of an aggregator is marked disabled; the hashed probe is disarmed
+    and disabled only when it is ``p`` itself or when every probe on its list
+    is disabled (``aggr_kprobe_disabled``). Returns the hashed probe, or None
+    (-EINVAL) when ``p`` is not registered.
+    """
+    orig = get_valid_kprobe(cpu.m, p)
+    if orig is None:
+        return None
+    if not p.disabled:
+        if p is not orig:
+            p.disabled = True
+        if p is orig or aggr_kprobe_disabled(orig):
+            if not orig.disabled:
+                yield from cpu.k.disarm_kprobe(cpu, orig)
+            orig.disabled = True
+    return orig
+
+
+def aggr_kprobe_disabled(ap: Kprobe) -> bool:
+    """``aggr_kprobe_disabled()`` (kernel/kprobes.c:1698 v6.1): every probe on the list disabled."""
+    return all(kp.disabled for kp in ap.children or ())
+
+
+@routine("disable_kprobe", KPROBES_C)
+def disable_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
+    """``disable_kprobe()`` (kernel/kprobes.c:2410 v6.1, :2406 v6.12): under ``kprobe_mutex``.
+
+    ``__disable_kprobe``; -EINVAL when the probe is not registered.
+    """
+    s = kstate(cpu.m)
+    yield from mutex_lock(cpu, s.kprobe_mutex)
+    p = yield from cpu.k.__disable_kprobe(cpu, kp)
+    yield from mutex_unlock(cpu, s.kprobe_mutex)
+    return 0 if p is not None else -EINVAL
+
+
+@routine("enable_kprobe", KPROBES_C)
+def enable_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
+    """``enable_kprobe()`` (kernel/kprobes.c:2428 v6.1, :2424 v6.12).
+
+    Under ``kprobe_mutex``: -EINVAL unless registered; a child is enabled;
+    a disabled hashed probe is enabled and armed.
+    """
+    s = kstate(cpu.m)
+    yield from mutex_lock(cpu, s.kprobe_mutex)
+    p = get_valid_kprobe(cpu.m, kp)
+    ret = -EINVAL
+    if p is not None:
+        ret = 0
+        if p is not kp:
+            kp.disabled = False
+        if p.disabled:
+            p.disabled = False
+            ret = yield from cpu.k.arm_kprobe(cpu, p)
+    yield from mutex_unlock(cpu, s.kprobe_mutex)
+    return ret
 
 
 @routine("unregister_kprobe", KPROBES_C)
 def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``unregister_kprobes()`` (kernel/kprobes.c:1857 v6.1, :1867 v6.12): under
-    ``kprobe_mutex`` disarm the last probe at the address and unlink it;
-    ``synchronize_rcu()`` (:1869 v6.1, :1879 v6.12) -- which returns only once no
-    CPU is still in a kprobe trap (``kprobe_handler`` runs with preemption off,
-    arch kprobes.c:317 to the single-step's end) that began before; then free the
-    insn slot, which a later probe may reuse."""
+    """``unregister_kprobes()`` (kernel/kprobes.c:1857 v6.1, :1867 v6.12): top half,
+    ``synchronize_rcu()``, bottom half.
+
+    ``__unregister_kprobe_top`` under ``kprobe_mutex``; ``synchronize_rcu()`` (:1869
+    v6.1, :1879 v6.12) -- which returns only once no CPU is still in a kprobe trap
+    (``kprobe_handler`` runs with preemption off, arch kprobes.c:317 to the
+    single-step's end) that began before; then ``__unregister_kprobe_bottom``,
+    which frees the insn slot a later probe may reuse.
+    """
     s = kstate(cpu.m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
-    probes = s.table.get(kp.addr, [])
-    if kp not in probes:
-        yield from mutex_unlock(cpu, s.kprobe_mutex)
-        return -EINVAL
-    if len(probes) == 1:
-        if kp.armed:
-            yield from cpu.k.disarm_kprobe(cpu, kp)
-        del s.table[kp.addr]
-        last = True
-    else:
-        probes.remove(kp)
-        last = False
+    ret = yield from cpu.k.__unregister_kprobe_top(cpu, kp)
     yield from mutex_unlock(cpu, s.kprobe_mutex)
-    # synchronize_rcu(): no CPU still in a kprobe trap that began before the unlink.
+    if ret:
+        return ret
     yield from synchronize_rcu(cpu)
-    if last and kp.insn_slot:
-        free_insn_slot(s, kp.insn_slot)
-    if last and "optprobes" in cpu.m.state:
-        yield from cpu.k.free_aggr_kprobe(cpu, kp)
+    yield from cpu.k.__unregister_kprobe_bottom(cpu, kp)
     return 0
+
+
+@routine("__unregister_kprobe_top", KPROBES_C, inlined=True)
+def __unregister_kprobe_top(cpu: Cpu, p: Kprobe) -> Gen:
+    """``__unregister_kprobe_top()`` (kernel/kprobes.c:1757 v6.1, :1767 v6.12).
+
+    ``__disable_kprobe`` (disarming if needed); a plain probe, or the last
+    one on a disarmed aggregator, takes the hashed probe out of the table
+    (``hlist_del_rcu``); any other child is only unlisted (``list_del_rcu``).
+    """
+    s = kstate(cpu.m)
+    ap = yield from cpu.k.__disable_kprobe(cpu, p)
+    if ap is None:
+        return -EINVAL
+    if ap is p:
+        del s.table[ap.addr]
+        return 0
+    if ap.children is None:
+        at = f"{KPROBES_C}:{1784 if cpu.m.version.is_('v6.12') else 1774}"
+        raise KernelWarning(at, function="__unregister_kprobe_top",
+                            detail="WARN_ON(!kprobe_aggrprobe(ap))")
+    if len(ap.children) == 1 and ap.disabled:
+        del s.table[ap.addr]  # p stays listed: the bottom half frees the aggregator
+    else:
+        ap.children.remove(p)
+    return 0
+
+
+@routine("__unregister_kprobe_bottom", KPROBES_C, inlined=True)
+def __unregister_kprobe_bottom(cpu: Cpu, p: Kprobe) -> Gen:
+    """``__unregister_kprobe_bottom()`` (kernel/kprobes.c:1817 v6.1, :1827 v6.12).
+
+    A plain probe: ``arch_remove_kprobe`` (its insn slot). The last child of
+    an aggregator: unlist it and ``free_aggr_kprobe`` (the slot they share,
+    and the aggregator). Any other unlisted child: nothing.
+    """
+    yield from ()
+    s = kstate(cpu.m)
+    ap = p.parent
+    if ap is None:
+        arch_remove_kprobe(s, p)
+    elif ap.children == [p]:
+        ap.children.clear()
+        arch_remove_kprobe(s, ap)
+        ap.freed = True  # kfree(ap)
+    else:
+        return
+    if "optprobes" in cpu.m.state:
+        yield from cpu.k.free_aggr_kprobe(cpu, p)  # its optimized_kprobe, if it had one
+
+
+def arch_remove_kprobe(s: KprobesState, p: Kprobe) -> None:
+    """``arch_remove_kprobe()`` (arch/powerpc/kernel/kprobes.c): ``free_insn_slot(slot, 0)``:
+    clean again at once, and ``__get_insn_slot`` hands out the first clean slot of the
+    page -- so the slot just freed is the next one reused unless a lower one is free."""
+    if p.insn_slot:
+        s.free_slots.append(p.insn_slot)
+        s.free_slots.sort()
+        p.insn_slot = 0
 
 
 # ---------------------------------------------------------------------------
@@ -430,13 +673,13 @@ def arch_prepare_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         m.log.append("Cannot register a kprobe on the second word of prefixed instruction")
         ret = -EINVAL
     prev = s.table.get(kp.addr - 4)
-    if prev and prev[0].insn_slot and _read_inst(m, cpu, prev[0].insn_slot) >> 32:
+    if prev and prev.insn_slot and _read_inst(m, cpu, prev.insn_slot) >> 32:
         m.log.append("Cannot register a kprobe on the second word of prefixed instruction")
         ret = -EINVAL
     if ret == 0:
         if not s.free_slots:
             return -ENOMEM
-        kp.insn_slot = s.free_slots.pop(0)  # __get_insn_slot: the first clean slot
+        kp.insn_slot = s.free_slots.pop(0)
         yield from cpu.k.patch_instruction(cpu, kp.insn_slot, insn)
         kp.opcode = insn & 0xFFFF_FFFF
     return ret
@@ -453,8 +696,6 @@ def arch_arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     err = yield from cpu.k.patch_instruction(cpu, kp.addr, BREAKPOINT_INSTRUCTION)
     if err:
         raise KernelWarning(_warn_at(cpu, "arm"), detail=f"patch_instruction returned {err}")
-    for p in kstate(cpu.m).table.get(kp.addr, [kp]):
-        p.armed = True
     kp.armed = True
 
 
@@ -465,8 +706,6 @@ def arch_disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     err = yield from cpu.k.patch_instruction(cpu, kp.addr, kp.opcode)
     if err:
         raise KernelWarning(_warn_at(cpu, "disarm"), detail=f"patch_instruction returned {err}")
-    for p in kstate(cpu.m).table.get(kp.addr, [kp]):
-        p.armed = False
     kp.armed = False
 
 
@@ -474,20 +713,23 @@ def arch_disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 def kprobe_handler(cpu: Cpu, addr: int) -> Gen:
     """``kprobe_handler()`` (arch/powerpc/kernel/kprobes.c:299 v6.1), for a trap at ``addr``.
 
-    With a probe registered there: run it and single-step the copy in its
-    insn slot, which must hold the original instruction. With none: if the
-    text no longer holds the trap, another CPU removed the probe after we hit
-    it -- return 1 and re-execute; if the trap is still there it is not ours,
-    and the program check becomes an oops.
+    With a probe registered there: run its pre-handler (an aggregator's
+    ``aggr_pre_handler`` runs each enabled probe on its list) and single-step
+    the copy in its insn slot, which must hold the original instruction. With
+    none: if the text no longer holds the trap, another CPU removed the probe
+    after we hit it -- return 1 and re-execute; if the trap is still there it
+    is not ours, and the program check becomes an oops. A freed probe left in
+    the table oopses on its poisoned ``pre_handler``.
     """
     m = cpu.m
-    s = kstate(m)
     yield
-    probes = s.table.get(addr)
-    if probes:
-        p = probes[0]
-        for q in probes:
-            q.hits += 1
+    p = get_kprobe(m, addr)
+    if p is not None:
+        p = deref(p, "struct kprobe", member="pre_handler")
+        for q in p.children if p.children is not None else (p,):
+            q = deref(q, "struct kprobe", member="pre_handler")
+            if not q.disabled:
+                q.hits += 1
         yield  # single-step the instruction in the slot
         copied = _read_inst(m, cpu, p.insn_slot)
         if copied & 0xFFFF_FFFF != p.opcode:
@@ -505,69 +747,129 @@ def kprobe_handler(cpu: Cpu, addr: int) -> Gen:
 
 
 # ---------------------------------------------------------------------------
+# The hash table against the text
+# ---------------------------------------------------------------------------
+
+
+def probed_addresses() -> list[int]:
+    """Every address a probe can be registered at: boot's trampoline and the sites."""
+    return [PAGE_OFFSET + SYMBOLS["__kretprobe_trampoline"].offset,
+            *(site_addr(i) for i in range(len(SITES)) if not site_addr(i) & 3)]
+
+
+def table_matches_text(m: Machine) -> str | None:
+    """Whenever ``kprobe_mutex`` is free, the hash table and the text agree.
+
+    Every hashed probe that is enabled is armed: its address holds the trap;
+    a disabled one's does not; its saved opcode is never the trap; an
+    aggregator is disabled exactly when every probe on its list is (what
+    ``__disable_kprobe`` and ``enable_kprobe`` keep). And every trap at a
+    probe site belongs to a hashed probe.
+    """
+    s = m.state.get("kprobes")
+    if s is None or s.kprobe_mutex.owner is not None:
+        return None
+    seen = (m.stores, CHANGES[0])
+    if seen == s.checked:
+        return None  # nothing stored, no kprobe or table changed: still consistent
+    table, mem = s.table, m.mem
+    opt = m.state.get("optprobes")
+    for addr, pa in s.probed:
+        p = table.get(addr)
+        word = mem.get(pa)
+        if opt is not None and word is not None and word >> 26 == 18:
+            # An optimized probe is armed with the branch to its detour (optprobes.c:266).
+            op = opt.ops.get(addr)
+            if op is not None and op.optimized and word == op.branch:
+                word = BREAKPOINT_INSTRUCTION
+        if p is None:
+            if word == BREAKPOINT_INSTRUCTION:
+                return f"{addr:#x} holds a kprobe trap but no kprobe is registered there"
+        elif p.disabled == (word == BREAKPOINT_INSTRUCTION) or p.children is not None \
+                or p.freed or p.opcode == BREAKPOINT_INSTRUCTION:
+            msg = _probe_matches(p, word)
+            if msg is not None:
+                return f"kprobe at {addr:#x}: {msg}"
+    s.checked = seen
+    return None
+
+
+def _probe_matches(p: Kprobe, word: int | None) -> str | None:
+    if p.freed:
+        return "the hash table holds a freed kprobe"
+    trap = word == BREAKPOINT_INSTRUCTION
+    if not p.disabled and not trap:
+        return f"enabled but not armed: the text holds {word or 0:#010x}, not the trap"
+    if p.disabled and trap:
+        return "disabled but the text still holds the trap"
+    if p.opcode == BREAKPOINT_INSTRUCTION:
+        return "its saved opcode is the trap itself"
+    if p.children is not None:
+        if not p.children:
+            return "an aggregator with no probe on its list"
+        if p.disabled != aggr_kprobe_disabled(p):
+            state = "disabled" if p.disabled else "enabled"
+            return (f"the aggregator is {state} while the probes on its list are"
+                    f" {[('disabled' if c.disabled else 'enabled') for c in p.children]}")
+    return None
+
+
+# ---------------------------------------------------------------------------
 # Operations
 # ---------------------------------------------------------------------------
 
 
-def _claim(cpu: Cpu, site: int) -> Kprobe | None:
-    kp = kstate(cpu.m).user.get(site)
+def _claim(cpu: Cpu, site: int, probe: int) -> Kprobe | None:
+    kp = kstate(cpu.m).user.get((site, probe))
     if kp is None or kp.busy:
         return None
     kp.busy = True
     return kp
 
 
-def op_register(cpu: Cpu, site: int) -> Gen:
+def op_register(cpu: Cpu, site: int, probe: int = 0) -> Gen:
+    """``register_kprobe()`` of one of two kprobes a user may have at a site (a second one
+    at an address aggregates)."""
     s = kstate(cpu.m)
-    if site in s.user:
+    if (site, probe) in s.user:
         return -EINVAL  # this kprobe is already registered (or being registered)
-    kp = s.user[site] = Kprobe(site_addr(site), owner=f"op:{site_name(site)}", busy=True)
+    kp = Kprobe(site_addr(site), owner=f"op:{site_name(site)}#{probe}", busy=True)
+    s.user[(site, probe)] = kp
     ret = yield from cpu.k.register_kprobe(cpu, kp)
     if ret:
-        del s.user[site]
+        del s.user[(site, probe)]
+        kp.freed = True  # the caller kfree()s a kprobe that failed to register
     kp.busy = False
     return ret
 
 
-def op_unregister(cpu: Cpu, site: int) -> Gen:
-    kp = _claim(cpu, site)
+def op_unregister(cpu: Cpu, site: int, probe: int = 0) -> Gen:
+    """``unregister_kprobe()``, then the owner frees its ``struct kprobe``."""
+    kp = _claim(cpu, site, probe)
     if kp is None:
         return -ENOENT
     ret = yield from cpu.k.unregister_kprobe(cpu, kp)
-    del kstate(cpu.m).user[site]
+    del kstate(cpu.m).user[(site, probe)]
+    kp.freed = True
     return ret
 
 
-def op_disable(cpu: Cpu, site: int) -> Gen:
-    """``disable_kprobe()``: under kprobe_mutex, disarm once no probe at the address wants it."""
-    kp = _claim(cpu, site)
+def op_disable(cpu: Cpu, site: int, probe: int = 0) -> Gen:
+    kp = _claim(cpu, site, probe)
     if kp is None:
         return -ENOENT
-    s = kstate(cpu.m)
-    yield from mutex_lock(cpu, s.kprobe_mutex)
-    kp.disabled = True
-    probes = s.table.get(kp.addr, [])
-    if kp.armed and all(p.disabled for p in probes):
-        yield from cpu.k.disarm_kprobe(cpu, kp)
-    yield from mutex_unlock(cpu, s.kprobe_mutex)
+    ret = yield from cpu.k.disable_kprobe(cpu, kp)
     kp.busy = False
-    return 0
+    return ret
 
 
-def op_enable(cpu: Cpu, site: int) -> Gen:
-    """``enable_kprobe()``: under kprobe_mutex, arm again if disarmed."""
-    kp = _claim(cpu, site)
+def op_enable(cpu: Cpu, site: int, probe: int = 0) -> Gen:
+    kp = _claim(cpu, site, probe)
     if kp is None:
         return -ENOENT
-    s = kstate(cpu.m)
-    yield from mutex_lock(cpu, s.kprobe_mutex)
-    kp.disabled = False
-    if not kp.armed:
-        yield from cpu.k.arm_kprobe(cpu, kp)
-    yield from mutex_unlock(cpu, s.kprobe_mutex)
+    ret = yield from cpu.k.enable_kprobe(cpu, kp)
     kp.busy = False
-    return 0
-
+    return ret
 
 def op_hit(cpu: Cpu, site: int) -> Gen:
     """Execute the instruction at a site: the old instruction or the trap, never anything else."""

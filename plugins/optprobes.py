@@ -94,6 +94,11 @@ class Optimized:
     optimized: bool = False
     """The branch is in the text."""
 
+    @property
+    def branch(self) -> int:
+        """The ``b buffer`` that replaces the trap."""
+        return branch(self.kp.addr, self.buff)
+
 
 @attrs.define(eq=False)
 class OptState:
@@ -280,8 +285,8 @@ def optimize_all_kprobes(cpu: Cpu) -> Gen:
     yield from mutex_lock(cpu, kstate(m).kprobe_mutex)
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     ostate(m).allow = True
-    for probes in list(kstate(m).table.values()):
-        yield from cpu.k.optimize_kprobe(cpu, probes[0])
+    for p in list(kstate(m).table.values()):
+        yield from cpu.k.optimize_kprobe(cpu, p)
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_unlock(cpu, kstate(m).kprobe_mutex)
     return 0
@@ -365,7 +370,9 @@ def optimized_callback(cpu: Cpu, addr: int, word: int) -> Gen:
                 f"CPU {cpu.n} branched from {addr:#x} into {buff:#x} and fetched {got:#010x}"
                 f" at word {i}: not the finished detour of the probe there",
             )
-        if i == CALL_IDX and not op.kp.disabled:
-            for p in kstate(m).table.get(addr, []):
-                p.hits += 1
+        if i == CALL_IDX:  # optimized_callback -> opt_pre_handler: each enabled probe's handler
+            p = kstate(m).table.get(addr)
+            for q in (p.children if p.children is not None else (p,)) if p is not None else ():
+                if not q.disabled:
+                    q.hits += 1
     rcu_read_unlock(cpu)

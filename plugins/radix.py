@@ -30,7 +30,7 @@ from fuzzer import (
     pte_alloc,
     routine,
 )
-from fuzzer.kernel import on_each_cpu
+from fuzzer.kernel import dawr_slots, on_each_cpu
 
 if TYPE_CHECKING:
     from fuzzer import MM, Cpu, Machine
@@ -183,7 +183,8 @@ class RadixMmu(Mmu):
 
 @hookimpl
 def fuzzer_mmus() -> list[MmuSpec]:
-    return [MmuSpec("radix", RadixMmu, "POWER9/10 Radix MMU (radix_enabled())", radix=True)]
+    return [MmuSpec("radix", RadixMmu, "POWER9/10 Radix MMU (radix_enabled())", radix=True,
+                    breakpoint_slots=dawr_slots)]
 
 
 @hookimpl

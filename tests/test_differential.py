@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
 from fuzzer import KernelFailure
-from fuzzer._machine import USER_MEMORY_START, Machine
+from fuzzer._machine import Machine
 from fuzzer.kernel.patching import context
 
 from modelkit import make_model
@@ -53,7 +53,7 @@ def _machines_for(kernel: str, hash_plugins: tuple[str, ...] = ()) -> type[RuleB
         def _agree(self) -> None:
             radix, hash_ = self.ms
             assert self.outcomes[0] == self.outcomes[1]
-            kernel_mem = [{pa: w for pa, w in m.mem.items() if pa < USER_MEMORY_START}
+            kernel_mem = [{pa: w for pa, w in m.mem.items() if pa < m.layout.user_memory_start}
                           for m in self.ms]
             assert kernel_mem[0] == kernel_mem[1], "the patched kernel text differs"
             assert [c.online for c in radix.cpus] == [c.online for c in hash_.cpus]

@@ -37,7 +37,7 @@ def test_unregister_waits_until_no_cpu_is_inside_the_probe_handler():
     m.run_to_completion()
     m.apply(Step("start", cpu=0, name="kprobes.register", args={"site": 0}))
     m.run_to_completion()
-    slot = kstate(m).user[0].insn_slot
+    slot = kstate(m).user[(0, 0)].insn_slot
     m.apply(Step("start", cpu=1, name="kprobes.hit", args={"site": 0}))
     cpu0, cpu1 = m.cpus[0], m.cpus[1]
     while "kprobe_handler" not in [f.function for f in cpu1.trace()]:

@@ -91,7 +91,7 @@ def test_v62_boot_arms_the_trampoline_probe_through_the_temp_mm():
     assert failure is None
     tramp = PAGE_OFFSET + SYMBOLS["__kretprobe_trampoline"].offset
     assert m.fetch(m.cpus[0], tramp) == BREAKPOINT_INSTRUCTION
-    probe = kstate(m).table[tramp][0]
+    probe = kstate(m).table[tramp]
     assert m.fetch(m.cpus[0], probe.insn_slot) == SYMBOLS["__kretprobe_trampoline"].words[0]
     ctx = context(m.cpus[0])
     assert ctx.mm is not None and ctx.area is None
@@ -147,7 +147,7 @@ def test_arch_prepare_kprobe_rejections(site, accepted, message):
     m, failure = replay(make_model("v6.2"), [*boot_steps(), *_register(site)])
     assert failure is None
     addr = site_addr(site)
-    registered = site in kstate(m).user
+    registered = (site, 0) in kstate(m).user
     assert registered is accepted
     if accepted:
         assert m.fetch(m.cpus[0], addr) == BREAKPOINT_INSTRUCTION
@@ -160,7 +160,7 @@ def test_arch_prepare_kprobe_rejections(site, accepted, message):
 def test_probe_on_suffix_rejected_when_the_prefix_is_probed():
     m, failure = replay(make_model("v6.2"), [*boot_steps(), *_register(5), *_register(6)])
     assert failure is None
-    assert 5 in kstate(m).user and 6 not in kstate(m).user
+    assert (5, 0) in kstate(m).user and (6, 0) not in kstate(m).user
 
 
 def test_hit_traps_into_the_probe_and_disarm_restores_text():
@@ -170,7 +170,7 @@ def test_hit_traps_into_the_probe_and_disarm_restores_text():
              Step("run", cpus=[0] * 200)]
     m, failure = replay(make_model("v6.2"), steps)
     assert failure is None
-    kp = kstate(m).user[3]
+    kp = kstate(m).user[(3, 0)]
     assert kp.hits == 1 and not kp.armed
     assert m.fetch(m.cpus[0], site_addr(3)) == SYMBOLS["vfs_read"].words[0]
 

@@ -36,7 +36,7 @@ def test_register_builds_the_detour_and_the_optimizer_swaps_the_trap_for_a_branc
     assert branch_target(addr, m.fetch(cpu0, addr)) == op.buff
     assert m.fetch(cpu0, trampoline) == branch(trampoline, ostate(m).ops[trampoline].buff)
     _run(m, Step("start", cpu=1, name="kprobes.hit", args={"site": 0}))
-    assert kstate(m).user[0].hits == 1  # through the detour, not the trap
+    assert kstate(m).user[(0, 0)].hits == 1  # through the detour, not the trap
     _run(m, Step("start", cpu=0, name="kprobes.disable", args={"site": 0}))
     assert m.fetch(cpu0, addr) == m.pristine_text[addr - PAGE_OFFSET] and not op.optimized
     _run(m, Step("start", cpu=0, name="kprobes.unregister", args={"site": 0}))

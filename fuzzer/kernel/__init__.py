@@ -16,6 +16,11 @@ on the names exported here:
   :func:`instr_words`, the version tuples (``V61``, ``NEXT``, ``V62``,
   ``V612``, ``TEMP_MM``, ``SINCE_TEMP_MM``), the cited files (``CP``,
   ``PROCESS_C``) and :func:`line` (a cited line at the running version);
+* bad pointers: :func:`deref` follows a kernel pointer and oopses on NULL or
+  a freed object as the kernel would (:class:`fuzzer.KernelOops`);
+  :func:`kernel_struct` registers a class as a kernel struct, so a routine
+  reading its members through ``None`` is a NULL-pointer oops too;
+* :func:`dawr_slots`, the powerpc MMU specs' ``breakpoint_slots``;
 * :data:`Gen`, the type of a modelled routine (a generator function declared
   with :func:`fuzzer.routine`; every ``yield`` is a point where hardware could
   interleave).
@@ -26,6 +31,8 @@ variables (``cpu_patching_context``); a plugin attaches its own with
 ``machine.attach(name, obj)`` and ``cpu.attach(name, obj)``.
 """
 
+from fuzzer._oops import POISON_POINTER, deref, kernel_struct
+from fuzzer.kernel.boot import dawr_slots
 from fuzzer.kernel.locking import (
     Mutex,
     RwSem,
@@ -72,6 +79,7 @@ __all__ = [
     "ENOMEM",
     "EPERM",
     "NEXT",
+    "POISON_POINTER",
     "PROCESS_C",
     "SINCE_TEMP_MM",
     "TEMP_MM",
@@ -84,12 +92,15 @@ __all__ = [
     "RwSem",
     "VmArea",
     "context",
+    "dawr_slots",
     "default_map_window",
+    "deref",
     "down_read",
     "down_write",
     "get_patch_pfn",
     "instr_words",
     "is_prefixed",
+    "kernel_struct",
     "line",
     "lockdep_assert_irqs_disabled",
     "might_sleep",

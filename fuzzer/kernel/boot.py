@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from fuzzer._config import ConfigOption, KernelVersion, RunConfig
+from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig
 from fuzzer._mm import SpinLock
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
@@ -35,6 +35,12 @@ def fuzzer_addconfig() -> list[ConfigOption]:
             arch="powerpc",
         ),
     ]
+
+
+def dawr_slots(config: KernelConfig) -> int:
+    """``nr_wp_slots()`` on powerpc: the DAWR/DAWRX pairs per CPU (``CONFIG_PPC_NR_DAWR``;
+    POWER10 has two). What the powerpc MMU specs give as ``breakpoint_slots``."""
+    return int(config.values.get("CONFIG_PPC_NR_DAWR", 1) or 1)
 
 
 @hookimpl

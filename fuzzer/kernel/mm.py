@@ -15,6 +15,7 @@ import attrs
 from fuzzer._config import RunConfig
 from fuzzer._errors import KernelBug, KernelWarning
 from fuzzer._mm import MM, Pte, PtePage, PtePtr, SpinLock, Table
+from fuzzer._oops import deref, kernel_struct
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer.kernel.locking import might_sleep, spin_lock, spin_unlock
@@ -67,8 +68,12 @@ def mm_alloc(cpu: Cpu, name: str = "patching_mm") -> Gen:
 
 @routine("mmput", "kernel/fork.c")
 def mmput(cpu: Cpu, mm: MM) -> Gen:
-    """``mmput()`` (kernel/fork.c): the last user frees the page tables and the mm."""
+    """``mmput()`` (kernel/fork.c): the last user frees the page tables and the mm.
+
+    ``atomic_dec_and_test(&mm->mm_users)`` on a NULL or already freed mm oopses.
+    """
     might_sleep(cpu, "kernel/fork.c:1240")
+    mm = deref(mm, "struct mm_struct", member="mm_users", write=True)
     mm.users -= 1
     yield
     if mm.users == 0:
@@ -108,7 +113,9 @@ def pte_alloc(cpu: Cpu, mm: MM, addr: int) -> Gen:
     Walk to ``addr``'s PTE page, allocating each missing level (GFP_KERNEL:
     may sleep, so never with IRQs off or a spinlock held). Returns the PTE
     pointer, taking no lock. The MMUs' ``map_kernel_page`` use it for init_mm.
+    ``pgd_offset(mm, addr)`` reads ``mm->pgd``: a NULL or freed mm oopses here.
     """
+    mm = deref(mm, "struct mm_struct", member="pgd")
     idx = mm.geometry.indices(addr)
     node: Table | PtePage = mm.pgd
     for level in range(3):
@@ -141,6 +148,7 @@ def __set_pte_at(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, pte: Pte) -> Gen:
     mapping at once (code patching, __map_kernel_page) issue one.
     """
     yield  # the PTE store
+    ptr = deref(ptr, "pte_t", write=True)  # *ptep = pte
     old = ptr.set(pte)
     cpu.m.mmu.pte_stored(cpu, ptr, old, pte)
 
@@ -237,9 +245,11 @@ def free_pgd_range(cpu: Cpu, mm: MM, addr: int, end: int) -> Gen:
 
     With floor and ceiling 0 every table level that maps only this range is
     freed: for the patching mm, whose only mapping is the patching page, that
-    is the PTE, PMD and PUD pages on the way to it.
+    is the PTE, PMD and PUD pages on the way to it. ``pgd_offset(tlb->mm, addr)``
+    follows the mm: NULL or freed oopses.
     """
     yield
+    mm = deref(mm, "struct mm_struct", member="pgd")
     idx = mm.geometry.indices(addr)
     path: list[tuple[Table, int]] = []
     node: Table | PtePage = mm.pgd
@@ -265,8 +275,10 @@ def switch_mm_irqs_off(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
 
     Adds this CPU to ``mm_cpumask(next)`` the first time (never clears it
     from prev), returns if prev == next, else ``switch_mmu_context`` (the
-    MMU's: radix writes the PID and isyncs).
+    MMU's: radix writes the PID and isyncs). ``mm_cpumask(next)`` dereferences
+    ``next``: a NULL or freed mm oopses.
     """
+    next_mm = deref(next_mm, "struct mm_struct", member="cpu_bitmap")
     if cpu.n not in next_mm.cpumask:
         next_mm.cpumask.add(cpu.n)
     yield
@@ -276,6 +288,7 @@ def switch_mm_irqs_off(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
     cpu.loaded_mm = next_mm
 
 
+@kernel_struct("struct vm_struct")
 @attrs.define(eq=False)
 class VmArea:
     """A ``vm_struct`` from get_vm_area: a kernel virtual range of its own."""
@@ -296,8 +309,12 @@ def get_vm_area(cpu: Cpu, size: int) -> Gen:
 
 @routine("free_vm_area", "mm/vmalloc.c")
 def free_vm_area(cpu: Cpu, area: VmArea) -> Gen:
-    """``free_vm_area()`` (mm/vmalloc.c): unmaps and frees the range."""
+    """``free_vm_area()`` (mm/vmalloc.c): unmaps and frees the range.
+
+    ``remove_vm_area(area->addr)``: a NULL area oopses.
+    """
     might_sleep(cpu, "mm/vmalloc.c:2700")
+    area = deref(area, "struct vm_struct", member="addr", freed=False)
     yield
     area.freed = True
 

@@ -22,4 +22,7 @@ MISTAKES = (
     "cached_pte",
     "alias_on_radix",
     "optprobe_branch_first",
+    "null_patching_context",
+    "aggr_disarm_early",
+    "static_key_dec_no_update",
 )

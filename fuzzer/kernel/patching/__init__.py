@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fuzzer._config import RunConfig
-from fuzzer._mmu import PAGE_OFFSET
 from fuzzer._plugins import hookimpl
 from fuzzer._specs import Invariant
 from fuzzer.kernel.patching import common, invariants, temp_mm, v61, v612
@@ -92,7 +91,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 @hookimpl
 def fuzzer_machine_setup(machine: Machine) -> None:
     # empty_zero_page: a page of the linear map just past kernel text.
-    machine.state["empty_zero_page"] = PAGE_OFFSET + 0x0280_0000
+    machine.attach("empty_zero_page", machine.layout.page_offset + 0x0280_0000)
 
 
 @hookimpl

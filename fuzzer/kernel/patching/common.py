@@ -10,7 +10,6 @@ import attrs
 
 from fuzzer._errors import HardwareViolation, KernelWarning, ModelLimitation
 from fuzzer._mm import MM, PAGE_KERNEL, PtePtr
-from fuzzer._mmu import PAGE_OFFSET, VMALLOC_END, VMALLOC_START
 from fuzzer._routines import routine
 
 if TYPE_CHECKING:
@@ -108,12 +107,13 @@ def random_patching_addr(cpu: Cpu) -> int:
 def get_patch_pfn(m: Machine, addr: int) -> int:
     """``get_patch_pfn()``: ``vmalloc_to_pfn`` for vmalloc/module addresses (kprobe insn
     slots), else ``__pa_symbol(addr) >> PAGE_SHIFT`` for core kernel text."""
-    if VMALLOC_START <= addr < VMALLOC_END:
+    lay = m.layout
+    if lay.vmalloc_start <= addr < lay.vmalloc_end:
         pte = m.init_mm.lookup(addr)
         if pte is None:
             raise ModelLimitation(f"vmalloc_to_pfn({addr:#x}): nothing mapped there")
         return pte.pfn
-    return (addr - PAGE_OFFSET) >> m.run.page_shift
+    return (addr - lay.page_offset) >> m.run.page_shift
 
 @routine("map_patch_area", CP, inlined=True)
 def map_patch_area(cpu: Cpu, addr: int, text_poke_addr: int) -> Gen:

@@ -91,8 +91,7 @@ def text_area_cpu_up(cpu: Cpu) -> Gen:
 def text_area_cpu_down(cpu: Cpu) -> Gen:
     """``text_area_cpu_down()`` (code-patching.c:130): free the area, clear area/addr/pte."""
     ctx = context(cpu)
-    assert ctx.area is not None
-    yield from cpu.k.free_vm_area(cpu, ctx.area)
+    yield from cpu.k.free_vm_area(cpu, ctx.area)  # NULL if this CPU never got one
     ctx.area, ctx.addr, ctx.pte = None, 0, None
     return 0
 
@@ -149,8 +148,7 @@ def text_area_cpu_down_mm(cpu: Cpu) -> Gen:
     ``put_patching_mm(mm, addr)``, then clear mm and addr (and, before v6.2, pte).
     """
     ctx = context(cpu)
-    assert ctx.mm is not None
-    yield from cpu.k.put_patching_mm(cpu, ctx.mm, ctx.addr)
+    yield from cpu.k.put_patching_mm(cpu, ctx.mm, ctx.addr)  # NULL if never allocated
     ctx.mm, ctx.addr, ctx.pte = None, 0, None
     return 0
 
@@ -191,7 +189,6 @@ def __do_patch_instruction(cpu: Cpu, addr: int, instr: int) -> Gen:
     text_poke_addr = ctx.addr & ~(m.run.page_size - 1)
     patch_addr = text_poke_addr + (addr & (m.run.page_size - 1))
     pte = ctx.pte
-    assert pte is not None
     yield from k.__set_pte_at(cpu, m.init_mm, text_poke_addr, pte, Pte(get_patch_pfn(m, addr), PAGE_KERNEL))
     if m.mmu.radix:
         yield
@@ -214,7 +211,6 @@ def __do_patch_instruction_mm_next(cpu: Cpu, addr: int, instr: int) -> Gen:
     k = cpu.k
     ctx = context(cpu)
     patching_mm, text_poke_addr, pte = ctx.mm, ctx.addr, ctx.pte
-    assert patching_mm is not None and pte is not None
     patch_addr = text_poke_addr + (addr & (m.run.page_size - 1))
     pfn = get_patch_pfn(m, addr)
     yield from k.__set_pte_at(cpu, patching_mm, text_poke_addr, pte, Pte(pfn, PAGE_KERNEL))
@@ -245,7 +241,6 @@ def __do_patch_instruction_mm(cpu: Cpu, addr: int, instr: int) -> Gen:
     k = cpu.k
     ctx = context(cpu)
     patching_mm, text_poke_addr = ctx.mm, ctx.addr
-    assert patching_mm is not None
     patch_addr = text_poke_addr + (addr & (m.run.page_size - 1))
     pfn = get_patch_pfn(m, addr)
     got = yield from k.__get_locked_pte(cpu, patching_mm, text_poke_addr)

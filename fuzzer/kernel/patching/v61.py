@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from fuzzer._errors import KernelBug, KernelWarning
 from fuzzer._mm import PAGE_KERNEL, Pte
+from fuzzer._oops import deref
 from fuzzer._routines import routine
 from fuzzer.kernel.patching.common import (
     CP,
@@ -66,9 +67,7 @@ def text_area_cpu_up_v61(cpu: Cpu) -> Gen:
 @routine("text_area_cpu_down", CP, versions=V61)
 def text_area_cpu_down_v61(cpu: Cpu) -> Gen:
     """``text_area_cpu_down()`` (code-patching.c:76, v6.1): ``free_vm_area`` of this CPU's area."""
-    ctx = context(cpu)
-    assert ctx.area is not None
-    yield from cpu.k.free_vm_area(cpu, ctx.area)
+    yield from cpu.k.free_vm_area(cpu, context(cpu).area)  # NULL if this CPU never got one
     return 0
 
 @routine("patch_instruction", CP, versions=V61)
@@ -108,8 +107,8 @@ def __do_patch_instruction_v61(cpu: Cpu, addr: int, instr: int) -> Gen:
     m = cpu.m
     k = cpu.k
     ctx = context(cpu)
-    assert ctx.area is not None
-    text_poke_addr = ctx.area.addr & ~(m.run.page_size - 1)
+    area = deref(ctx.area, "struct vm_struct", member="addr")  # __this_cpu_read(text_poke_area)->addr
+    text_poke_addr = area.addr & ~(m.run.page_size - 1)
     patch_addr = text_poke_addr + (addr & (m.run.page_size - 1))
     pte = yield from k.virt_to_kpte(cpu, text_poke_addr)
     yield from k.__set_pte_at(cpu, m.init_mm, text_poke_addr, pte, Pte(get_patch_pfn(m, addr), PAGE_KERNEL))

@@ -115,7 +115,6 @@ def __do_patch_mem(cpu: Cpu, addr: int, val: int, is_dword: bool) -> Gen:
     text_poke_addr = ctx.addr & ~(m.run.page_size - 1)
     patch_addr = text_poke_addr + (addr & (m.run.page_size - 1))
     pte = ctx.pte
-    assert pte is not None
     pfn = get_patch_pfn(m, addr)
     yield from k.__set_pte_at(cpu, m.init_mm, text_poke_addr, pte, Pte(pfn, PAGE_KERNEL))
     if m.mmu.radix:
@@ -139,7 +138,6 @@ def __do_patch_mem_mm(cpu: Cpu, addr: int, val: int, is_dword: bool) -> Gen:
     k = cpu.k
     ctx = context(cpu)
     patching_mm, text_poke_addr = ctx.mm, ctx.addr
-    assert patching_mm is not None
     patch_addr = text_poke_addr + (addr & (m.run.page_size - 1))
     pfn = get_patch_pfn(m, addr)
     got = yield from k.__get_locked_pte(cpu, patching_mm, text_poke_addr)
@@ -203,7 +201,6 @@ def __do_patch_instructions_mm(cpu: Cpu, addr: int, code: tuple[int, ...], repea
     k = cpu.k
     ctx = context(cpu)
     patching_mm, text_poke_addr = ctx.mm, ctx.addr
-    assert patching_mm is not None
     patch_addr = text_poke_addr + (addr & (m.run.page_size - 1))
     got = yield from k.__get_locked_pte(cpu, patching_mm, text_poke_addr)
     if got is None:
@@ -234,7 +231,6 @@ def __do_patch_instructions(cpu: Cpu, addr: int, code: tuple[int, ...], repeat: 
     text_poke_addr = ctx.addr & ~(m.run.page_size - 1)
     patch_addr = text_poke_addr + (addr & (m.run.page_size - 1))
     pte = ctx.pte
-    assert pte is not None
     yield from k.__set_pte_at(cpu, m.init_mm, text_poke_addr, pte,
                               Pte(get_patch_pfn(m, addr), PAGE_KERNEL))
     if m.mmu.radix:
