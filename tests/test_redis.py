@@ -73,15 +73,15 @@ def worker(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess
 
 
 def test_two_workers_share_a_failure_through_redis(tmp_path, redis_url):
-    lonely = worker(tmp_path, "b-alone", "--seed", "2", "--max-examples", "1", "--db", "none")
-    assert lonely.returncode == 0, "one example of seed 2 must not find it by itself:\n" + lonely.stdout
+    lonely = worker(tmp_path, "b-alone", "--seed", "5", "--max-examples", "1", "--db", "none")
+    assert lonely.returncode == 0, "one example of seed 5 must not find it by itself:\n" + lonely.stdout
 
     a = worker(tmp_path, "a", "--seed", "1", "--db", redis_url)
     assert a.returncode == 1, a.stdout + a.stderr
     assert FOUND in a.stdout
     assert f"example database: {redis_url}" in a.stdout
 
-    b = worker(tmp_path, "b", "--seed", "2", "--max-examples", "1", "--db", redis_url)
+    b = worker(tmp_path, "b", "--seed", "5", "--max-examples", "1", "--db", redis_url)
     assert b.returncode == 1, b.stdout + b.stderr
     assert FOUND in b.stdout
     summary = b.stdout.splitlines()[-1]
@@ -92,6 +92,6 @@ def test_workers_in_one_run_share_redis(tmp_path, redis_url):
     both = worker(tmp_path, "ab", "--seed", "3", "--workers", "2", "--db", redis_url)
     assert both.returncode == 1, both.stdout + both.stderr
     assert "workers: 2 processes" in both.stdout
-    again = worker(tmp_path, "c", "--seed", "4", "--max-examples", "1", "--db", redis_url)
+    again = worker(tmp_path, "c", "--seed", "9", "--max-examples", "1", "--db", redis_url)
     assert again.returncode == 1, again.stdout + again.stderr
     assert "(example 1)" in again.stdout.splitlines()[-1], again.stdout + both.stdout

@@ -136,11 +136,11 @@ def test_argument_samplers_draw_every_value_and_simplify_towards_the_simplest(st
 def test_walk_engine_saves_its_reproduction_and_replays_it_first():
     model = make_model(plugins=["fuzzer_plugins.mistakes.pmi_in_patch_window"])
     db = InMemoryExampleDatabase()
-    first = run_campaign(model, seed=2, max_examples=0, time_budget=30, database=db)
+    first = run_campaign(model, seed=3, max_examples=0, time_budget=30, database=db)
     assert first.status == "failed" and first.examples_to_first_failure > 1
     saved = list(db.fetch(_steps_key(model)))
     assert [Step.from_json(s) for s in json.loads(saved[0])] == list(first.steps)
-    again = run_campaign(model, seed=3, max_examples=1, time_budget=30, database=db)
+    again = run_campaign(model, seed=5, max_examples=1, time_budget=30, database=db)
     assert again.status == "failed" and again.examples_to_first_failure == 1
 
 

@@ -10,6 +10,7 @@ on the names exported here:
   :func:`down_read` and their unlocks, :class:`Mutex`, :class:`RwSem`,
   :func:`might_sleep`, :func:`lockdep_assert_irqs_disabled`;
 * the generic mm code: :func:`pte_alloc`, :class:`VmArea`;
+* cross-CPU calls: :func:`on_each_cpu` (kernel/smp.c, IPIs and their waits);
 * code patching: the per-CPU :class:`PatchingContext` (:func:`context`),
   :func:`get_patch_pfn`, :func:`random_patching_addr`, :func:`mm_patch_enabled`,
   :func:`instr_words`, the version tuples (``V61``, ``NEXT``, ``V62``,
@@ -85,6 +86,7 @@ from fuzzer.kernel.sched import (
     put_cpu,
     smp_processor_id,
 )
+from fuzzer.kernel.smp import on_each_cpu
 
 __all__ = [
     "CP",
@@ -124,6 +126,7 @@ __all__ = [
     "mm_patch_enabled",
     "mutex_lock",
     "mutex_unlock",
+    "on_each_cpu",
     "preempt_disable",
     "preempt_enable",
     "preemptible",
