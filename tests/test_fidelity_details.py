@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fuzzer import PAGE_OFFSET, KernelWarning, Pte, Step, hookimpl, routine
+from fuzzer._engine import apply_step
 from fuzzer._machine import Machine
 from fuzzer.kernel import CP, SINCE_TEMP_MM, V61
 from fuzzer.testing import plugin_module
@@ -24,7 +25,7 @@ def _drive(gen):
 
 def _booted(kernel: str = "v6.2", mmu: str = "radix", **kw) -> Machine:
     m = Machine(make_model(kernel, mmu=mmu, **kw))
-    m.apply(boot_steps()[0])
+    apply_step(m, boot_steps()[0])
     return m
 
 
@@ -33,16 +34,16 @@ def test_unregister_waits_until_no_cpu_is_inside_the_probe_handler():
     the slot is not free (for a later probe to reuse) while that CPU can still run it."""
     m = _booted()
     for step in [Step("online", cpu=1)]:
-        m.apply(step)
+        apply_step(m, step)
     m.run_to_completion()
-    m.apply(Step("start", cpu=0, name="kprobes.register", args={"site": 0}))
+    apply_step(m, Step("start", cpu=0, name="kprobes.register", args={"site": 0}))
     m.run_to_completion()
     slot = kstate(m).user[(0, 0)].insn_slot
-    m.apply(Step("start", cpu=1, name="kprobes.hit", args={"site": 0}))
+    apply_step(m, Step("start", cpu=1, name="kprobes.hit", args={"site": 0}))
     cpu0, cpu1 = m.cpus[0], m.cpus[1]
     while "kprobe_handler" not in [f.function for f in cpu1.trace()]:
         m.advance(cpu1)
-    m.apply(Step("start", cpu=0, name="kprobes.unregister", args={"site": 0}))
+    apply_step(m, Step("start", cpu=0, name="kprobes.unregister", args={"site": 0}))
     for _ in range(500):
         if not cpu0.runnable():
             break
@@ -86,7 +87,7 @@ def test_arch_arm_kprobe_warns_at_its_line(kernel, line):
     m = Machine(make_model(kernel, extra=[_failing_patch(versions)],
                            config=["CONFIG_FUNCTION_TRACER=n"]))
     with pytest.raises(KernelWarning) as warn:
-        m.apply(boot_steps()[0])
+        apply_step(m, boot_steps()[0])
     assert warn.value.at == f"arch/powerpc/kernel/kprobes.c:{line}"
 
 

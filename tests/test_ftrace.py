@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from fuzzer import PAGE_OFFSET, ConfigOption, Step
+from fuzzer import PAGE_OFFSET, ConfigOption, EndStateViolation, Step
+from fuzzer._engine import apply_step
 from fuzzer._machine import Machine
 from fuzzer.testing import run_cli
 from fuzzer_plugins.ftrace import BL_MCOUNT, FTRACE_SITES, MFLR_R0, NOP, site
@@ -78,26 +79,29 @@ def test_next_default_keeps_the_seed_report_and_says_why(tmp_path):
     assert "ftrace: off (CONFIG_FUNCTION_TRACER=n)" in out
 
 
-@pytest.mark.parametrize("kernel", ["v6.1", "v6.2", "v6.12"])
+@pytest.mark.parametrize("kernel", ["v6.1", "v6.2", "v6.12-fixed"])
 def test_ftrace_patches_under_ftrace_lock_only_so_hotplug_runs_alongside(kernel):
     """powerpc's arch_ftrace_update_code takes neither text_mutex nor cpus_read_lock:
     a CPU goes offline (cpus_write_lock) while another is in the middle of ftrace."""
     model = make_model(kernel)
     m = Machine(model)
     for step in [*boot_steps(), Step("online", cpu=1)]:
-        m.apply(step)
+        apply_step(m, step)
     m.run_to_completion()
-    m.apply(Step("start", cpu=0, name="ftrace.toggle", args={"enable": True}))
+    apply_step(m, Step("start", cpu=0, name="ftrace.toggle", args={"enable": True}))
     cpu0 = m.cpus[0]
     while "patch_instruction" not in [f.function for f in cpu0.trace()]:
         m.advance(cpu0)
     assert m.state["text_mutex"].owner is None
     assert m.state["cpu_hotplug_lock"].readers == 0
     assert m.state["ftrace"]["ftrace_lock"].owner is cpu0.current
-    m.apply(Step("offline", cpu=1))
+    apply_step(m, Step("offline", cpu=1))
     m.run_to_completion([m.cpus[1]])
     assert not m.cpus[1].online  # not held off by the ftrace patching on CPU 0
-    m.finish()
+    try:
+        m.finish()
+    except EndStateViolation as exc:  # the known page-table leak of put_patching_mm
+        assert kernel == "v6.2" and "page-table memory freed" in str(exc), exc
     assert all(m.fetch(cpu0, site(i)) != NOP for i in range(FTRACE_SITES))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fuzzer import PAGE_OFFSET, Step
+from fuzzer._engine import apply_step
 from fuzzer._machine import Machine
 from fuzzer_plugins.kprobes import BREAKPOINT_INSTRUCTION, SYMBOLS, kstate, site_addr
 from fuzzer_plugins.optprobes import branch, branch_target, ostate
@@ -14,7 +15,7 @@ from modelkit import boot_steps, make_model
 
 def _run(m: Machine, *steps: Step) -> None:
     for step in steps:
-        m.apply(step)
+        apply_step(m, step)
         m.run_to_completion()
 
 

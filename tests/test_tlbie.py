@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fuzzer import ConfigOption, Step, UsageError, hookimpl
+from fuzzer._engine import apply_step
 from fuzzer._machine import Machine
 from fuzzer.testing import plugin_module, run_cli, search
 
@@ -30,12 +31,24 @@ def _without_lockdep(kernel: str, **kw):
         return make_model(kernel, config=config, extra=[prove], **kw)
 
 
+def test_v61_with_disable_tlbie_is_a_known_finding(tmp_path):
+    """Declared through radix's fuzzer_known_findings: named in the header, counted, searched
+    past (exit 0); only on Radix."""
+    code, out, _ = run_cli("run", "--kernel", "v6.1", "--seed", "1", "--config", KNOB,
+                           "--max-examples", "50", "--corpus", "none")
+    assert code == 0, out
+    assert "known finding: disable_tlbie" in out and "1 known finding seen" in out
+    _, out, _ = run_cli("run", "--kernel", "v6.1", "--mmu", "hash", "--seed", "1", "--config",
+                        KNOB, "--max-examples", "1", "--corpus", "none")
+    assert "known finding: disable_tlbie" not in out
+
+
 def test_v61_with_disable_tlbie_warns_on_the_first_patch_after_boot(tmp_path):
     """A finding on v6.1 as released: its alias path (code-patching.c:170, IRQs off since :188)
     flushes with on_each_cpu when tlbie is off, and lockdep_assert_irqs_enabled() fires."""
     path = tmp_path / "r.json"
     code, out, _ = run_cli("run", "--kernel", "v6.1", "--seed", "1", "--config", KNOB,
-                           "--report-json", str(path), "--corpus", "none")
+                           "--report-known", "--report-json", str(path), "--corpus", "none")
     assert code == 1, out
     assert "WARNING: CPU: 0 PID: 1 at kernel/smp.c:915 smp_call_function_many_cond" in out
     assert "boot: disable_tlbie" in out
@@ -87,9 +100,9 @@ def test_ipi_flush_reaches_every_online_cpu():
     """v6.1's text_area_cpu_up flushes with IRQs on: CPU 0, idle, takes the IPI and drops its
     kernel translations; CPU 1's bring-up waits for it and completes."""
     m = Machine(_without_lockdep("v6.1"))
-    m.apply(boot_steps()[0])
+    apply_step(m, boot_steps()[0])
     m.cpus[0].tlb[(0, 0x1234)] = object()  # a stale kernel (PID 0) translation
-    m.apply(Step("online", cpu=1))
+    apply_step(m, Step("online", cpu=1))
     m.run_to_completion()
     assert m.cpus[1].online
     assert (0, 0x1234) not in m.cpus[0].tlb
