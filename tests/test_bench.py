@@ -27,7 +27,7 @@ def bench():
 def test_bench_knows_every_mistake(bench):
     assert bench.KERNEL == KERNEL
     assert bench.MMU == MMU
-    assert {k: [a for c in v for a in ("--config", c)] for k, v in bench.CONFIG.items()} == CONFIG
+    assert {k: tuple(a for c in v for a in ("--config", c)) for k, v in bench.CONFIG.items()} == CONFIG
     assert set(bench.MINIMAL) == {"seed crash", *MISTAKES}
 
 
