@@ -17,6 +17,7 @@ on the names exported here:
   asks ``should_fail(cpu, site)`` and takes its error path; a WARN the
   kernel prints there goes through ``warn_on_alloc_failure``;
 * the generic mm code: :func:`pte_alloc`, :class:`VmArea`;
+* cross-CPU calls: :func:`on_each_cpu` (kernel/smp.c, IPIs and their waits);
 * code patching: the per-CPU :class:`PatchingContext` (:func:`context`),
   :func:`get_patch_pfn`, :func:`random_patching_addr`, :func:`mm_patch_enabled`,
   :func:`instr_words`, the version tuples (``V61``, ``NEXT``, ``V62``,
@@ -94,6 +95,7 @@ from fuzzer.kernel.sched import (
     put_cpu,
     smp_processor_id,
 )
+from fuzzer.kernel.smp import on_each_cpu
 
 __all__ = [
     "CP",
@@ -134,6 +136,7 @@ __all__ = [
     "mm_patch_enabled",
     "mutex_lock",
     "mutex_unlock",
+    "on_each_cpu",
     "preempt_disable",
     "preempt_enable",
     "preemptible",
