@@ -63,11 +63,15 @@ MMU = {
     "unsafe_sequence_order": "hash",
     "hash_local_kernel_flush": "hash",
 }
-#: Mistakes that boot alone cannot show: the search has to find the steps.
-NEEDS_SEARCH = {
+#: Mistakes that boot alone cannot show: the search has to find the steps (one of them,
+#: for a tuple of alternatives).
+NEEDS_SEARCH: dict[str, str | tuple[str, ...]] = {
     "shared_patching_mm": "online",
     "leak_on_offline": "offline",
-    "finish_gather_early": "offline",
+    # The patching mm is torn down by a CPU offline, or by text_area_cpu_up_mm's error
+    # path (fail_no_pte -> put_patching_mm, code-patching.c:187-188 in 6.12) when a
+    # failed page-table allocation rolls a bring-up back.
+    "finish_gather_early": ("offline", "fail"),
     "lazy_switch_after_disable": "offline",
     "pmi_in_patch_window": "irq",
     "skip_suspend_breakpoints": "start",
@@ -125,7 +129,8 @@ def test_mistake_is_caught_within_the_default_budget(mistake, seed, tmp_path):
     actions = [s["action"] for s in data["steps"]]
     assert actions[0] == "boot"
     if mistake in NEEDS_SEARCH:
-        assert NEEDS_SEARCH[mistake] in actions
+        needed = NEEDS_SEARCH[mistake]
+        assert set(needed if isinstance(needed, tuple) else (needed,)) & set(actions), actions
     else:
         assert actions == ["boot"]  # shrunk: boot already shows it
 
