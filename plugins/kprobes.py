@@ -37,7 +37,6 @@ from fuzzer import (
     routine,
 )
 from fuzzer.kernel import EINVAL, V612, deref, down_read, kernel_struct, synchronize_rcu, up_read
-from fuzzer.kernel.rcu import rcu_read_lock, rcu_read_unlock
 
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine, OptionGroup
@@ -919,12 +918,11 @@ def op_hit(cpu: Cpu, site: int) -> Gen:
     if word >> 26 == 18 and "optprobes" in m.state:  # b detour: an optimized probe
         yield from cpu.k.optimized_callback(cpu, addr, word)
     if word == BREAKPOINT_INSTRUCTION:
-        # The program check runs the handler with interrupts off, and kprobe_handler
-        # with preemption off to the single-step's end: an RCU read-side section
-        # from the trap on, which unregister_kprobe's synchronize_rcu waits out.
+        # The program check runs the handler with interrupts off (and kprobe_handler
+        # with preemption off to the single-step's end): an RCU read-side section
+        # from the trap on (fuzzer.kernel.rcu), which unregister_kprobe's
+        # synchronize_rcu waits out.
         flags = cpu.local_irq_save()
-        rcu_read_lock(cpu)
         yield from cpu.k.kprobe_handler(cpu, addr)
-        rcu_read_unlock(cpu)
         cpu.local_irq_restore(flags)
     return 0

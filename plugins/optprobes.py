@@ -39,8 +39,7 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer.kernel import down_read, up_read
-from fuzzer.kernel.rcu import rcu_read_lock, rcu_read_unlock, synchronize_rcu
+from fuzzer.kernel import down_read, synchronize_rcu_tasks, tasks_rcu_enter, tasks_rcu_exit, up_read
 from fuzzer_plugins.kprobes import KPROBES_C, SYMBOLS, Kprobe, kstate
 
 if TYPE_CHECKING:
@@ -309,7 +308,7 @@ def kprobe_optimizer(cpu: Cpu) -> Gen:
     yield from mutex_lock(cpu, kstate(m).kprobe_mutex)
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, m.state["text_mutex"])
-    yield from synchronize_rcu(cpu)  # synchronize_rcu_tasks()
+    yield from synchronize_rcu_tasks(cpu)
     queued = [op for op in ostate(m).ops.values() if op.queued]
     if queued:
         yield from cpu.k.arch_optimize_kprobes(cpu, queued)
@@ -331,13 +330,14 @@ def arch_optimize_kprobes(cpu: Cpu, oplist: list[Optimized]) -> Gen:
 @routine("free_aggr_kprobe", KPROBES_C)
 def free_aggr_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """The end of an optimized probe (``do_free_cleaned_kprobes``, kernel/kprobes.c:583 ->
-    ``free_aggr_kprobe`` -> ``arch_remove_optimized_kprobe``, optprobes.c:118): after a
-    grace period no CPU is still inside its detour; then the slot is free for another."""
+    ``free_aggr_kprobe`` -> ``arch_remove_optimized_kprobe``, optprobes.c:118), which the
+    kernel reaches from ``kprobe_optimizer`` after its ``synchronize_rcu_tasks()`` (:628):
+    no CPU is still inside the detour; then the slot is free for another."""
     s = ostate(cpu.m)
     op = s.ops.pop(kp.addr, None)
     if op is None:
         return
-    yield from synchronize_rcu(cpu)
+    yield from synchronize_rcu_tasks(cpu)
     del s.by_buff[op.buff]
     s.free.append(op.buff)
     s.free.sort()
@@ -359,7 +359,7 @@ def optimized_callback(cpu: Cpu, addr: int, word: int) -> Gen:
     """
     m = cpu.m
     buff = branch_target(addr, word)
-    rcu_read_lock(cpu)
+    tasks_rcu_enter(cpu)  # the detour runs preemptible: only tasks RCU waits for it
     op = ostate(m).by_buff.get(buff) if buff is not None else None
     for i in range(SLOT_WORDS if op is None else len(op.words)):
         yield  # fetch and run the next word of the detour
@@ -375,4 +375,4 @@ def optimized_callback(cpu: Cpu, addr: int, word: int) -> Gen:
             for q in (p.children if p.children is not None else (p,)) if p is not None else ():
                 if not q.disabled:
                     q.hits += 1
-    rcu_read_unlock(cpu)
+    tasks_rcu_exit(cpu)

@@ -8,8 +8,11 @@ on the names exported here:
 * the locking primitives (spinlocks, mutexes, rwsems with lockdep- and
   might_sleep-style checks): :func:`spin_lock`, :func:`mutex_lock`,
   :func:`down_read` and their unlocks, :class:`Mutex`, :class:`RwSem`,
-  :func:`might_sleep`, :func:`lockdep_assert_irqs_disabled`, and RCU's
-  :func:`synchronize_rcu` (with :func:`in_rcu_reader`);
+  :func:`might_sleep`, :func:`lockdep_assert_irqs_disabled`;
+* RCU (:mod:`fuzzer.kernel.rcu`, one model for every user): readers
+  (:func:`in_rcu_reader`, :func:`rcu_read_lock`, :func:`tasks_rcu_enter`),
+  grace periods (:func:`synchronize_rcu`, :func:`synchronize_rcu_tasks`) and
+  :func:`call_rcu`;
 * lockdep (:mod:`fuzzer.kernel.lockdep`): the lock-class dependency graph and
   hardirq usage the locking primitives feed (a plugin's own lock is a
   :class:`Mutex`/``SpinLock``: its name is its class);
@@ -49,14 +52,12 @@ from fuzzer.kernel.locking import (
     RwSem,
     down_read,
     down_write,
-    in_rcu_reader,
     lockdep_assert_irqs_disabled,
     might_sleep,
     mutex_lock,
     mutex_unlock,
     spin_lock,
     spin_unlock,
-    synchronize_rcu,
     up_read,
     up_write,
 )
@@ -84,6 +85,16 @@ from fuzzer.kernel.patching import (
     line,
     mm_patch_enabled,
     random_patching_addr,
+)
+from fuzzer.kernel.rcu import (
+    call_rcu,
+    in_rcu_reader,
+    rcu_read_lock,
+    rcu_read_unlock,
+    synchronize_rcu,
+    synchronize_rcu_tasks,
+    tasks_rcu_enter,
+    tasks_rcu_exit,
 )
 from fuzzer.kernel.sched import (
     get_cpu,
@@ -116,6 +127,7 @@ __all__ = [
     "PatchingContext",
     "RwSem",
     "VmArea",
+    "call_rcu",
     "context",
     "dawr_slots",
     "default_map_window",
@@ -143,10 +155,15 @@ __all__ = [
     "pte_alloc",
     "put_cpu",
     "random_patching_addr",
+    "rcu_read_lock",
+    "rcu_read_unlock",
     "smp_processor_id",
     "spin_lock",
     "spin_unlock",
     "synchronize_rcu",
+    "synchronize_rcu_tasks",
+    "tasks_rcu_enter",
+    "tasks_rcu_exit",
     "up_read",
     "up_write",
 ]

@@ -19,7 +19,7 @@ from fuzzer._oops import deref, kernel_struct
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import Invariant
-from fuzzer.kernel import pgalloc
+from fuzzer.kernel import pgalloc, rcu
 from fuzzer.kernel.faults import should_fail
 from fuzzer.kernel.locking import might_sleep, spin_lock, spin_unlock
 
@@ -459,7 +459,7 @@ def _tlb_table_flush(cpu: Cpu, tlb: MmuGather) -> Gen:
             _tlb_remove_table(m, table)
         pgalloc.pgtable_free(m, batch.page)
 
-    pgalloc.call_rcu(m, free_batch)
+    rcu.call_rcu(m, free_batch)
     tlb.batch = None
 
 
