@@ -177,7 +177,7 @@ KNOWN = """
 def test_a_known_finding_is_counted_and_the_search_goes_on(cli, make_plugin, engine):
     known = make_plugin("known", KNOWN)
     res = cli("-p", LEAK, "-p", known, *RUN, "--kernel", "v6.2", "--engine", engine,
-              "--max-examples", "150")
+              "--max-examples", "400")
     assert res.rc == 0, res.out + res.err
     assert ("known finding: patching mm leaked at CPU offline [END-STATE in patching mm leak]"
             " -- counted, the search goes on") in res.out
