@@ -107,8 +107,9 @@ def test_every_mistake_has_an_expectation():
 
 #: Seeds re-picked after the model grew: aggr_disarm_early needs ~4,400 examples from seed 2
 #: since registering a kprobe builds its optprobe detour (over 60 s on a loaded machine);
-#: seeds 3-6 find it in 17-45 s, 4 in 17 s.
-RESEEDED = {("aggr_disarm_early", 2): 4}
+#: seeds 3-6 find it in 17-45 s, 4 in 17 s. Since the CPU-offline control side runs as its own
+#: activation (a different walk) seed 4 needs 3,661 examples; 3, 5 and 6 need 453, 483 and 38.
+RESEEDED = {("aggr_disarm_early", 2): 6}
 
 
 @pytest.mark.parametrize("mistake", MISTAKES)
