@@ -25,21 +25,22 @@ a later step can read, objects by their fields, identity left out.
 
 * ``por`` (the default): a partial-order reduction by state. Two schedules
   that run commuting steps in two orders reach one state; the second is cut
-  there, since everything after it was explored from the first (or is being).
-  The check is made at every final state and at one state in :data:`SAMPLE`
-  along the way, and it allows for the preemption budget: a state reached
-  with ``u2`` preemptions, the CPU ``l2`` last, covers the same state reached
-  with ``used``, ``last`` when ``u2 <= used - 1``, or ``u2 <= used`` and ``l2``
-  is ``last`` or could not run on (:meth:`Explorer._covered`). That is the
-  care Musuvathi and Qadeer ("Partial-order reduction for context-bounded
-  state exploration", MSR-TR-2007-12) and Coons et al. (OOPSLA 2013) show a
-  preemption bound needs: reordering two steps can change what a schedule
-  spends. Unlike sleep sets it needs no conflict relation: the accesses the
-  emulator notes (text, the kprobe table, static keys) do not cover locks,
-  page tables, TLBs or per-CPU state, so steps could not be proved
-  independent from them; equal states prove it after the fact.
+  there, since everything after it was explored from the first (or is
+  being). The check is made at every state, and it allows for the preemption
+  budget: a state reached with ``u2`` preemptions, the CPU ``l2`` last,
+  covers the same state reached with ``used``, ``last`` when
+  ``u2 <= used - 1``, or ``u2 <= used`` and ``l2`` is ``last`` or could not
+  run on (:meth:`Explorer._covered`). That is the care Musuvathi and Qadeer
+  ("Partial-order reduction for context-bounded state exploration", 2007)
+  and Coons, Musuvathi and McKinley ("Bounded partial-order reduction",
+  OOPSLA 2013) show a preemption bound needs: reordering two steps can
+  change what a schedule spends. Unlike sleep sets it needs no conflict
+  relation: the accesses the emulator notes (text, the kprobe table, static
+  keys) do not cover locks, page tables, TLBs or per-CPU state, so steps
+  could not be proved independent from them; equal states prove it after
+  the fact.
 * ``state``: at choice points only, the same state with the same CPU last
-  and at least as many preemptions left (the reduction CHESS's state caching does).
+  and at least as many preemptions left (what ``check`` did first).
 * ``none``: every schedule, for comparison.
 
 Every mode finds the same failures and the same final states (tests/test_check.py).
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import ast
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -192,7 +193,6 @@ class Explorer:
         self.pruned = 0
         self.emulated = 0
         """Emulated steps of the concurrent part run, replays included (the cost of it all)."""
-        self.every = SAMPLE
         self.machine: Machine | None = None
         """The machine of the schedule being explored."""
 
@@ -261,8 +261,8 @@ class Explorer:
         """Run one schedule on from its prefix, pushing the alternatives met on the way."""
         while True:
             runnable = [c.n for c in m.runnable()]
-            if (self.prune == "por" and (not runnable or _sampled(m, queues, self.every))
-                    and self._covered(m, queues, last if last in runnable else None, used)):
+            if self.prune == "por" and self._covered(m, queues, last if last in runnable else None,
+                                                     used):
                 self.pruned += 1
                 return
             if not runnable:
@@ -302,30 +302,6 @@ class Explorer:
             return True
         budgets[last] = min(used, budgets.get(last, used))
         return False
-
-
-#: ``por`` looks a state up (and records it) at one state in this many, chosen by a cheap
-#: function of the state itself, and at every final state. See :func:`_sampled`.
-SAMPLE = 4
-
-
-def _sampled(m: Machine, queues: dict[int, list[Call]], every: int) -> bool:
-    """Is this one of the states ``por`` snapshots? One in ``every``, by a hash of where
-    each CPU's routines are, memory and the calls left: a function of the state alone, so
-    a state is sampled on every path that reaches it, and a path that joins one explored
-    before meets a sampled state of it within a few steps."""
-    if every <= 1:
-        return True
-    where = []
-    for c in m.cpus:
-        for act in c.stack:
-            g = act.gen
-            while g is not None:
-                frame = g.gi_frame
-                where.append((c.n, g.gi_code.co_qualname, frame.f_lasti if frame is not None else -1))
-                g = g.gi_yieldfrom
-    key = (tuple(where), frozenset(m.mem.items()), tuple(len(q) for q in queues.values()))
-    return hash(key) % every == 0
 
 
 def _run_alone(m: Machine, n: int) -> None:
