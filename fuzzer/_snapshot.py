@@ -18,6 +18,7 @@ store counter): none of them changes what a step does or what a check decides.
 
 from __future__ import annotations
 
+import collections
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -153,7 +154,13 @@ class _Encoder:
             return ("static", getattr(v, "__qualname__", getattr(v, "__name__", "?")))
         if isinstance(v, types.CodeType):
             return ("code", v.co_qualname)
+        if isinstance(v, collections.deque):
+            return ("deque", self._all(v))
         names = _field_names(v)
+        if not names and not attrs.has(type(v)) and not hasattr(v, "__dict__"):
+            # No fields to read (a C object): its repr, which may name its address -- then
+            # the state never matches another, the safe side.
+            return ("opaque", type(v).__qualname__, repr(v))
         return (type(v).__qualname__, names, self._all([getattr(v, k, None) for k in names]))
 
     def _generator(self, g: Any) -> Any:
