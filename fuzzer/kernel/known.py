@@ -25,7 +25,8 @@ PAGE_TABLE_LEAK: dict[str, Any] = {
         " (arch/powerpc/lib/code-patching.c:142-149 in v6.12, :139-146 in next-20221215 and"
         " v6.2) calls tlb_gather_mmu() and free_pgd_range() but never tlb_finish_mmu(), so the"
         " PTE, PMD and PUD tables queued in the gather's batch, and the batch page, are never"
-        " freed"
+        " freed (so does a failed CPU online: text_area_cpu_up_mm()'s error path, fail_no_pte,"
+        " calls put_patching_mm() too)"
     ),
     "fix": "tlb_finish_mmu(&tlb); after free_pgd_range() in put_patching_mm() (before mmput())",
     "reference": (

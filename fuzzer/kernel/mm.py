@@ -19,7 +19,7 @@ from fuzzer._oops import deref, kernel_struct
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import Invariant
-from fuzzer.kernel import pgalloc
+from fuzzer.kernel import pgalloc, rcu
 from fuzzer.kernel.faults import should_fail
 from fuzzer.kernel.locking import might_sleep, spin_lock, spin_unlock
 
@@ -208,15 +208,24 @@ def __set_pte_at(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, pte: Pte) -> Gen:
     cpu.m.mmu.pte_stored(cpu, ptr, old, pte)
 
 
+#: Where set_pte_at's VM_WARN_ON is, per version: (function, line of arch/powerpc/mm/pgtable.c).
+#: In 6.12 set_pte_at is ``set_ptes(mm, addr, ptep, pte, 1)`` (include/linux/pgtable.h).
+SET_PTE_WARN = {
+    "v6.1": ("set_pte_at", 197), "next-20221215": ("set_pte_at", 197), "v6.2": ("set_pte_at", 197),
+    "v6.12": ("set_ptes", 215),
+}
+
+
 @routine("set_pte_at", PGTABLE_C)
 def set_pte_at(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, pte: Pte) -> Gen:
-    """``set_pte_at()`` (arch/powerpc/mm/pgtable.c:190, v6.1/v6.2).
+    """``set_pte_at()`` (arch/powerpc/mm/pgtable.c:190, v6.1/v6.2; ``set_ptes()``, :192 v6.12).
 
-    Under DEBUG_VM warns when it overwrites a hardware-valid PTE (no TLB
-    flush is done here), then ``__set_pte_at``.
+    Under DEBUG_VM ``VM_WARN_ON`` when it overwrites a hardware-valid PTE (no
+    TLB flush is done here; pgtable.c:197 v6.1, :215 v6.12), then ``__set_pte_at``.
     """
     if cpu.m.config.enabled("CONFIG_DEBUG_VM") and ptr.get() is not None:
-        raise KernelWarning(f"{PGTABLE_C}:199", function="set_pte_at",
+        function, n = cpu.m.version.lookup(SET_PTE_WARN, "pgtable.c line numbers")
+        raise KernelWarning(f"{PGTABLE_C}:{n}", function=function,
                             detail=f"overwriting a valid PTE at {addr:#x}")
     yield from cpu.k.__set_pte_at(cpu, mm, addr, ptr, pte)
 
@@ -450,7 +459,7 @@ def _tlb_table_flush(cpu: Cpu, tlb: MmuGather) -> Gen:
             _tlb_remove_table(m, table)
         pgalloc.pgtable_free(m, batch.page)
 
-    pgalloc.call_rcu(m, free_batch)
+    rcu.call_rcu(m, free_batch)
     tlb.batch = None
 
 
