@@ -86,11 +86,10 @@ def _deep_bench():
 
 
 DEEP_BENCH = _deep_bench()
-#: Scenarios whose exploration takes a minute or more each (three CPUs, or K = 2 with a
-#: probe registered concurrently, hundreds of steps since it builds its optprobe detour).
+#: Scenarios whose exploration takes 40 s or more each (three CPUs, or a probe registered
+#: concurrently: hundreds of steps since it builds its optprobe detour).
 SLOW = {("kprobe_slot_before_rcu", 1), ("kprobe_irqs_on_in_handler", 1), ("kprobe_rcu_too_early", 1),
-        ("kprobe_rcu_too_early", 2), ("kprobe_trap_recheck", 2), ("kprobe_unhash_first", 2),
-        ("kprobe_arm_before_hash", 2)}
+        ("kprobe_rcu_too_early", 2)}
 #: Each deep mistake's scenario (bench/deep.py) at K = 1 and 2 on two CPUs, K = 1 on three;
 #: the slow ones with -m slow.
 SOUNDNESS = [pytest.param(name, k, marks=[pytest.mark.slow] if (name, k) in SLOW else [])
