@@ -260,21 +260,24 @@ def verify(names: list[str] | None, k: int) -> dict[str, Any]:
 
 
 def check_bench(most: int) -> list[dict[str, Any]]:
-    """Schedules and time to exhaust the two benchmark scenarios, K = 1, 2, 3, with and without
-    pruning (``most`` schedules at most each; a run stopped there is marked incomplete)."""
+    """Schedules, emulated steps and time to exhaust the two benchmark scenarios, K = 1, 2, 3,
+    with each pruning (``por``, the default; ``state``; ``none``), ``most`` schedules at most
+    each (a run stopped there is marked incomplete)."""
     from fuzzer._check import check, parse_scenario
 
     rows = []
     for name, text in CHECK_BENCH.items():
         for k in (1, 2, 3):
-            for prune in (True, False):
+            for prune in ("por", "state", "none"):
                 r = check(_clean("v6.12", "radix", 2), parse_scenario(text), preemptions=k, prune=prune,
                           shrink_seconds=0, max_schedules=most)
                 rows.append({"scenario": name, "k": k, "prune": prune, "schedules": r.schedules,
-                             "pruned": r.pruned, "seconds": r.seconds, "complete": r.complete,
+                             "pruned": r.pruned, "emulated": r.emulated, "seconds": r.seconds,
+                             "complete": r.complete,
                              "verdict": str(r.failure.signature) if r.failure else "clean"})
-                print(f"check-bench {name:18} K={k} prune={prune!s:5} {r.schedules:6} schedules"
-                      f" {'' if r.complete else '(stopped) '}{r.seconds:6.1f} s", flush=True)
+                print(f"check-bench {name:18} K={k} prune={prune:5} {r.schedules:6} schedules"
+                      f" {'' if r.complete else '(stopped) '}{r.pruned:6} cut {r.emulated:8} steps"
+                      f" {r.seconds:6.1f} s  {rows[-1]['verdict']}", flush=True)
     return rows
 
 
@@ -370,8 +373,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--verify", type=int, metavar="K", default=None,
                     help="instead: each mistake's scenario under check with K preemptions")
     ap.add_argument("--check-bench", type=int, metavar="N", default=None,
-                    help="instead: exhaust the two check scenarios, K = 1-3, with and without"
-                    " pruning, at most N schedules each")
+                    help="instead: exhaust the two check scenarios, K = 1-3, with each pruning"
+                    " (por, state, none), at most N schedules each")
     opts = ap.parse_args(argv)
     if opts.limit is None:
         opts.limit = 0.0 if opts.examples else 60.0

@@ -47,6 +47,7 @@ import hypothesis  # noqa: E402
 
 from fuzzer import FuzzerPluginManager, KernelConfig, Model, RunConfig  # noqa: E402
 from fuzzer._args import sampler as search_sampler  # noqa: E402
+from fuzzer._config import VersionChain  # noqa: E402
 from fuzzer._engine import replay, run_campaign  # noqa: E402
 from fuzzer._engine.hypothesis import STEPS_PER_EXAMPLE  # noqa: E402
 from fuzzer._engine.walk import SCHEDULE_BLOCK, Walker  # noqa: E402
@@ -63,7 +64,8 @@ KERNEL = {"cached_pte": "v6.12", "local_kernel_tlb_flush": "v6.1",
           "lazy_switch_after_disable": "v6.12-fixed", "pmi_locks_user_pte": "v6.12"}
 MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash",
        "hash_local_kernel_flush": "hash"}
-CONFIG = {"percpu_context_preemptible": ("CONFIG_PREEMPT=y",)}
+CONFIG = {"percpu_context_preemptible": ("CONFIG_PREEMPT=y",),
+          "alias_on_radix": ("CONFIG_CMDLINE=disable_tlbie",)}
 
 #: Known-minimal reproduction length, in steps: the shortest reproduction seen (shipped
 #: corpus entries and these benchmarks' shrunk outputs). Boot-time failures need only the
@@ -72,7 +74,7 @@ CONFIG = {"percpu_context_preemptible": ("CONFIG_PREEMPT=y",)}
 MINIMAL = {
     "seed crash": 1,
     "irqs_early": 1, "no_local_flush": 1, "missing_ptesync": 1, "hash_no_hpte_flush": 1,
-    "cached_pte": 1, "null_patching_context": 1,
+    "cached_pte": 1, "null_patching_context": 1, "alias_on_radix": 1,
     "static_key_dec_no_update": 4,  # boot, start jump_label.inc, run, start jump_label.dec
     "aggr_disarm_early": 6,         # boot, register, run, register at the same site, run, disable
     "unsafe_sequence_order": 2,     # boot, start fixups.entry_flush (its own fault shows it)
@@ -91,6 +93,7 @@ MINIMAL = {
     "pmi_locks_user_pte": 4,        # boot, start a user task, irq perf_pmi, online CPU 1
     "finish_gather_early": 4,       # boot, online, run, offline
     "lazy_switch_after_disable": 6,  # boot, online, run, start a process there, run, offline
+    "optprobe_branch_first": 5,     # boot, start kprobes.register, online CPU 1, run, start a hit
 }
 
 #: Where a mistake shows in more than one way, the known-minimal length of a reproduction
@@ -108,11 +111,13 @@ SEARCHER_TITLE = {"guided": "fuzzer --guide", "fuzzer": "fuzzer (default)",
 
 def model_for(kernel: str = "v6.12", mmu: str = "radix", plugins: Sequence[str] = (),
               config: Sequence[str] = ()) -> Model:
-    """The model ``python -m fuzzer -p PLUGIN run --kernel K --mmu M`` builds (no autoload)."""
+    """The model ``python -m fuzzer -p PLUGIN run --kernel K --mmu M --config C`` builds (no
+    autoload), with the version's own config defaults."""
     pm = FuzzerPluginManager()
     pm.load(list(plugins), autoload=False)
     pm.check_pending()
-    run = RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), config), 4)
+    chain = VersionChain.of(kernel, {v.name: v.based_on for v in pm.kernel_versions()})
+    run = RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), config, chain), 4)
     return Model.build(pm, run)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import inspect
 from collections import defaultdict
 
-from fuzzer import FuzzerPluginManager, KernelConfig, Model, RunConfig
+from fuzzer import FuzzerPluginManager
+from fuzzer.testing import make_model
 
 
 def rows() -> dict[str, dict[str, set[str]]]:
@@ -20,8 +21,8 @@ def rows() -> dict[str, dict[str, set[str]]]:
     table: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for version in pm.kernel_versions():
         for mmu in sorted(pm.mmus()):
-            run = RunConfig(version.name, mmu, KernelConfig.build(pm.config_options(), ()), 4)
-            model = Model.build(pm, run)
+            # The model run builds: each version's default config (its version_defaults).
+            model = make_model(version.name, mmu=mmu)
             for name, info in model.routine_infos.items():
                 doc = (inspect.getdoc(info.fn) or "").splitlines()
                 head = doc[0] if doc else ""

@@ -126,6 +126,10 @@ def console_verdict(text: str, entry: Entry) -> tuple[str, tuple[str, ...]]:
     return "VERDICT: NO VERDICT (the init did not report; see the log)", numbers
 
 
+#: The patch a patched copy holds, inside the copy (so a later --patch can reverse it).
+APPLIED = ".fuzzer-boot.patch"
+
+
 class Builder:
     """Builds kernels and inits in a work directory, running each command with its output logged."""
 
@@ -143,14 +147,42 @@ class Builder:
             raise UsageError(f"boot: {' '.join(cmd[:3])} failed (exit {proc.returncode}); see {log}")
 
     def tree(self, source: Path, label: str, patch: Path | None) -> Path:
-        """A build tree: ``source`` itself, or a copy with ``patch`` applied."""
+        """A build tree: ``source`` itself, or a copy with ``patch`` applied. The copy is kept and
+        re-patched for another patch (the old one reversed first); a copy of a built tree
+        builds only what the patch touches."""
         if patch is None:
             return source
         tree = self.work / f"tree-{label}"
+        applied = tree / APPLIED
+        log = self.work / f"patch-{label}.log"
+        wanted = patch.read_bytes()
         if not tree.exists():
             self.run(["cp", "-a", f"{source}/.", str(tree)], self.work, self.work / "copy.log")
-            self.run(["patch", "-p1", "-i", str(patch.resolve())], tree, self.work / f"patch-{label}.log")
+            self.keep_objects(source, tree)
+        elif applied.is_file() and applied.read_bytes() == wanted:
+            return tree
+        elif applied.is_file():
+            self.run(["patch", "-R", "-p1", "-i", str(applied)], tree, log)
+        else:
+            raise UsageError(f"boot: {tree} holds a copy whose patch is unknown (an interrupted copy?):"
+                             " remove it, or pass another --work")
+        self.run(["patch", "-p1", "-i", str(patch.resolve())], tree, log)
+        applied.write_bytes(wanted)
         return tree
+
+    def keep_objects(self, source: Path, tree: Path) -> None:
+        """Keep the copy's objects up to date: every object depends on objtool, whose build
+        records absolute paths, so the copy would rebuild objtool and then everything. Build
+        it in the copy now and date it back to the original's build."""
+        objtool = source / "tools" / "objtool" / "objtool"
+        if not objtool.is_file():
+            return  # the source was never built: the copy's first build is a full one anyway
+        self.run(["make", f"ARCH={ARCH}", f"CROSS_COMPILE={CROSS_COMPILE}", "tools/objtool"], tree,
+                 self.work / "copy.log")
+        stamp = objtool.stat()
+        for path in (tree / "tools" / "objtool").rglob("*"):
+            if path.is_file() and path.stat().st_mtime > stamp.st_mtime:
+                os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
 
     def kernel(self, tree: Path, config: Mapping[str, Any], label: str) -> Path:
         """Configure and build ``zImage.epapr`` (kept: a second call with the same config is quick)."""

@@ -159,8 +159,13 @@ def _add_check(sub: Any, pm: FuzzerPluginManager) -> None:
                      " 'cpu CPU OP ARG=VALUE' lines")
     chk.add_argument("--preemptions", "-k", type=_count, default=2, metavar="K",
                      help="explore every schedule with at most K preemptions (default 2)")
-    chk.add_argument("--no-prune", dest="prune", action="store_false",
-                     help="do not prune states already explored (for comparison)")
+    chk.add_argument("--prune", choices=("none", "state", "por"), default="por",
+                     help="por (default): cut a schedule at any state already explored with a"
+                     " budget that covers its own, whichever CPU ran last (two orders of"
+                     " commuting steps meet there); state: only at choice points, with the same"
+                     " CPU last; none: explore every schedule (for comparison)")
+    chk.add_argument("--no-prune", dest="prune", action="store_const", const="none",
+                     help="the same as --prune none")
     chk.add_argument("--max-schedules", type=_count, default=0, metavar="N",
                      help="stop after N schedules; 0 = no limit (default)")
     _add_model_options(chk, pm)
@@ -338,7 +343,7 @@ def cmd_check(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, er
     model = Model.build(pm, run)
     rule("bounded exhaustive check starts", out)
     out.write(f"kernel: {run.kernel}, mmu: {run.mmu}, cpus: {run.cpus};"
-              f" at most {args.preemptions} preemption(s); pruning {'on' if args.prune else 'off'}\n")
+              f" at most {args.preemptions} preemption(s); pruning: {args.prune}\n")
     result = check(model, scenario, preemptions=args.preemptions, prune=args.prune,
                    max_schedules=args.max_schedules or None)
     if result.failure is not None and result.steps is not None:
@@ -348,7 +353,8 @@ def cmd_check(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, er
         return ExitCode.FAILED
     what = "no failure" if result.complete else "no failure yet (stopped at --max-schedules)"
     out.write(f"{what} in {result.schedules} schedules with <= {args.preemptions} preemptions"
-              f" ({result.pruned} states pruned, {result.seconds:.1f} s)\n")
+              f" ({result.pruned} cut at a state already explored, {result.emulated} steps,"
+              f" {result.seconds:.1f} s)\n")
     return ExitCode.OK
 
 

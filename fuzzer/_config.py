@@ -27,6 +27,17 @@ class ConfigOption:
     """Allowed values for int/str options; ``None`` for any."""
     arch: str | None = None
     """The architecture the option belongs to (``powerpc``); ``None`` for every one."""
+    version_defaults: Mapping[str, ConfigValue] = attrs.field(factory=dict)
+    """Defaults that differ at some kernel versions, by version name (looked up along
+    the version's ``based_on`` chain): the config a version's known report came from."""
+
+    def default_at(self, version: VersionChain | None) -> ConfigValue:
+        """The default at ``version`` (``default`` where no version along its chain differs)."""
+        if version is not None:
+            for name in version.names:
+                if name in self.version_defaults:
+                    return self.version_defaults[name]
+        return self.default
 
     def parse(self, text: str) -> ConfigValue:
         """Parse a command-line value as Kconfig spells it (``y``/``n``, numbers)."""
@@ -129,11 +140,12 @@ class KernelConfig:
 
     @classmethod
     def build(
-        cls, options: Iterable[ConfigOption], assignments: Iterable[str]
+        cls, options: Iterable[ConfigOption], assignments: Iterable[str],
+        version: VersionChain | None = None,
     ) -> KernelConfig:
-        """Defaults from ``options``, then each ``CONFIG_X=VALUE`` in order."""
+        """Defaults from ``options`` (at ``version``), then each ``CONFIG_X=VALUE`` in order."""
         known = {o.name: o for o in options}
-        values: dict[str, ConfigValue] = {n: o.default for n, o in known.items()}
+        values: dict[str, ConfigValue] = {n: o.default_at(version) for n, o in known.items()}
         for text in assignments:
             name, sep, raw = text.partition("=")
             name = name.strip()

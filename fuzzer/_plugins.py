@@ -23,7 +23,8 @@ from fuzzer._specs import MmuSpec
 ESSENTIAL_PLUGINS = ("boot", "cpuhp", "mm", "patching")
 #: Built-in plugins, loaded by the same mechanism as third-party ones.
 BUILTIN_PLUGINS = (
-    "radix", "hash", "kprobes", "jump_label", "fixups", "interrupts", "breakpoints",
+    "radix", "hash", "kprobes", "optprobes", "jump_label", "fixups", "ftrace", "interrupts",
+    "breakpoints",
 )
 #: Third-party plugins register under this entry-point group.
 ENTRY_POINT_GROUP = "fuzzer"

@@ -54,8 +54,10 @@ class Terminal:
             return
         self.last = now
         rate = stats.emulated_steps / elapsed if elapsed else 0.0
+        known = sum(stats.known_seen.values())
         line = (f"[{elapsed:6.1f}s] {stats.examples:,} examples, {stats.emulated_steps:,} steps"
-                f" ({rate:,.0f} steps/s), {stats.failures_seen} failing"
+                f" ({rate:,.0f} steps/s), {stats.failures_seen - known} failing"
+                + (f", {known} known" if known else "")
                 + (f", {stats.pairs} interleavings" if stats.pairs else ""))
         self.stream.write("\r" + line + "\x1b[K" if self.tty else line + "\n")
         self.stream.flush()
@@ -183,7 +185,7 @@ class StatsReporter:
             return
         try:
             log.end(outcome.duration, outcome.examples, outcome.emulated_steps,
-                    outcome.distinct_failures, len(outcome.routines))
+                    outcome.distinct_failures, len(outcome.routines), pairs=outcome.stats.pairs)
         finally:
             log.close()
         if outcome.status is Status.ERROR:

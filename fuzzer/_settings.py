@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._config import KernelConfig, RunConfig
+from fuzzer._config import KernelConfig, RunConfig, VersionChain
 from fuzzer._errors import UsageError
 from fuzzer._schedulers import SCHEDULERS
 
@@ -97,7 +97,8 @@ def run_config(pm: FuzzerPluginManager, *, kernel: str | None = None, mmu: str =
     """
     arch = pm.arch_of(mmu)
     kernel = pm.resolve_kernel(kernel, mmu)
-    kconfig = KernelConfig.build(pm.config_options(arch), config)
+    chain = VersionChain.of(kernel, {v.name: v.based_on for v in pm.kernel_versions()})
+    kconfig = KernelConfig.build(pm.config_options(arch), config, chain)
     if cpus is None:
         cpus = 4 if kconfig.enabled("CONFIG_SMP") else 1
     if not 1 <= cpus <= 64:

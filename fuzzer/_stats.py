@@ -72,12 +72,13 @@ class StatsLog:
             self.stream.write(json.dumps(rec) + "\n")
             self.stream.flush()
 
-    def end(self, elapsed: float, examples: int, steps: int, distinct_failures: int, routines: int) -> None:
+    def end(self, elapsed: float, examples: int, steps: int, distinct_failures: int, routines: int,
+            *, pairs: int = 0) -> None:
         """The final sample: the outcome's totals (unless the last progress report gave them)."""
         last = self.samples[-1] if self.samples else None
-        if last is None or (last["examples"], last["steps"], last["distinct_failures"], last["routines"]) != (
-                examples, steps, distinct_failures, routines):
-            self.add(elapsed, examples, steps, distinct_failures, routines)
+        if last is None or (last["examples"], last["steps"], last["distinct_failures"], last["routines"],
+                            last["interleavings"]) != (examples, steps, distinct_failures, routines, pairs):
+            self.add(elapsed, examples, steps, distinct_failures, routines, pairs=pairs)
 
     def close(self) -> None:
         if self.stream is not None:

@@ -26,7 +26,6 @@ from fuzzer import (
     PAGE_KERNEL_ROX,
     PAGE_OFFSET,
     Boolean,
-    Initcall,
     IntRange,
     InvariantViolation,
     Mutex,
@@ -48,8 +47,6 @@ FUZZER_ARCH = "powerpc"
 
 Gen = Generator[Any, None, Any]
 FEATURE_FIXUPS_C = "arch/powerpc/lib/feature-fixups.c"
-EINVAL = 22
-MFLR_R0 = 0x7C08_02A6
 NOP = 0x6000_0000
 MFLR_R10 = 0x7D48_02A6
 MTLR_R10 = 0x7D48_03A6
@@ -58,11 +55,6 @@ SEQUENCE_AT = PAGE_OFFSET + 0x0000_4000
 BL_FALLBACK = 0x4800_0001 | 0x0100  # bl .+0x100 (flush_fallback)
 OLD = (NOP, NOP, NOP)
 NEW = (MFLR_R10, BL_FALLBACK, MTLR_R10)
-#: ftrace call sites (``bl ftrace_caller`` when tracing, nop otherwise), one per function.
-FTRACE_SITES_AT = PAGE_OFFSET + 0x0010_0800
-FTRACE_SITES = 6
-FTRACE_STRIDE = 0x40
-BL_FTRACE_CALLER = 0x4800_0001 | 0x0200
 #: Patch orders (word indices) that keep every intermediate state safe.
 ENABLE_ORDER = (0, 2, 1)
 DISABLE_ORDER = (1, 2, 0)
@@ -87,10 +79,6 @@ def read_sequence(m: Machine, cpu: Cpu) -> tuple[int, ...]:
 @hookimpl
 def fuzzer_machine_setup(machine: Machine) -> None:
     machine.write_text(SEQUENCE_AT, OLD)
-    for i in range(FTRACE_SITES):
-        # The two nops of -fpatchable-function-entry: ftrace_init_nop makes
-        # the first an 'mflr r0' (v6.12); the second is the call site.
-        machine.write_text(FTRACE_SITES_AT + FTRACE_STRIDE * i - 4, [NOP, NOP])
     # A BPF prog pack: two pages of module_alloc'd memory, read-only and
     # executable, written only through patch_instructions (v6.12).
     pack = machine.alloc_vmalloc(2 * machine.run.page_size)
@@ -99,7 +87,7 @@ def fuzzer_machine_setup(machine: Machine) -> None:
         machine.map_page(machine.init_mm, pack + i * machine.run.page_size,
                          Pte(machine.alloc_pfn(), PAGE_KERNEL_ROX))
     machine.attach("fixups", {"mutex": Mutex("fixups_mutex"), "enabled": False,
-                              "tracing": False, "bpf_pack": pack})
+                              "bpf_pack": pack})
 
     def execute_entry(cpu: Cpu) -> None:
         words = read_sequence(machine, cpu)
@@ -116,50 +104,7 @@ def fuzzer_machine_setup(machine: Machine) -> None:
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    return [do_entry_flush_fixups, ftrace_replace_code, ftrace_init, ftrace_init_nop,
-            bpf_arch_text_copy, bpf_arch_text_invalidate]
-
-
-@hookimpl
-def fuzzer_initcalls(config: RunConfig) -> list[Initcall]:
-    # In 6.12 ftrace's boot-time patching runs in start_kernel, before any
-    # initcall; the earlier modelled versions patch nothing there.
-    if config.kernel == "v6.12":
-        return [Initcall("ftrace_init", ftrace_init_call, level="start_kernel")]
-    return []
-
-
-def ftrace_init_call(cpu: Cpu) -> Gen:
-    return (yield from cpu.k.ftrace_init(cpu))
-
-
-@routine("ftrace_init", "kernel/trace/ftrace.c", versions=("v6.12",))
-def ftrace_init(cpu: Cpu) -> Gen:
-    """``ftrace_init()`` (kernel/trace/ftrace.c, v6.12), from start_kernel (init/main.c:937).
-
-    ``ftrace_process_locs`` -> ``ftrace_update_code`` -> ``ftrace_nop_initialize``
-    for every call site (all inlined): one ``ftrace_init_nop`` each.
-    """
-    for i in range(FTRACE_SITES):
-        ret = yield from cpu.k.ftrace_init_nop(cpu, FTRACE_SITES_AT + FTRACE_STRIDE * i)
-        if ret:
-            return ret
-    return 0
-
-
-@routine("ftrace_init_nop", "arch/powerpc/kernel/trace/ftrace.c", versions=("v6.12",))
-def ftrace_init_nop(cpu: Cpu, ip: int) -> Gen:
-    """``ftrace_init_nop()`` (arch/powerpc/kernel/trace/ftrace.c:228, v6.12).
-
-    With patchable function entries: expect nops at ``ip - 4`` and ``ip``
-    (-EINVAL otherwise), then ``ftrace_modify_code(ip - 4, nop, mflr r0)``,
-    i.e. ``patch_instruction`` -- the first patch after poking_init in 6.12.
-    """
-    m = cpu.m
-    yield
-    if m.fetch(cpu, ip - 4) != NOP or m.fetch(cpu, ip) != NOP:
-        return -EINVAL
-    return (yield from cpu.k.patch_instruction(cpu, ip - 4, MFLR_R0))
+    return [do_entry_flush_fixups, bpf_arch_text_copy, bpf_arch_text_invalidate]
 
 
 @hookimpl
@@ -167,9 +112,6 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
     return [
         Operation("fixups.entry_flush", op_toggle, {"enable": Boolean()},
                   doc="debugfs entry_flush: patch the exception-entry flush sequence", comm="bash"),
-        Operation("ftrace.toggle", op_ftrace, {"enable": Boolean()},
-                  doc="enable or disable function tracing: bulk-patch every call site",
-                  comm="bash"),
         *([Operation("bpf.load", op_bpf, {"slot": IntRange(0, 3), "nwords": IntRange(1, 24)},
                      doc="JIT a BPF program into the prog pack, then free it (patch_instructions)",
                      comm="bpftool")] if config.kernel == "v6.12" else []),
@@ -224,20 +166,6 @@ def op_bpf(cpu: Cpu, slot: int, nwords: int) -> Gen:
     return err
 
 
-@routine("ftrace_replace_code", "arch/powerpc/kernel/trace/ftrace.c")
-def ftrace_replace_code(cpu: Cpu, enable: bool) -> Gen:
-    """``ftrace_replace_code()`` (arch/powerpc/kernel/trace/ftrace.c, v6.1-v6.2).
-
-    Bulk patching without stop_machine: one ``patch_instruction`` per call
-    site, each with its own IRQ-off window, map, write, unmap and local
-    flush. Each site is one instruction, so every intermediate state is a
-    mix of traced and untraced functions, all safe.
-    """
-    new = BL_FTRACE_CALLER if enable else NOP
-    for i in range(FTRACE_SITES):
-        yield from cpu.k.patch_instruction(cpu, FTRACE_SITES_AT + FTRACE_STRIDE * i, new)
-
-
 @routine("do_entry_flush_fixups", FEATURE_FIXUPS_C)
 def do_entry_flush_fixups(cpu: Cpu, enable: bool) -> Gen:
     """``do_entry_flush_fixups()`` (arch/powerpc/lib/feature-fixups.c, after 49b39ec248af).
@@ -249,19 +177,6 @@ def do_entry_flush_fixups(cpu: Cpu, enable: bool) -> Gen:
     target = NEW if enable else OLD
     for i in ENABLE_ORDER if enable else DISABLE_ORDER:
         yield from cpu.k.patch_instruction(cpu, SEQUENCE_AT + 4 * i, target[i])
-
-
-def op_ftrace(cpu: Cpu, enable: bool) -> Gen:
-    """ftrace_startup/ftrace_shutdown: under ``ftrace_lock`` and ``text_mutex``."""
-    m = cpu.m
-    s = m.state["fixups"]
-    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
-    yield from mutex_lock(cpu, m.state["text_mutex"])
-    if s["tracing"] != enable:
-        yield from cpu.k.ftrace_replace_code(cpu, enable)
-        s["tracing"] = enable
-    yield from mutex_unlock(cpu, m.state["text_mutex"])
-    yield from up_read(cpu, m.state["cpu_hotplug_lock"])
 
 
 def op_toggle(cpu: Cpu, enable: bool) -> Gen:

@@ -69,11 +69,9 @@ def system_reset(cpu: Cpu) -> Gen:
 
 @routine("smp_ipi_demux", "arch/powerpc/kernel/smp.c")
 def smp_ipi_demux(cpu: Cpu) -> Gen:
-    """``smp_ipi_demux()`` (arch/powerpc/kernel/smp.c, v6.1-v6.2): runs queued IPI work.
-
-    The modelled kernel queues none, so it only takes the CPU for a step.
-    """
-    yield
+    """``smp_ipi_demux()`` (arch/powerpc/kernel/smp.c:315 v6.1): the call-function message runs
+    ``generic_smp_call_function_interrupt`` -- this CPU's queued cross-CPU calls, if any."""
+    yield from cpu.k.flush_smp_call_function_queue(cpu)
 
 
 @routine("perf_callchain_user_64", "arch/powerpc/perf/callchain_64.c")

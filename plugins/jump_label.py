@@ -1,15 +1,15 @@
 """Jump labels (static keys): a second code-patching user, serialised by its own mutex.
 
-kprobes and ftrace patch under ``text_mutex``; ``static_key_enable``,
-``static_key_disable`` and the counted ``static_key_slow_inc``/``_dec`` patch
-under ``jump_label_mutex`` instead, so two CPUs can be inside
-``patch_instruction`` at once -- which is what per-CPU patching contexts exist
-for. Follows kernel/jump_label.c and arch/powerpc/kernel/jump_label.c. The
-lines cited are linux-source-6.1 (6.1.192) for v6.1, next-20221215 and v6.2
-and linux-source-6.12 for v6.12; the v6.1 and v6.2 releases decrement with
-``atomic_dec_and_mutex_lock`` where the stable trees have
-``static_key_dec_not_one`` and then the mutex: the same effect on the key
-and its sites (only the WARNs' texts differ).
+kprobes patch under ``text_mutex`` and ftrace under ``ftrace_lock`` alone;
+``static_key_enable``, ``static_key_disable`` and the counted
+``static_key_slow_inc``/``_dec`` patch under ``jump_label_mutex`` instead, so
+several CPUs can be inside ``patch_instruction`` at once -- which is what
+per-CPU patching contexts exist for. Follows kernel/jump_label.c and
+arch/powerpc/kernel/jump_label.c. The lines cited are linux-source-6.1
+(6.1.192) for v6.1, next-20221215 and v6.2 and linux-source-6.12 for v6.12;
+the v6.1 and v6.2 releases decrement with ``atomic_dec_and_mutex_lock`` where
+the stable trees have ``static_key_dec_not_one`` and then the mutex: the same
+effect on the key and its sites (only the WARNs' texts differ).
 
 Keys 0-3 are switched on and off (one site each); key 4 is counted (two
 sites), taken and dropped by users that keep their increments balanced.

@@ -36,7 +36,7 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer.kernel import EINVAL, deref, down_read, kernel_struct, synchronize_rcu, up_read
+from fuzzer.kernel import EINVAL, V612, deref, down_read, kernel_struct, synchronize_rcu, up_read
 
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine, OptionGroup
@@ -47,6 +47,16 @@ FUZZER_ARCH = "powerpc"
 Gen = Generator[Any, None, Any]
 KPROBES_C = "kernel/kprobes.c"
 ARCH_KPROBES_C = "arch/powerpc/kernel/kprobes.c"
+RETHOOK_C = "arch/powerpc/kernel/rethook.c"
+BEFORE_612 = ("v6.1", "next-20221215", "v6.2")
+#: arch/powerpc/kernel/kprobes.c lines of arch_arm_kprobe's and arch_disarm_kprobe's
+#: WARN_ON_ONCE (the file is the same at v6.1, next-20221215 and v6.2).
+WARN_LINES = {
+    "v6.1": {"arm": 195, "disarm": 201},
+    "next-20221215": {"arm": 195, "disarm": 201},
+    "v6.2": {"arm": 195, "disarm": 201},
+    "v6.12": {"arm": 178, "disarm": 184},
+}
 ENOMEM, ENOENT = 12, 2
 
 BREAKPOINT_INSTRUCTION = 0x7FE0_0008  # tw 31,0,0
@@ -73,6 +83,8 @@ class Symbol:
 #: aligned, no prefixed instruction across a 64-byte boundary).
 TEXT = (
     Symbol("__kretprobe_trampoline", 0x0005_A000, (NOP, BLR)),
+    # 6.12's name for the same trampoline (arch/powerpc/kernel/rethook.c:15).
+    Symbol("arch_rethook_trampoline", 0x0005_A000, (NOP, BLR)),
     Symbol("do_sys_open", 0x0010_0000, (MFLR_R0, STD_R0, STDU_R1, BLR)),
     Symbol("vfs_read", 0x0010_0100, (MFLR_R0, ADDI, BLR)),
     Symbol("pcrel_copy", 0x0010_0200, (PADDI & 0xFFFF_FFFF, PADDI >> 32, BLR)),
@@ -263,7 +275,8 @@ def fuzzer_initcalls(config: RunConfig) -> list[Initcall]:
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
     return [
-        init_kprobes, arch_init_kprobes, register_kprobe, register_aggr_kprobe,
+        init_kprobes, arch_init_kprobes, arch_init_kprobes_612, register_kprobe,
+        register_aggr_kprobe,
         arch_prepare_kprobe, arm_kprobe, arch_arm_kprobe, disarm_kprobe, arch_disarm_kprobe,
         __disable_kprobe, disable_kprobe, enable_kprobe, unregister_kprobe,
         __unregister_kprobe_top, __unregister_kprobe_bottom, kprobe_handler,
@@ -319,7 +332,7 @@ def init_kprobes(cpu: Cpu) -> Gen:
     return err
 
 
-@routine("arch_init_kprobes", ARCH_KPROBES_C)
+@routine("arch_init_kprobes", ARCH_KPROBES_C, versions=BEFORE_612)
 def arch_init_kprobes(cpu: Cpu) -> Gen:
     """``arch_init_kprobes()`` (arch/powerpc/kernel/kprobes.c:564 v6.1).
 
@@ -327,6 +340,14 @@ def arch_init_kprobes(cpu: Cpu) -> Gen:
     first patch_instruction after poking_init on the crash path.
     """
     kp = Kprobe(PAGE_OFFSET + SYMBOLS["__kretprobe_trampoline"].offset, owner="trampoline_p")
+    return (yield from cpu.k.register_kprobe(cpu, kp))
+
+
+@routine("arch_init_kprobes", RETHOOK_C, versions=V612)
+def arch_init_kprobes_612(cpu: Cpu) -> Gen:
+    """``arch_init_kprobes()`` (arch/powerpc/kernel/rethook.c:70, v6.12): kretprobes became
+    rethook, and ``register_kprobe(&trampoline_p)`` probes ``arch_rethook_trampoline``."""
+    kp = Kprobe(PAGE_OFFSET + SYMBOLS["arch_rethook_trampoline"].offset, owner="trampoline_p")
     return (yield from cpu.k.register_kprobe(cpu, kp))
 
 
@@ -375,6 +396,8 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
                 ret = yield from cpu.k.arm_kprobe(cpu, kp)
                 if ret:
                     del s.table[kp.addr]
+        if ret == 0 and "optprobes" in m.state:
+            yield from cpu.k.try_to_optimize_kprobe(cpu, kp)  # kernel/kprobes.c:1686
     yield from mutex_unlock(cpu, s.kprobe_mutex)
     return ret
 
@@ -422,11 +445,14 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
 
 @routine("arm_kprobe", KPROBES_C, inlined=True)
 def arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``arm_kprobe()`` (kernel/kprobes.c): ``cpus_read_lock``, ``text_mutex``, arch_arm_kprobe."""
+    """``arm_kprobe()`` (kernel/kprobes.c): ``cpus_read_lock``, ``text_mutex``,
+    ``__arm_kprobe``: arch_arm_kprobe, then ``optimize_kprobe`` (queue it for the optimizer)."""
     m = cpu.m
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, m.state["text_mutex"])
     yield from cpu.k.arch_arm_kprobe(cpu, kp)
+    if "optprobes" in m.state:
+        yield from cpu.k.optimize_kprobe(cpu, kp)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     return 0
@@ -434,10 +460,13 @@ def arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 
 @routine("disarm_kprobe", KPROBES_C, inlined=True)
 def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``disarm_kprobe()`` (kernel/kprobes.c): as arm_kprobe, with arch_disarm_kprobe."""
+    """``disarm_kprobe()`` (kernel/kprobes.c): as arm_kprobe, with ``__disarm_kprobe``:
+    ``unoptimize_kprobe`` (the branch back to a trap), then arch_disarm_kprobe."""
     m = cpu.m
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, m.state["text_mutex"])
+    if "optprobes" in m.state:
+        yield from cpu.k.unoptimize_kprobe(cpu, kp)
     yield from cpu.k.arch_disarm_kprobe(cpu, kp)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
@@ -519,10 +548,14 @@ def enable_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 
 @routine("unregister_kprobe", KPROBES_C)
 def unregister_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``unregister_kprobes()`` (kernel/kprobes.c): top half, ``synchronize_rcu()``, bottom half.
+    """``unregister_kprobes()`` (kernel/kprobes.c:1857 v6.1, :1867 v6.12): top half,
+    ``synchronize_rcu()``, bottom half.
 
-    ``__unregister_kprobe_top`` under ``kprobe_mutex``, ``synchronize_rcu()``,
-    then ``__unregister_kprobe_bottom``.
+    ``__unregister_kprobe_top`` under ``kprobe_mutex``; ``synchronize_rcu()`` (:1869
+    v6.1, :1879 v6.12) -- which returns only once no CPU is still in a kprobe trap
+    (``kprobe_handler`` runs with preemption off, arch kprobes.c:317 to the
+    single-step's end) that began before; then ``__unregister_kprobe_bottom``,
+    which frees the insn slot a later probe may reuse.
     """
     s = kstate(cpu.m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
@@ -581,6 +614,10 @@ def __unregister_kprobe_bottom(cpu: Cpu, p: Kprobe) -> Gen:
         ap.children.clear()
         arch_remove_kprobe(s, ap, cpu)
         ap.freed = True  # kfree(ap)
+    else:
+        return
+    if "optprobes" in cpu.m.state:
+        yield from cpu.k.free_aggr_kprobe(cpu, p)  # its optimized_kprobe, if it had one
 
 
 def arch_remove_kprobe(s: KprobesState, p: Kprobe, cpu: Cpu | None = None) -> None:
@@ -666,21 +703,27 @@ def arch_prepare_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     return ret
 
 
+def _warn_at(cpu: Cpu, which: str) -> str:
+    return f"{ARCH_KPROBES_C}:{cpu.m.version.lookup(WARN_LINES, 'kprobes.c line numbers')[which]}"
+
+
 @routine("arch_arm_kprobe", ARCH_KPROBES_C)
 def arch_arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``arch_arm_kprobe()`` (kprobes.c:193 v6.1): ``WARN_ON_ONCE(patch_instruction(addr, trap))``."""
+    """``arch_arm_kprobe()`` (kprobes.c:193-196 v6.1, :176-179 v6.12):
+    ``WARN_ON_ONCE(patch_instruction(addr, trap))`` (:195 v6.1, :178 v6.12)."""
     err = yield from cpu.k.patch_instruction(cpu, kp.addr, BREAKPOINT_INSTRUCTION)
     if err:
-        raise KernelWarning(f"{ARCH_KPROBES_C}:193", detail=f"patch_instruction returned {err}")
+        raise KernelWarning(_warn_at(cpu, "arm"), detail=f"patch_instruction returned {err}")
     kp.armed = True
 
 
 @routine("arch_disarm_kprobe", ARCH_KPROBES_C)
 def arch_disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``arch_disarm_kprobe()`` (kprobes.c:199 v6.1): patch the saved opcode back, WARN on error."""
+    """``arch_disarm_kprobe()`` (kprobes.c:199-202 v6.1, :182-185 v6.12): patch the saved
+    opcode back, ``WARN_ON_ONCE`` on error (:201 v6.1, :184 v6.12)."""
     err = yield from cpu.k.patch_instruction(cpu, kp.addr, kp.opcode)
     if err:
-        raise KernelWarning(f"{ARCH_KPROBES_C}:199", detail=f"patch_instruction returned {err}")
+        raise KernelWarning(_warn_at(cpu, "disarm"), detail=f"patch_instruction returned {err}")
     kp.armed = False
 
 
@@ -758,14 +801,21 @@ def table_matches_text(m: Machine) -> str | None:
     if seen == s.checked:
         return None  # nothing stored, no kprobe or table changed: still consistent
     table, mem = s.table, m.mem
+    opt = m.state.get("optprobes")
     for addr, pa in s.probed:
         p = table.get(addr)
+        word = mem.get(pa)
+        if opt is not None and word is not None and word >> 26 == 18:
+            # An optimized probe is armed with the branch to its detour (optprobes.c:266).
+            op = opt.ops.get(addr)
+            if op is not None and op.optimized and word == op.branch:
+                word = BREAKPOINT_INSTRUCTION
         if p is None:
-            if mem.get(pa) == BREAKPOINT_INSTRUCTION:
+            if word == BREAKPOINT_INSTRUCTION:
                 return f"{addr:#x} holds a kprobe trap but no kprobe is registered there"
-        elif p.disabled == (mem.get(pa) == BREAKPOINT_INSTRUCTION) or p.children is not None \
+        elif p.disabled == (word == BREAKPOINT_INSTRUCTION) or p.children is not None \
                 or p.freed or p.opcode == BREAKPOINT_INSTRUCTION:
-            msg = _probe_matches(p, mem.get(pa))
+            msg = _probe_matches(p, word)
             if msg is not None:
                 return f"kprobe at {addr:#x}: {msg}"
     s.checked = seen
@@ -865,8 +915,14 @@ def op_hit(cpu: Cpu, site: int) -> Gen:
             f"CPU {cpu.n} fetched {word:#010x} at {site_name(site)}: neither the original"
             " instruction nor one a patch wrote",
         )
+    if word >> 26 == 18 and "optprobes" in m.state:  # b detour: an optimized probe
+        yield from cpu.k.optimized_callback(cpu, addr, word)
     if word == BREAKPOINT_INSTRUCTION:
-        flags = cpu.local_irq_save()  # program check: interrupts off in the handler
+        # The program check runs the handler with interrupts off (and kprobe_handler
+        # with preemption off to the single-step's end): an RCU read-side section
+        # from the trap on (fuzzer.kernel.rcu), which unregister_kprobe's
+        # synchronize_rcu waits out.
+        flags = cpu.local_irq_save()
         yield from cpu.k.kprobe_handler(cpu, addr)
         cpu.local_irq_restore(flags)
     return 0

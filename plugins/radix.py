@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer import (
+    ConfigOption,
     Geometry,
     HardwareViolation,
+    KnownFinding,
     Mmu,
     MmuSpec,
     Prot,
@@ -24,12 +26,14 @@ from fuzzer import (
     PtePage,
     PtePtr,
     RunConfig,
+    Signature,
+    UsageError,
     check_access,
     hookimpl,
     pte_alloc,
     routine,
 )
-from fuzzer.kernel import ENOMEM, dawr_slots
+from fuzzer.kernel import ENOMEM, dawr_slots, on_each_cpu
 
 if TYPE_CHECKING:
     from fuzzer import MM, Cpu, Machine
@@ -39,6 +43,9 @@ RADIX_TLB_C = "arch/powerpc/mm/book3s64/radix_tlb.c"
 RADIX_PGTABLE_C = "arch/powerpc/mm/book3s64/radix_pgtable.c"
 RADIX_H = "arch/powerpc/include/asm/book3s/64/radix.h"
 MMU_CONTEXT_C = "arch/powerpc/mm/book3s64/mmu_context.c"
+BOOK3S64_PGTABLE_C = "arch/powerpc/mm/book3s64/pgtable.c"
+#: Boot parameters the model understands in CONFIG_CMDLINE.
+BOOT_PARAMS = ("disable_tlbie",)
 
 #: RADIX_{PGD,PUD,PMD,PTE}_INDEX_SIZE (asm/book3s/64/radix-{64k,4k}.h).
 INDEX_BITS = {16: (13, 9, 9, 5), 12: (13, 9, 9, 9)}
@@ -152,6 +159,16 @@ class RadixMmu(Mmu):
         self._check_ordered(cpu, mm, va, "tlbiel")
         cpu.tlb.pop((mm.context_id, va >> self.shift), None)
 
+    def tlbiel_pid(self, cpu: Cpu, pid: int) -> None:
+        """``tlbiel`` RIC_FLUSH_ALL for a PID: this CPU's TLB only."""
+        if cpu.hw.unordered:
+            raise HardwareViolation(
+                "ptesync before tlbiel",
+                f"CPU {cpu.n} invalidated PID {pid} locally with PTE stores not yet ordered",
+            )
+        for key in [k for k in cpu.tlb if k[0] == pid]:
+            del cpu.tlb[key]
+
     def tlbie_pid(self, cpu: Cpu, pid: int) -> None:
         """``tlbie`` RIC_FLUSH_ALL for a PID: every CPU's TLB (broadcast)."""
         if cpu.hw.unordered:
@@ -195,6 +212,47 @@ def fuzzer_mmus() -> list[MmuSpec]:
 
 
 @hookimpl
+def fuzzer_addconfig() -> list[ConfigOption]:
+    return [ConfigOption(
+        "CONFIG_CMDLINE", "", "the built-in kernel command line; the model knows"
+        " disable_tlbie (Radix: kernel TLB flushes by IPI and tlbiel, not tlbie)", arch="powerpc",
+    )]
+
+
+def boot_params(config: RunConfig) -> list[str]:
+    """The parameters of ``CONFIG_CMDLINE``, checked against those the model knows."""
+    params = str(config.config.values.get("CONFIG_CMDLINE", "")).split()
+    for p in params:
+        if p not in BOOT_PARAMS:
+            raise UsageError(f"CONFIG_CMDLINE: unknown boot parameter {p!r}; the model knows:"
+                             f" {', '.join(BOOT_PARAMS)}")
+    return params
+
+
+@hookimpl
+def fuzzer_configure(config: RunConfig) -> None:
+    boot_params(config)
+
+
+@hookimpl
+def fuzzer_report_header(config: RunConfig) -> list[str]:
+    if config.mmu == "radix" and "disable_tlbie" in boot_params(config):
+        return ["boot: disable_tlbie -- tlbie_capable = tlbie_enabled = false: kernel TLB"
+                " flushes go to every CPU by IPI (on_each_cpu) and tlbiel"]
+    return []
+
+
+@hookimpl
+def fuzzer_machine_setup(machine: Machine) -> None:
+    if machine.run.mmu != "radix":
+        return
+    # setup_disable_tlbie() (arch/powerpc/mm/book3s64/pgtable.c:509 v6.1): the boot
+    # parameter clears both; debugfs tlbie_enabled=0 would clear only the second.
+    on = "disable_tlbie" not in boot_params(machine.run)
+    machine.attach("tlbie", {"capable": on, "enabled": on})
+
+
+@hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
     if config.mmu != "radix":
         return []
@@ -202,6 +260,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
         radix__pte_update,
         radix__switch_mmu_context,
         radix__flush_tlb_kernel_range,
+        do_tlbiel_kernel,
         radix__local_flush_tlb_page_psize,
         radix__map_kernel_page,
         radix__tlb_flush,
@@ -226,28 +285,59 @@ def radix__pte_update(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, *, clear_all: bo
 
 @routine("switch_mmu_context", MMU_CONTEXT_C, symbol="radix__switch_mmu_context")
 def radix__switch_mmu_context(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
-    """``radix__switch_mmu_context()`` (book3s64/mmu_context.c:323): mtspr PID, then isync."""
+    """``radix__switch_mmu_context()`` (book3s64/mmu_context.c:323): mtspr PID, then isync.
+
+    The loaded mm changes at the PID write, before the isync, as in the kernel;
+    ``switch_mm_irqs_off`` only records it again afterwards.
+    """
     mmu = cpu.m.mmu
     assert isinstance(mmu, RadixMmu)
     yield
     mmu.mtspr_pid(cpu, next_mm.context_id)
+    # From the PID write on, this CPU translates user addresses through next (the
+    # isync only makes that take effect for later instructions): an interrupt
+    # taken before the isync already finds next loaded.
+    cpu.loaded_mm = next_mm
     yield
     mmu.isync(cpu)
 
 
 @routine("flush_tlb_kernel_range", RADIX_TLB_C, symbol="radix__flush_tlb_kernel_range")
 def radix__flush_tlb_kernel_range(cpu: Cpu, start: int, end: int) -> Gen:
-    """``radix__flush_tlb_kernel_range()`` (radix_tlb.c, v6.1-v6.2).
+    """``radix__flush_tlb_kernel_range()`` (radix_tlb.c:972-985 v6.1, :985-998 v6.12).
 
-    With GTSE: ``_tlbie_pid(0, RIC_FLUSH_ALL)`` -- ptesync, then a broadcast
-    flush of everything PID 0 translates, on every CPU (not just the range).
+    With GTSE and ``cputlb_use_tlbie()`` (``tlbie_enabled``, asm/book3s/64/tlbflush.h):
+    ``_tlbie_pid(0, RIC_FLUSH_ALL)`` -- ptesync, then a broadcast flush of
+    everything PID 0 translates, on every CPU (not just the range). Without
+    tlbie (the ``disable_tlbie`` boot parameter, or debugfs ``tlbie_enabled=0``):
+    ``_tlbiel_kernel_broadcast()`` (:954-964 v6.1), ``on_each_cpu(do_tlbiel_kernel,
+    NULL, 1)`` -- IPIs, waiting for every CPU -- then ``_tlbie_pid`` as well
+    if ``tlbie_capable`` (for coherent accelerators).
     """
+    mmu = cpu.m.mmu
+    assert isinstance(mmu, RadixMmu)
+    tlbie = cpu.m.state["tlbie"]
+    if not tlbie["enabled"]:
+        yield from on_each_cpu(cpu, cpu.k.do_tlbiel_kernel, True)
+        if not tlbie["capable"]:
+            return
+    yield
+    mmu.ptesync(cpu)
+    yield
+    mmu.tlbie_pid(cpu, 0)
+    mmu.ptesync(cpu)
+
+
+@routine("do_tlbiel_kernel", RADIX_TLB_C)
+def do_tlbiel_kernel(cpu: Cpu) -> Gen:
+    """``do_tlbiel_kernel()`` (radix_tlb.c:949 v6.1, :962 v6.12), on each CPU from the IPI:
+    ``_tlbiel_pid(0, RIC_FLUSH_ALL)`` -- ptesync, then this CPU's PID 0 entries, ptesync."""
     mmu = cpu.m.mmu
     assert isinstance(mmu, RadixMmu)
     yield
     mmu.ptesync(cpu)
     yield
-    mmu.tlbie_pid(cpu, 0)
+    mmu.tlbiel_pid(cpu, 0)
     mmu.ptesync(cpu)
 
 
@@ -315,3 +405,30 @@ def radix__tlb_flush(cpu: Cpu, tlb: Any) -> Gen:
     else:
         mmu.tlbie_pid(cpu, mm.context_id)
     mmu.ptesync(cpu)
+@hookimpl
+def fuzzer_known_findings(config: RunConfig) -> list[KnownFinding]:
+    """Findings on v6.1 as released, booted with ``disable_tlbie`` on Radix.
+
+    v6.1's ``do_patch_instruction`` disables interrupts (code-patching.c:188) around
+    ``__do_patch_instruction``, whose ``flush_tlb_kernel_range`` (:170) becomes
+    ``on_each_cpu(do_tlbiel_kernel, NULL, 1)`` without tlbie (radix_tlb.c:954-956,
+    981-984). With lockdep that is a WARNING in ``smp_call_function_many_cond``
+    (kernel/smp.c:913-915) on the first patch after ``start_kernel`` enables
+    interrupts; without it two CPUs patching at once (kprobes under text_mutex, a
+    static key under jump_label_mutex) each spin in ``csd_lock_wait`` with interrupts
+    off for the other's IPI. v6.2 patches through a per-CPU temporary mm with a local
+    flush on Radix + SMP and no longer flushes by IPI there. (The deadlock is not
+    declared: a deadlock's signature names no location, so declaring it would hide
+    every other deadlock at v6.1.)
+    """
+    if config.mmu != "radix":
+        return []
+    where = ("arch/powerpc/lib/code-patching.c:170,188 (v6.1);"
+             " arch/powerpc/mm/book3s64/radix_tlb.c:954-956,981-984; kernel/smp.c:913-915,998")
+    fix = ("patch through a temporary mm with a local flush (c28c15b6d28a + 980411a4d1bb, v6.2),"
+           " or flush the alias outside the IRQ-off window")
+    fields: dict[str, Any] = {"kernels": ("v6.1",), "fix": fix, "reference": where}
+    return [KnownFinding(
+        signature=Signature("WARNING", "smp_call_function_many_cond", "kernel/smp.c:915"),
+        title="disable_tlbie: v6.1 code patching flushes kernel TLBs by IPI with IRQs off",
+        **fields)]

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from test_injected_mistakes import KERNEL, MMU
+from test_injected_mistakes import CONFIG, KERNEL, MMU
 
 from fuzzer_plugins.mistakes import MISTAKES
 
@@ -27,6 +27,7 @@ def bench():
 def test_bench_knows_every_mistake(bench):
     assert bench.KERNEL == KERNEL
     assert bench.MMU == MMU
+    assert {k: tuple(a for c in v for a in ("--config", c)) for k, v in bench.CONFIG.items()} == CONFIG
     assert set(bench.MINIMAL) == {"seed crash", *MISTAKES}
 
 

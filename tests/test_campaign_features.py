@@ -103,6 +103,8 @@ def test_stats_are_json_lines_ending_with_the_totals(cli, tmp_path):
     assert f"{last['examples']:,} passed" in r.out
     assert f"{last['steps']:,} steps" in r.out
     assert last["distinct_failures"] == 0
+    # The final sample keeps the interleaving feedback's pair count (it once fell back to 0).
+    assert last["interleavings"] >= max(rec["interleavings"] for rec in records) > 0
     assert f"statistics written to stats.jsonl ({len(records)} samples)" in r.out
 
 

@@ -25,7 +25,8 @@ from fuzzer_plugins.kprobes import (
 )
 
 
-def _op(name: str, cpu: int = 0, n: int = 300, **args: int) -> list[Step]:
+def _op(name: str, cpu: int = 0, n: int = 900, **args: int) -> list[Step]:
+    # 900: a kprobe registration also builds its optprobe detour (optprobes plugin)
     return [Step("start", cpu=cpu, name=name, args=args), Step("run", cpus=[cpu] * n)]
 
 

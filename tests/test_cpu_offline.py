@@ -15,19 +15,25 @@ import json
 
 import pytest
 
-from fuzzer import Step
+from fuzzer import KernelWarning, Signature, Step
 from fuzzer._cli import main
-from fuzzer.kernel import pgalloc
+from fuzzer.kernel import pgalloc, rcu
 from fuzzer.kernel.known import known_findings
 from fuzzer.testing import plugin_module
 
-from modelkit import boot_steps, make_model, replay
+from modelkit import boot_steps, make_model, replay, search
 
 #: The real 6.12 warning's call chain, innermost first (realkernel-6.12-cpuhp-leak.log).
 REAL_WARN_CHAIN = ["switch_mm_irqs_off", "idle_task_exit", "pnv_cpu_offline_self",
                    "arch_cpu_idle_dead", "do_idle"]
 LEAK = ("END-STATE", "page-table memory freed")
 WARN_106 = ("WARNING", "switch_mm_irqs_off", "arch/powerpc/mm/mmu_context.c:106")
+WARN_51 = ("WARNING", "switch_mm_irqs_off", "arch/powerpc/mm/mmu_context.c:51")
+
+
+#: After an offline: the dying CPU to its death, then the control side (__cpu_die,
+#: finish_cpu, cpus_write_unlock) on CPU 0, where cpuhp_report_idle_dead released it.
+AP_FIRST = [1] * 200 + [0] * 200 + [1] * 5
 
 
 def cycles(n: int, *, user_op: bool = False) -> list[Step]:
@@ -37,7 +43,7 @@ def cycles(n: int, *, user_op: bool = False) -> list[Step]:
         if user_op:
             steps += [Step("start", cpu=1, name="jump_label.toggle", args={"key": 0}),
                       Step("run", cpus=[1] * 300)]
-        steps += [Step("offline", cpu=1), Step("run", cpus=[1] * 200)]
+        steps += [Step("offline", cpu=1), Step("run", cpus=AP_FIRST)]
     return steps
 
 
@@ -45,7 +51,7 @@ def counters(kernel: str, n: int, mmu: str = "radix", config: tuple[str, ...] = 
     """(failure signature or None, NR_PAGETABLE, live PUDs, live batch pages) after n cycles."""
     m, failure = replay(make_model(kernel, mmu=mmu, config=list(config)), cycles(n))
     led = pgalloc.ledger(m)
-    pgalloc.rcu_barrier(m)
+    rcu.rcu_barrier(m)
     live = {k: sum(1 for p in led.pages if p.kind == k and not p.freed) for k in ("pud", "batch")}
     sig = None if failure is None else (failure.signature.kind, failure.signature.function)
     return sig, led.nr_page_table_pages, live["pud"], live["batch"]
@@ -126,11 +132,12 @@ def run_json(tmp_path, *argv: str) -> tuple[int, dict]:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_search_finds_the_612_hotplug_warning(seed, tmp_path):
-    """On Hash (which has no leak) the walk finds the real boots' warning, with their chain."""
+    """On Hash (which has no leak) the walk finds the real boots' warning, with their chain:
+    :106, or :51 from the same call when the control CPU's __cpu_die got there first."""
     code, data = run_json(tmp_path, "run", "--kernel", "v6.12", "--mmu", "hash", "--seed", str(seed))
     assert code == 1
     sig = data["signature"]
-    assert (sig["kind"], sig["function"], sig["location"]) == WARN_106
+    assert (sig["kind"], sig["function"], sig["location"]) in (WARN_106, WARN_51)
     assert [f["function"] for f in data["trace"] if not f["inlined"]] == REAL_WARN_CHAIN
     assert "PID: 0 Comm: swapper/" in data["task"]
     actions = [s["action"] for s in data["steps"]]
@@ -139,10 +146,31 @@ def test_search_finds_the_612_hotplug_warning(seed, tmp_path):
 
 @pytest.mark.parametrize("kernel", ["v6.2", "v6.12"])
 def test_search_finds_the_leak(kernel, tmp_path):
-    code, data = run_json(tmp_path, "run", "--kernel", kernel, "--seed", "1")
+    """Without fault injection only a CPU offline frees a patching mm: the search finds it."""
+    code, data = run_json(tmp_path, "run", "--kernel", kernel, "--seed", "1",
+                          "--config", "CONFIG_FAULT_INJECTION=n")
     assert code == 1
     assert (data["signature"]["kind"], data["signature"]["function"]) in (LEAK, WARN_106[:2])
     assert "offline" in [s["action"] for s in data["steps"]]
+
+
+@pytest.mark.parametrize("kernel", ["v6.2", "v6.12"])
+def test_a_failed_bring_up_leaks_through_the_same_put_patching_mm(kernel):
+    """text_area_cpu_up_mm()'s error path (fail_no_pte, code-patching.c:187-188 in 6.12)
+    frees a half-built patching mm with put_patching_mm(): the same leak, at CPU online,
+    when a page-table allocation after the first fails. Found by the search with fault
+    injection on; the known finding covers it."""
+    model = make_model(kernel)
+    for after in range(1, 40):
+        steps = [*boot_steps(), Step("online", cpu=1), Step("run", cpus=[1] * after),
+                 Step("fail", cpu=1, name="pgtable_alloc")]
+        m, failure = replay(model, steps)
+        if failure is not None:
+            break
+    assert failure is not None and failure.signature in {k.signature for k in model.known}
+    assert str(failure.signature) == "END-STATE in page-table memory freed"
+    assert m.state["fault_injection"].injected == [(1, "pgtable_alloc")]
+    assert not m.cpus[1].online
 
 
 @pytest.mark.parametrize("mmu", ["radix", "hash"])
@@ -168,8 +196,107 @@ def test_lazy_mm_survives_to_the_idle_task_exit():
 
 def test_known_findings_match_the_corpus():
     sigs = {(f.signature.kind, f.signature.function, f.signature.location): f for f in known_findings()}
-    assert set(sigs) == {(*LEAK, ""), WARN_106}
+    assert set(sigs) == {(*LEAK, ""), WARN_106, WARN_51}
     assert set(sigs[(*LEAK, "")].kernels) == {"next-20221215", "v6.2", "v6.12"}
     assert "tlb_finish_mmu" in sigs[(*LEAK, "")].fix
     assert "21641bd9a7a7" in sigs[WARN_106].fix
+    assert "21641bd9a7a7" in sigs[WARN_51].fix and set(sigs[WARN_51].kernels) == {"v6.12"}
+    assert "6.12.117-cpuhp-200-cycles.log" in sigs[WARN_51].reference
     assert all(f.fixed_in == {"v6.12-fixed"} for f in sigs.values())
+
+
+# -- the control side's __cpu_die against the dying CPU's idle_task_exit ----------------------
+#
+# docs/real-boots/6.12.117-cpuhp-200-cycles.log (-smp 4, 200 cycles of CPU 1): at the first
+# offline WARNING mmu_context.c:51 then :106, both in switch_mm_irqs_off <- idle_task_exit,
+# and at the next online WARNING smp.c:1634 in start_secondary.
+
+
+def search_init_mm_race(kernel: str, mmu: str, seed: int, max_examples: int = 2000):
+    """The walk from ``seed``, counting the other known findings and going past them."""
+    model = make_model(kernel, mmu=mmu)
+    return search(model, seed=seed, max_examples=max_examples, time_budget=0,
+                  known=[k for k in model.known if k.signature != Signature(*WARN_51)])
+
+
+@pytest.mark.parametrize(("mmu", "seed"), [("radix", 1), ("radix", 2), ("hash", 1)])
+def test_search_finds_the_init_mm_race_at_612(mmu, seed):
+    """Some schedule lets the control CPU clear the dying CPU from init_mm's cpumask
+    (__cpu_die, smp.c:1791) before the dying CPU's idle_task_exit switches to init_mm: the
+    real boot's first warning, with its chain, on CPU 1's idle task."""
+    out = search_init_mm_race("v6.12", mmu, seed)
+    assert out.status == "failed", out
+    f = out.failure
+    assert (f.signature.kind, f.signature.function, f.signature.location) == WARN_51
+    assert [fr.function for fr in f.trace if not fr.inlined] == REAL_WARN_CHAIN
+    assert f.cpu == 1 and "PID: 0 Comm: swapper/1" in f.task
+    actions = [s.action for s in f.steps]
+    assert actions.index("start") < actions.index("offline")  # a lazy mm on CPU 1
+    after = [n for s in f.steps[actions.index("offline"):] if s.action == "run" for n in s.cpus]
+    assert 0 in after  # the control side ran on CPU 0 before CPU 1 got there
+
+
+def test_the_race_gives_the_real_boots_three_warnings_in_order():
+    """One reproduction found by the search: :51 first (CPU 1 missing from init_mm's mask,
+    cleared by the control side); in the same switch_mm_irqs_off, :106 (CPU 1 is missing
+    from the lazy mm it leaves too). The model stops at the first WARN (panic_on_warn), so
+    for the third, the same steps with the VM_WARNs compiled out (DEBUG_VM=n) show what the
+    kernel goes on with: CPU 1 offline but set again in init_mm's mask, which start_secondary's
+    VM_WARN_ON at smp.c:1634 tests at the next online -- and it fires there."""
+    out = search_init_mm_race("v6.12", "radix", 1)
+    steps = out.steps
+    m, failure = replay(make_model("v6.12"), steps)
+    assert failure is not None and failure.signature == Signature(*WARN_51)
+    cpu1 = m.cpus[1]
+    assert 1 not in m.init_mm.cpumask  # __cpu_die cleared it, and the AP finds it so
+    lazy = cpu1.idle_task.active_mm
+    assert lazy is not m.init_mm and 1 not in lazy.cpumask  # :106 next, in the same call
+
+    m, failure = replay(make_model("v6.12", config=["CONFIG_DEBUG_VM=n"]), steps)
+    assert failure is None or failure.signature.function == LEAK[1]  # the leak, at the end
+    assert not m.cpus[1].online and 1 in m.init_mm.cpumask  # set again by switch_mm_irqs_off
+
+    # The next online finds it so: with DEBUG_VM, start_secondary warns at smp.c:1634.
+    m, failure = replay(make_model("v6.12", mmu="hash"), [*cycles(1), Step("online", cpu=1)])
+    assert failure is None and 1 in m.init_mm.cpumask  # a clean cycle: cleared, then set
+    m, failure = replay(make_model("v6.12", mmu="hash"), cycles(1))
+    m.init_mm.cpumask.add(1)  # the state the race leaves (above)
+    m.cpu_up(m.cpus[1])
+    with pytest.raises(KernelWarning) as warn:
+        m.run_to_completion()
+    assert warn.value.at == "arch/powerpc/kernel/smp.c:1634"
+    assert warn.value.function == "start_secondary"
+
+
+@pytest.mark.parametrize("mmu", ["radix", "hash"])
+def test_the_fixed_kernel_has_no_init_mm_race(mmu):
+    """21641bd9a7a7 switches to init_mm in take_cpu_down, before __cpu_disable and long
+    before the control side's __cpu_die: the search finds nothing."""
+    out = search_init_mm_race("v6.12-fixed", mmu, 1, max_examples=300)
+    assert out.status == "passed", out
+
+
+def test_the_reproduction_is_clean_before_612_and_on_the_fixed_kernel():
+    """The same steps at v6.12-fixed, v6.1 and v6.2 (no init_mm accounting in __cpu_die or
+    switch_mm_irqs_off before 6.12): no warning; the fixed kernel leaves CPU 1 out of
+    init_mm's mask."""
+    steps = search_init_mm_race("v6.12", "hash", 1).steps
+    m, failure = replay(make_model("v6.12-fixed", mmu="hash"), steps)
+    assert failure is None and 1 not in m.init_mm.cpumask
+    for kernel in ("v6.1", "v6.2"):
+        _, failure = replay(make_model(kernel, mmu="hash"), steps)
+        assert failure is None
+
+
+def test_the_control_side_runs_on_a_free_cpu_or_after_the_death():
+    """With CPU 0 free when CPU 1 reports idle-dead, the control side runs there; with CPU 0
+    busy (an operation running), on CPU 1 after its death: both offlines complete cleanly."""
+    model = make_model("v6.12-fixed", mmu="hash")
+    m, failure = replay(model, cycles(1, user_op=True))
+    assert failure is None and m.cpus[1].state["cpuhp_takedown"].control == "cpu"
+    busy = [*boot_steps(), Step("online", cpu=1), Step("run", cpus=[1] * 200),
+            Step("start", cpu=0, name="jump_label.toggle", args={"key": 0}),
+            Step("offline", cpu=1), Step("run", cpus=[1] * 300)]
+    m, failure = replay(model, busy)
+    assert failure is None and not m.cpus[1].online and 1 not in m.init_mm.cpumask
+    assert m.cpus[1].state["cpuhp_takedown"].control == "inline"

@@ -20,7 +20,9 @@ FOUND_BY = [
     ("static_key_inc_enabling", "uniform", 1),
     ("static_key_inc_enabling", "bounded", 1),
     ("static_key_inc_enabling", "mixed", 1),
-    ("static_key_dec_stale_count", "mixed", 2),  # seed 1 misses in 3,000 examples since `fail` steps
+    # Seeds 1 and 2 miss in 3,000 examples since the CPU-offline control side runs as its own
+    # activation (a different walk); over seeds 1-6 it is found as often as before (4 vs 5).
+    ("static_key_dec_stale_count", "mixed", 4),
 ]
 
 

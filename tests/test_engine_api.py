@@ -177,7 +177,7 @@ KNOWN = """
 def test_a_known_finding_is_counted_and_the_search_goes_on(cli, make_plugin, engine):
     known = make_plugin("known", KNOWN)
     res = cli("-p", LEAK, "-p", known, *RUN, "--kernel", "v6.2", "--engine", engine,
-              "--max-examples", "150")
+              "--max-examples", "400")
     assert res.rc == 0, res.out + res.err
     assert ("known finding: patching mm leaked at CPU offline [END-STATE in patching mm leak]"
             " -- counted, the search goes on") in res.out
@@ -332,3 +332,28 @@ def test_a_seeded_hypothesis_campaign_replays_its_database_first():
     again = run_campaign(model, seed=5, max_examples=2000, time_budget=60, engine="hypothesis",
                          database=db, shrink=False)
     assert again.status == "failed" and again.examples_to_first_failure == 1
+
+
+def test_the_state_machine_takes_the_decisions_behind_the_kernels_back():
+    """fill, migrate and fail are rules of the state machine as they are choices of the walk,
+    recorded as the same steps."""
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from fuzzer._engine.hypothesis import Channel, state_machine_class
+    from fuzzer._engine.search import Events
+
+    actions: set[str] = set()
+    channel = Channel(events=Events(example_finish=lambda m, _: actions.update(s.action for s in m.steps)))
+    # v6.12-fixed: v6.12's known findings would end some examples.
+    model = make_model("v6.12-fixed", config=("CONFIG_PREEMPT=y",))
+    run_state_machine_as_test(state_machine_class(model, channel),
+                              settings=settings(QUICK, derandomize=True))
+    assert {"fill", "migrate", "fail"} <= {str(a) for a in actions}, actions
+
+
+def test_the_hypothesis_engine_finds_what_only_a_failed_allocation_shows():
+    model = make_model("v6.2", plugins=["fuzzer_plugins.mistakes.enomem_leaks_mm"])
+    outcome = search(model, seed=2, max_examples=3000, engine="hypothesis")
+    assert outcome.status == "failed"
+    assert str(outcome.failure.signature) == "END-STATE in patching mm leak"
+    assert "fail" in [s.action for s in outcome.steps]

@@ -12,7 +12,7 @@ from fuzzer._engine.walk import Walker
 from fuzzer._steps import StepFormatError
 from fuzzer.kernel import faults
 
-from modelkit import boot_steps, make_model, plugin_module, replay, search
+from modelkit import boot_steps, make_model, plugin_module, replay, run_until_idle, search
 
 
 def test_a_fail_step_round_trips_and_reads_as_a_decision():
@@ -97,8 +97,8 @@ def test_walks_that_inject_faults_stay_clean_on_the_released_kernels(kernel, mmu
 def test_the_shrinker_deletes_a_fail_step_the_failure_does_not_need():
     model = make_model(plugins=["fuzzer_plugins.mistakes.disarm_lock_order"])
     steps = [*boot_steps(), Step("fail", cpu=1, name="mm_alloc"),
-             Step("start", cpu=0, name="kprobes.register", args={"site": 4}),
-             Step("run", cpus=[0] * 50), Step("start", cpu=0, name="kprobes.disable", args={"site": 4})]
+             Step("start", cpu=0, name="kprobes.register", args={"site": 4})]
+    steps += [run_until_idle(model, steps, 0), Step("start", cpu=0, name="kprobes.disable", args={"site": 4})]
     _, failure = replay(model, steps)
     assert failure is not None
     best = Shrinker(model, steps, failure.signature).shrink()

@@ -136,7 +136,7 @@ def test_offline_frees_the_patching_mm(kernel):
 
 def _register(site: int, cpu: int = 0) -> list[Step]:
     return [Step("start", cpu=cpu, name="kprobes.register", args={"site": site}),
-            Step("run", cpus=[cpu] * 200)]
+            Step("run", cpus=[cpu] * 800)]  # with the optprobe detour build
 
 
 @pytest.mark.parametrize(

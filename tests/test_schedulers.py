@@ -14,10 +14,13 @@ from fuzzer._machine import Machine
 from fuzzer._schedulers import PCT, Mixed, PreemptionBound, Uniform, make, run_block
 from fuzzer.kernel import default_map_window
 
-from modelkit import make_model, replay
+from modelkit import make_model, replay, run_until_idle
 
 #: Two CPUs each start a kprobe registration: work to interleave.
 SETUP = [Step("boot", seed=3), Step("online", cpu=1), Step("run", cpus=[1] * 200)]
+#: A block long enough for both registrations to finish (each is hundreds of steps: it
+#: builds an optprobe detour with patch_instruction); run_block stops when no CPU can run.
+BLOCK = 5000
 
 
 def _busy_machine(model):
@@ -38,7 +41,8 @@ def test_a_scheduled_run_is_an_ordinary_run_step_that_replays(scheduler):
     m = _busy_machine(model)
     rng = random.Random(7)
     scheduler.begin(rng, len(m.cpus))
-    done = run_block(m, scheduler, rng, 400)
+    done = run_block(m, scheduler, rng, BLOCK)
+    assert not m.busy()
     m.finish()
     assert m.steps[-1] == Step("run", cpus=done)
     assert set(done) == {0, 1}
@@ -54,7 +58,8 @@ def test_pct_depth_one_runs_the_highest_priority_cpu_until_it_cannot():
     pct = PCT(depth=1)
     rng = random.Random(1)
     pct.begin(rng, len(m.cpus))
-    done = run_block(m, pct, rng, 400)
+    done = run_block(m, pct, rng, BLOCK)
+    assert not m.busy()
     first = max((0, 1), key=lambda n: pct.priority[n])
     # The favoured CPU runs first and is left only where it blocks (a lock the other
     # holds) or finishes; with one kprobe_mutex, it runs its whole registration first.
@@ -234,8 +239,8 @@ def test_delaying_the_first_access_flips_a_pair_and_finds_the_race():
         return apply_step(m, step, strict=False)
 
     model = make_model("v6.12", plugins=["fuzzer_plugins.mistakes.kprobe_trap_recheck"])
-    steps = [*SETUP, Step("start", cpu=0, name="kprobes.register", args={"site": 0}),
-             Step("run", cpus=[0] * 200), Step("start", cpu=1, name="kprobes.hit", args={"site": 0}),
+    steps = [*SETUP, Step("start", cpu=0, name="kprobes.register", args={"site": 0})]
+    steps += [run_until_idle(model, steps, 0), Step("start", cpu=1, name="kprobes.hit", args={"site": 0}),
              Step("start", cpu=0, name="kprobes.unregister", args={"site": 0}),
              Step("run", cpus=[1, 1, 0, 0, 0, 1] + [0] * 60)]
     seen = Interleavings()

@@ -11,7 +11,7 @@ from fuzzer import PAGE_OFFSET, KernelBug
 from fuzzer._cli import main
 from fuzzer._machine import Machine
 from fuzzer.kernel.patching import context
-from fuzzer_plugins.fixups import FTRACE_SITES, FTRACE_SITES_AT, FTRACE_STRIDE, MFLR_R0
+from fuzzer_plugins.ftrace import FTRACE_SITES, FTRACE_SITES_AT, FTRACE_STRIDE, MFLR_R0
 
 from modelkit import boot_steps, make_model, replay
 

@@ -36,10 +36,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from fuzzer import _sched
 from fuzzer._args import strategy_of
 from fuzzer._coverage import RoutineRecorder
 from fuzzer._draws import BOUNDARY
 from fuzzer._engine.records import Finding, Stats
+from fuzzer._engine.replay import perform
 from fuzzer._engine.search import Events, Found, Search
 from fuzzer._engine.store import database_key
 from fuzzer._engine.walk import SCHEDULE_BLOCK
@@ -48,6 +50,8 @@ from fuzzer._machine import Machine
 from fuzzer._model import Model
 from fuzzer._schedulers import PCT, preempting_block, run_block
 from fuzzer._specs import InterruptSource, Operation
+from fuzzer._steps import StepAction
+from fuzzer.kernel import faults
 
 #: Examples per Hypothesis run; the time budget is checked between runs.
 BATCH = 50
@@ -115,6 +119,7 @@ def state_machine_class(model: Model, channel: Channel | None = None, *,
         ns["start_" + _ident(op.name)] = _op_rule(op, model.run.cpus)
     for src in model.interrupts:
         ns["irq_" + _ident(src.name)] = _irq_rule(src, model.run.cpus)
+    ns.update(_hidden_rules(model))
     name = f"KernelStateMachine_{database_key(model)[:16].decode()}"
     return type(name, (KernelStateMachine,), ns)
 
@@ -222,6 +227,48 @@ def _teardown(sm: Any, recorder: RoutineRecorder, guide: bool) -> None:
             channel.events.example_finish(m, last)
         if guide:
             hypothesis.target(float(entered), label=TARGET_LABEL)
+
+
+def _hidden_rules(model: Model) -> dict[str, Any]:
+    """The decisions taken behind the kernel's back, as the walk takes them: a speculative TLB
+    fill of a live translation, a preempted task resuming on an idle CPU (CONFIG_PREEMPT),
+    an allocation made to fail (CONFIG_FAULT_INJECTION). Each is a recorded step."""
+    ncpus = model.run.cpus
+    index = st.integers(0, 2**16)
+
+    def fill(self: Any, cpu_index: int, va_index: int) -> None:
+        m: Machine = self.machine
+        online = [c for c in m.cpus if c.online]
+        cpu = online[cpu_index % len(online)]
+        vas = _sched.fill_candidates(m, cpu)
+        if vas:  # nothing mapped to load: no step, as in the walk
+            _guard(self, lambda: perform(m, StepAction.FILL, cpu, vas[va_index % len(vas)]))
+
+    def migrate(self: Any, cpu_index: int, to_index: int) -> None:
+        m: Machine = self.machine
+        movable = [c for c in m.cpus if _sched.preemptible(c) and _sched.migration_targets(m, c)]
+        cpu = movable[cpu_index % len(movable)]
+        targets = _sched.migration_targets(m, cpu)
+        _guard(self, lambda: perform(m, StepAction.MIGRATE, cpu, targets[to_index % len(targets)]))
+
+    def fail(self: Any, cpu_index: int, site: str) -> None:
+        m: Machine = self.machine
+        hypothesis.assume(faults.can_arm(m, cpu_index, site))
+        _guard(self, lambda: perform(m, StepAction.FAIL, m.cpus[cpu_index], site))
+
+    rules = {
+        "fill": precondition(lambda self: self.machine.booted and _sched.speculates(self.machine)
+                             and any(c.online for c in self.machine.cpus))(
+            rule(cpu_index=index, va_index=index)(fill)),
+        "migrate": precondition(lambda self: self.machine.booted and _sched.preempt_enabled(self.machine)
+                                and any(_sched.preemptible(c) and _sched.migration_targets(self.machine, c)
+                                        for c in self.machine.cpus))(
+            rule(cpu_index=index, to_index=index)(migrate)),
+    }
+    if model.run.enabled("CONFIG_FAULT_INJECTION"):
+        rules["fail"] = precondition(lambda self: self.machine.booted)(
+            rule(cpu_index=st.integers(0, ncpus - 1), site=st.sampled_from(faults.SITES))(fail))
+    return rules
 
 
 def _ident(name: str) -> str:

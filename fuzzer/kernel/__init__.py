@@ -8,8 +8,11 @@ on the names exported here:
 * the locking primitives (spinlocks, mutexes, rwsems with lockdep- and
   might_sleep-style checks): :func:`spin_lock`, :func:`mutex_lock`,
   :func:`down_read` and their unlocks, :class:`Mutex`, :class:`RwSem`,
-  :func:`might_sleep`, :func:`lockdep_assert_irqs_disabled`, and RCU's
-  :func:`synchronize_rcu` (with :func:`in_rcu_reader`);
+  :func:`might_sleep`, :func:`lockdep_assert_irqs_disabled`;
+* RCU (:mod:`fuzzer.kernel.rcu`, one model for every user): readers
+  (:func:`in_rcu_reader`, :func:`rcu_read_lock`, :func:`tasks_rcu_enter`),
+  grace periods (:func:`synchronize_rcu`, :func:`synchronize_rcu_tasks`) and
+  :func:`call_rcu`;
 * lockdep (:mod:`fuzzer.kernel.lockdep`): the lock-class dependency graph and
   hardirq usage the locking primitives feed (a plugin's own lock is a
   :class:`Mutex`/``SpinLock``: its name is its class);
@@ -17,6 +20,7 @@ on the names exported here:
   asks ``should_fail(cpu, site)`` and takes its error path; a WARN the
   kernel prints there goes through ``warn_on_alloc_failure``;
 * the generic mm code: :func:`pte_alloc`, :class:`VmArea`;
+* cross-CPU calls: :func:`on_each_cpu` (kernel/smp.c, IPIs and their waits);
 * code patching: the per-CPU :class:`PatchingContext` (:func:`context`),
   :func:`get_patch_pfn`, :func:`random_patching_addr`, :func:`mm_patch_enabled`,
   :func:`instr_words`, the version tuples (``V61``, ``NEXT``, ``V62``,
@@ -48,14 +52,12 @@ from fuzzer.kernel.locking import (
     RwSem,
     down_read,
     down_write,
-    in_rcu_reader,
     lockdep_assert_irqs_disabled,
     might_sleep,
     mutex_lock,
     mutex_unlock,
     spin_lock,
     spin_unlock,
-    synchronize_rcu,
     up_read,
     up_write,
 )
@@ -84,6 +86,16 @@ from fuzzer.kernel.patching import (
     mm_patch_enabled,
     random_patching_addr,
 )
+from fuzzer.kernel.rcu import (
+    call_rcu,
+    in_rcu_reader,
+    rcu_read_lock,
+    rcu_read_unlock,
+    synchronize_rcu,
+    synchronize_rcu_tasks,
+    tasks_rcu_enter,
+    tasks_rcu_exit,
+)
 from fuzzer.kernel.sched import (
     get_cpu,
     migrate_disable,
@@ -94,6 +106,7 @@ from fuzzer.kernel.sched import (
     put_cpu,
     smp_processor_id,
 )
+from fuzzer.kernel.smp import on_each_cpu
 
 __all__ = [
     "CP",
@@ -114,6 +127,7 @@ __all__ = [
     "PatchingContext",
     "RwSem",
     "VmArea",
+    "call_rcu",
     "context",
     "dawr_slots",
     "default_map_window",
@@ -134,16 +148,22 @@ __all__ = [
     "mm_patch_enabled",
     "mutex_lock",
     "mutex_unlock",
+    "on_each_cpu",
     "preempt_disable",
     "preempt_enable",
     "preemptible",
     "pte_alloc",
     "put_cpu",
     "random_patching_addr",
+    "rcu_read_lock",
+    "rcu_read_unlock",
     "smp_processor_id",
     "spin_lock",
     "spin_unlock",
     "synchronize_rcu",
+    "synchronize_rcu_tasks",
+    "tasks_rcu_enter",
+    "tasks_rcu_exit",
     "up_read",
     "up_write",
 ]

@@ -11,7 +11,7 @@ from fuzzer._mm import SpinLock
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import InterruptSource, Invariant
-from fuzzer.kernel import lockdep
+from fuzzer.kernel import lockdep, smp
 from fuzzer.kernel.known import known_findings
 from fuzzer.kernel.locking import Mutex, RwSem
 
@@ -92,8 +92,10 @@ def fuzzer_kernel_versions() -> list[KernelVersion]:
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
+    # kernel/smp.c as powerpc runs it; another architecture brings its own (x86's example).
+    cross_cpu = smp.ROUTINES if config.arch == "powerpc" else ()
     return [start_kernel, kernel_init, kernel_init_freeable, do_one_initcall, mark_readonly,
-            timer_interrupt]
+            timer_interrupt, *cross_cpu]
 
 
 @hookimpl

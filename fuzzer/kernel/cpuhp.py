@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from fuzzer._config import RunConfig
 from fuzzer._errors import KernelWarning, ModelLimitation
 from fuzzer._machine import CpuhpState
@@ -12,6 +14,7 @@ from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import Invariant
 from fuzzer.kernel.locking import down_read, down_write, up_read, up_write
+from fuzzer.kernel.mm import INIT_MM_CPUMASK
 from fuzzer.kernel.patching.common import V612, V612_FIXED
 
 if TYPE_CHECKING:
@@ -111,8 +114,10 @@ def cpuhp_bringup_ap(cpu: Cpu) -> Gen:
                 yield from state.teardown(cpu)
         # cpuhp_up_callbacks (kernel/cpu.c:1015-1030, v6.12) rolls a failed bring-up back
         # to CPUHP_OFFLINE through takedown_cpu, as an offline does: __cpu_die clears the
-        # CPU from init_mm's cpumask, so the next start_secondary finds it clear.
-        yield from cpu.k.__cpu_die(cpu)
+        # CPU from init_mm's cpumask, so the next start_secondary finds it clear. The model
+        # runs that rollback here, with the AP's death first.
+        _takedown(cpu).dead = True
+        yield from cpu.k.__cpu_die(cpu, cpu)
         _dead(cpu)
     yield from up_write(cpu, lock)
     return ret
@@ -157,6 +162,7 @@ def cpuhp_teardown_ap(cpu: Cpu) -> Gen:
     m = cpu.m
     lock = m.state["cpu_hotplug_lock"]
     cpu.current.active_mm = cpu.loaded_mm  # context_switch: a kthread borrows the mm
+    _takedown(cpu).reset()
     _woken_by_ipi(cpu)
     yield from down_write(cpu, lock)
     for state in reversed(m.cpuhp_states):
@@ -187,15 +193,96 @@ def _become_idle(cpu: Cpu, gen: Gen) -> None:
     act.task, act.gen, act.label = idle, gen, "do_idle"
 
 
+@attrs.define(eq=False)
+class Takedown:
+    """One CPU's offline as the two sides see it: the AP's ``per_cpu(cpu_state)`` and the
+    control side's progress in ``takedown_cpu``."""
+
+    dead: bool = False
+    """``generic_set_cpu_dead()`` ran (pnv_cpu_offline_self, after ``idle_task_exit``):
+    what the control side's ``generic_cpu_die`` polls."""
+    control: str = ""
+    """Where the control side runs: "" not released yet, "cpu" on another CPU,
+    "inline" in this CPU's activation, after it is dead."""
+    done: bool = False
+    """The control side finished: ``__cpu_die``, ``finish_cpu``, ``cpus_write_unlock``."""
+
+    def reset(self) -> None:
+        self.dead, self.control, self.done = False, "", False
+
+    def alive(self) -> bool:
+        """What ``generic_cpu_die`` polls: the AP has not set itself dead yet."""
+        return not self.dead
+
+    def control_running(self) -> bool:
+        """What the dead AP waits on: the control side still running elsewhere."""
+        return not self.done
+
+
+def _takedown(cpu: Cpu) -> Takedown:
+    td = cpu.state.get("cpuhp_takedown")
+    return td if td is not None else cpu.attach("cpuhp_takedown", Takedown())
+
+
 def _idle_dies(cpu: Cpu) -> Gen:
-    """The idle task of a CPU going offline, then the control CPU's ``__cpu_die`` and
-    ``finish_cpu`` (kernel/cpu.c:1337, :902), and ``cpus_write_unlock``."""
-    m = cpu.m
+    """The idle task of a CPU going offline: ``do_idle`` -> ``arch_cpu_idle_dead``, the CPU
+    dead at the end of ``pnv_cpu_offline_self``'s ``idle_task_exit``.
+
+    The control side (the rest of ``takedown_cpu``) was released by
+    ``cpuhp_report_idle_dead`` in ``do_idle`` and runs on another CPU
+    concurrently (:func:`_control_side`); the dead CPU then sits in
+    ``pnv_cpu_offline_self``'s stop loop, which the model ends when the control
+    side is done, so the next hotplug operation finds the machine as the kernel
+    leaves it. When no other online CPU was free to run the control side, it
+    runs here, after the death (one order the kernel can take).
+    """
+    td = _takedown(cpu)
     yield from cpu.k.do_idle(cpu)
-    yield from cpu.k.__cpu_die(cpu)
     _dead(cpu)
+    if td.control == "inline":
+        yield from _control_side(cpu, cpu)
+    else:
+        while td.control_running():
+            yield td.control_running
+
+
+def _report_idle_dead(cpu: Cpu) -> None:
+    """``cpuhp_report_idle_dead()`` (kernel/cpu.c:1360, v6.12; the same in v6.1): the AP is
+    CPUHP_AP_IDLE_DEAD and ``smp_call_function_single`` to the first online CPU completes
+    the control side's ``wait_for_ap_thread`` in ``takedown_cpu`` (:1329), whose thread
+    then runs on.
+
+    The model has no run queues: the control thread (the task that asked for the
+    offline) runs as its own activation on the first online CPU with nothing to
+    run, so the search interleaves its ``__cpu_die`` with this CPU's
+    ``arch_cpu_idle_dead`` like any two CPUs; with none free, it runs in this
+    CPU's activation once the CPU is dead.
+    """
+    m = cpu.m
+    td = _takedown(cpu)
+    ctl = next((c for c in m.cpus if c.online and not c.stack and c is not cpu), None)
+    if ctl is None:
+        td.control = "inline"
+        return
+    td.control = "cpu"
+
+    def done(_: Any) -> None:
+        td.done = True
+
+    m.push(ctl, _control_side(ctl, cpu), m.new_task("cpu_down"), label="takedown_cpu",
+           on_done=done)
+
+
+def _control_side(ctl: Cpu, cpu: Cpu) -> Gen:
+    """The control CPU ``ctl`` in ``takedown_cpu`` (kernel/cpu.c:1329-1337, v6.12) once the
+    AP reported idle-dead: ``__cpu_die`` (which waits for the AP to be dead), then
+    ``finish_cpu`` (:902) and ``cpus_write_unlock``. A kernel thread: it borrows
+    whatever mm ``ctl`` has loaded."""
+    m = cpu.m
+    yield  # woken by cpuhp_complete_idle_dead's complete()
+    yield from ctl.k.__cpu_die(ctl, cpu)
     cpu.idle_task.active_mm = m.init_mm  # finish_cpu: idle->active_mm = &init_mm
-    yield from up_write(cpu, m.state["cpu_hotplug_lock"])
+    yield from up_write(ctl, m.state["cpu_hotplug_lock"])
 
 
 @routine("take_cpu_down", "kernel/cpu.c")
@@ -246,8 +333,10 @@ def cleanup_cpu_mmu_context(cpu: Cpu) -> Gen:
 @routine("do_idle", "kernel/sched/idle.c")
 def do_idle(cpu: Cpu) -> Gen:
     """``do_idle()`` (kernel/sched/idle.c:328-330, v6.12) on an offline CPU:
-    ``cpuhp_report_idle_dead()``, then ``arch_cpu_idle_dead()``."""
+    ``cpuhp_report_idle_dead()`` (which releases the control side), then
+    ``arch_cpu_idle_dead()``."""
     yield
+    _report_idle_dead(cpu)
     yield from cpu.k.arch_cpu_idle_dead(cpu)
 
 
@@ -264,6 +353,7 @@ def pnv_cpu_offline_self(cpu: Cpu) -> Gen:
     (:172), then ``generic_set_cpu_dead`` (:175) and the CPU stops."""
     yield from cpu.k.idle_task_exit(cpu)
     yield
+    _takedown(cpu).dead = True
 
 
 @routine("idle_task_exit", "kernel/sched/core.c")
@@ -302,20 +392,25 @@ def idle_task_exit_fixed(cpu: Cpu) -> Gen:
 
 
 @routine("__cpu_die", "arch/powerpc/kernel/smp.c")
-def cpu_die(cpu: Cpu) -> Gen:
+def cpu_die(cpu: Cpu, dying: Cpu) -> Gen:
     """``__cpu_die()`` (arch/powerpc/kernel/smp.c:1783, v6.12), on the control CPU once the
-    AP reported dead: ``VM_WARN_ON_ONCE`` that init_mm's cpumask has the CPU (:1789),
-    then clear it (:1791). Before 6.12's init_mm accounting (v6.1, v6.2) it does not
-    touch init_mm. The model runs it after the AP's ``idle_task_exit``: the window where
-    the control CPU gets there first is not modelled."""
+    AP reported idle-dead, concurrently with the AP's ``arch_cpu_idle_dead``:
+    ``VM_WARN_ON_ONCE`` that init_mm's cpumask has the CPU (:1789), clear it
+    (:1791), then ``smp_ops->cpu_die`` -- powernv's ``generic_cpu_die``
+    (smp.c:1215), polling until the AP set itself dead. Before 6.12's init_mm
+    accounting (v6.1, v6.2) only the last. ``cpu`` runs it; ``dying`` goes."""
     m = cpu.m
     yield
-    if not m.version.is_(*V612):
-        return
-    if cpu.n not in m.init_mm.cpumask and m.config.enabled("CONFIG_DEBUG_VM"):
-        raise KernelWarning("arch/powerpc/kernel/smp.c:1789", function="__cpu_die",
-                            detail=f"CPU {cpu.n} is not in init_mm's mm_cpumask")
-    m.init_mm.cpumask.discard(cpu.n)
+    if m.version.is_(*V612):
+        m.note_access(cpu, INIT_MM_CPUMASK, True)
+        if dying.n not in m.init_mm.cpumask and m.config.enabled("CONFIG_DEBUG_VM"):
+            raise KernelWarning("arch/powerpc/kernel/smp.c:1789", function="__cpu_die",
+                                detail=f"CPU {dying.n} is not in init_mm's mm_cpumask")
+        m.init_mm.cpumask.discard(dying.n)
+        yield
+    td = _takedown(dying)
+    while not td.dead:  # generic_cpu_die: is_cpu_dead(), msleep(100)
+        yield td.alive
 
 
 def _dead(cpu: Cpu) -> None:

@@ -25,7 +25,8 @@ PAGE_TABLE_LEAK: dict[str, Any] = {
         " (arch/powerpc/lib/code-patching.c:142-149 in v6.12, :139-146 in next-20221215 and"
         " v6.2) calls tlb_gather_mmu() and free_pgd_range() but never tlb_finish_mmu(), so the"
         " PTE, PMD and PUD tables queued in the gather's batch, and the batch page, are never"
-        " freed"
+        " freed (so does a failed CPU online: text_area_cpu_up_mm()'s error path, fail_no_pte,"
+        " calls put_patching_mm() too)"
     ),
     "fix": "tlb_finish_mmu(&tlb); after free_pgd_range() in put_patching_mm() (before mmput())",
     "reference": (
@@ -55,9 +56,33 @@ LAZY_TLB_HOTPLUG_WARN: dict[str, Any] = {
     ),
 }
 
+LAZY_TLB_HOTPLUG_INIT_MM_WARN: dict[str, Any] = {
+    "signature": {"kind": "WARNING", "function": "switch_mm_irqs_off",
+                  "location": "arch/powerpc/mm/mmu_context.c:51"},
+    "kernels": ("v6.12",),
+    "fixed_in": ("v6.12-fixed",),
+    "title": (
+        "WARNING at arch/powerpc/mm/mmu_context.c:51 switch_mm_irqs_off <- idle_task_exit <-"
+        " pnv_cpu_offline_self <- arch_cpu_idle_dead: once the dying CPU reported idle-dead"
+        " (kernel/cpu.c:1360), the control CPU's __cpu_die (arch/powerpc/kernel/smp.c:1791)"
+        " clears it from init_mm's mm_cpumask while the dying CPU's idle_task_exit() still has"
+        " to switch from its lazy mm to init_mm; switch_mm_irqs_off then finds itself missing"
+        " there (:51) and sets the bit again, so the next online's start_secondary warns at"
+        " arch/powerpc/kernel/smp.c:1634"
+    ),
+    "fix": (
+        "21641bd9a7a7 (lazy tlb: fix hotplug exit race with MMU_LAZY_TLB_SHOOTDOWN): the switch"
+        " to init_mm moves into take_cpu_down, before __cpu_disable, long before __cpu_die"
+    ),
+    "reference": (
+        "docs/real-boots/6.12.117-cpuhp-200-cycles.log: a real 6.12.117 boot on 2026-12-02"
+        " (-smp 4) printed :51, :106 and smp.c:1634 in that order"
+    ),
+}
+
 
 def known_findings() -> list[KnownFinding]:
     """The known findings of the modelled powerpc kernels."""
     return [KnownFinding(signature=Signature(**d["signature"]),
                          **{k: v for k, v in d.items() if k != "signature"})
-            for d in (PAGE_TABLE_LEAK, LAZY_TLB_HOTPLUG_WARN)]
+            for d in (PAGE_TABLE_LEAK, LAZY_TLB_HOTPLUG_WARN, LAZY_TLB_HOTPLUG_INIT_MM_WARN)]

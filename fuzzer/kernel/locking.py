@@ -200,38 +200,3 @@ def up_write(cpu: Cpu, sem: RwSem) -> Gen:
     lock_release(cpu, sem)
     sem.writer = None
     yield
-
-
-def in_rcu_reader(cpu: Cpu) -> bool:
-    """Whether ``cpu`` is inside an RCU read-side critical section now.
-
-    Since the RCU flavours were consolidated (v5.0), a region with interrupts
-    or preemption disabled is one, as is any interrupt handler: what
-    ``synchronize_rcu()`` waits for. An idle or offline CPU is in none.
-    """
-    return bool(cpu.stack) and cpu.online and (
-        not cpu.irqs_enabled or cpu.preempt_count > 0 or cpu.irq_depth > 0)
-
-
-@routine("synchronize_rcu", "kernel/rcu/tree.c")
-def synchronize_rcu(cpu: Cpu) -> Gen:
-    """``synchronize_rcu()`` (kernel/rcu/tree.c, v6.1-v6.12): wait for a grace period.
-
-    Every other CPU that is in a read-side critical section when it is called
-    (:func:`in_rcu_reader`) must leave it first. The model waits until each
-    such CPU is out of its section, or has finished the activation it was in
-    (a pure function of the machine's state, so a replay waits exactly as the
-    run did); it may wait a little longer than a real grace period, never less.
-    The activation is the outermost on the CPU's stack: an interrupt or NMI on
-    top of a reader (a program check in ``kprobe_handler``, say) returning does
-    not end the section it interrupted.
-    """
-    might_sleep(cpu, "kernel/rcu/tree.c:4113")
-    readers = [(c, c.stack[0]) for c in cpu.m.cpus if c is not cpu and in_rcu_reader(c)]
-
-    def waiting() -> bool:
-        return any(act in c.stack and in_rcu_reader(c) for c, act in readers)
-
-    yield
-    while waiting():
-        yield waiting

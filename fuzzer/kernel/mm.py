@@ -19,7 +19,7 @@ from fuzzer._oops import deref, kernel_struct
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import Invariant
-from fuzzer.kernel import pgalloc
+from fuzzer.kernel import pgalloc, rcu
 from fuzzer.kernel.faults import should_fail
 from fuzzer.kernel.locking import might_sleep, spin_lock, spin_unlock
 
@@ -208,15 +208,24 @@ def __set_pte_at(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, pte: Pte) -> Gen:
     cpu.m.mmu.pte_stored(cpu, ptr, old, pte)
 
 
+#: Where set_pte_at's VM_WARN_ON is, per version: (function, line of arch/powerpc/mm/pgtable.c).
+#: In 6.12 set_pte_at is ``set_ptes(mm, addr, ptep, pte, 1)`` (include/linux/pgtable.h).
+SET_PTE_WARN = {
+    "v6.1": ("set_pte_at", 197), "next-20221215": ("set_pte_at", 197), "v6.2": ("set_pte_at", 197),
+    "v6.12": ("set_ptes", 215),
+}
+
+
 @routine("set_pte_at", PGTABLE_C)
 def set_pte_at(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, pte: Pte) -> Gen:
-    """``set_pte_at()`` (arch/powerpc/mm/pgtable.c:190, v6.1/v6.2).
+    """``set_pte_at()`` (arch/powerpc/mm/pgtable.c:190, v6.1/v6.2; ``set_ptes()``, :192 v6.12).
 
-    Under DEBUG_VM warns when it overwrites a hardware-valid PTE (no TLB
-    flush is done here), then ``__set_pte_at``.
+    Under DEBUG_VM ``VM_WARN_ON`` when it overwrites a hardware-valid PTE (no
+    TLB flush is done here; pgtable.c:197 v6.1, :215 v6.12), then ``__set_pte_at``.
     """
     if cpu.m.config.enabled("CONFIG_DEBUG_VM") and ptr.get() is not None:
-        raise KernelWarning(f"{PGTABLE_C}:199", function="set_pte_at",
+        function, n = cpu.m.version.lookup(SET_PTE_WARN, "pgtable.c line numbers")
+        raise KernelWarning(f"{PGTABLE_C}:{n}", function=function,
                             detail=f"overwriting a valid PTE at {addr:#x}")
     yield from cpu.k.__set_pte_at(cpu, mm, addr, ptr, pte)
 
@@ -450,7 +459,7 @@ def _tlb_table_flush(cpu: Cpu, tlb: MmuGather) -> Gen:
             _tlb_remove_table(m, table)
         pgalloc.pgtable_free(m, batch.page)
 
-    pgalloc.call_rcu(m, free_batch)
+    rcu.call_rcu(m, free_batch)
     tlb.batch = None
 
 
@@ -490,6 +499,9 @@ def switch_mm_irqs_off(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
 
 
 MMU_CONTEXT_C = "arch/powerpc/mm/mmu_context.c"
+#: init_mm's mm_cpumask as the interleaving feedback names it: a CPU switching to init_mm
+#: tests it, the control side's ``__cpu_die`` (cpuhp.py) clears a dying CPU's bit.
+INIT_MM_CPUMASK = ("mm_cpumask", "init_mm")
 
 
 @routine("switch_mm_irqs_off", MMU_CONTEXT_C, versions=("v6.12",))
@@ -502,10 +514,14 @@ def switch_mm_irqs_off_612(cpu: Cpu, prev: MM | None, next_mm: MM) -> Gen:
     needed for init_mm (:51; init_mm's mask is kept at boot, CPU online and
     ``__cpu_die``), and after ``switch_mmu_context`` the CPU must still be in
     ``mm_cpumask(prev)`` (:106) -- which ``cleanup_cpu_mmu_context`` breaks for
-    a lazily used mm when a CPU goes offline (fixed by 21641bd9a7a7).
+    a lazily used mm when a CPU goes offline; and :51 fires there too when the
+    control CPU's ``__cpu_die`` cleared init_mm's bit before the dying CPU's
+    ``idle_task_exit`` got here (both fixed by 21641bd9a7a7).
     """
     next_mm = deref(next_mm, "struct mm_struct", member="cpu_bitmap")
     debug_vm = cpu.m.config.enabled("CONFIG_DEBUG_VM")
+    if next_mm.is_init:
+        cpu.m.note_access(cpu, INIT_MM_CPUMASK, False)
     if cpu.n not in next_mm.cpumask:
         if debug_vm and next_mm.is_init:
             raise KernelWarning(f"{MMU_CONTEXT_C}:51", function="switch_mm_irqs_off",

@@ -15,13 +15,13 @@ decremented when a table is unlinked, before it is freed, and cannot see it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 
 from fuzzer._errors import KernelBug
 from fuzzer._mm import MM
+from fuzzer.kernel import rcu
 
 if TYPE_CHECKING:
     from fuzzer._machine import Machine
@@ -56,7 +56,7 @@ class PgtablePage:
 @attrs.define(eq=False)
 class PgtableLedger:
     """Machine-wide page-table memory: every allocation, the per-mm fragment caches,
-    ``NR_PAGETABLE`` and the RCU callbacks not yet run."""
+    ``NR_PAGETABLE``."""
 
     pages: list[PgtablePage] = attrs.Factory(list)
     frag_cache: dict[tuple[int, str], tuple[PgtablePage, int]] = attrs.Factory(dict)
@@ -65,8 +65,6 @@ class PgtableLedger:
     """``NR_PAGETABLE`` (``nr_page_table_pages`` in /proc/vmstat, ``PageTables`` in meminfo)."""
     pgtables_bytes: dict[int, int] = attrs.Factory(dict)
     """``mm->pgtables_bytes`` by mm id, in tables (``mm_inc_nr_ptes`` and friends)."""
-    rcu_pending: list[Callable[[], None]] = attrs.Factory(list)
-    """``call_rcu`` callbacks waiting for a grace period."""
 
     def live(self, mm: MM) -> list[PgtablePage]:
         return [p for p in self.pages if p.owner is mm and not p.freed]
@@ -157,26 +155,6 @@ def destroy_pagetable_cache(m: Machine, mm: MM) -> None:
             _release(m, page, page.frags - nxt, f"{FRAG_C}:27")
 
 
-def call_rcu(m: Machine, fn: Callable[[], None]) -> None:
-    """``call_rcu()``: ``fn`` runs after a grace period (see :func:`rcu_barrier`)."""
-    ledger(m).rcu_pending.append(fn)
-
-
-def rcu_barrier(m: Machine) -> None:
-    """Run every pending RCU callback: a grace period has elapsed.
-
-    The model ends grace periods only when the machine is quiescent (every
-    CPU idle: the end of an example, or a quiescent point where the end-state
-    checks run). A kernel grace period can end sooner; that only frees memory
-    sooner.
-    """
-    led = ledger(m)
-    while led.rcu_pending:
-        pending, led.rcu_pending = led.rcu_pending, []
-        for fn in pending:
-            fn()
-
-
 def leaked(m: Machine) -> str | None:
     """End-state check: every page-table allocation of a freed mm was freed.
 
@@ -184,7 +162,7 @@ def leaked(m: Machine) -> str | None:
     freed mm still holds: PTE and PMD fragment pages, PUD objects, the PGD and
     the mmu_gather batch pages its tables were queued in.
     """
-    rcu_barrier(m)
+    rcu.rcu_barrier(m)
     led = ledger(m)
     for mm in m.mms.values():
         if not mm.freed:

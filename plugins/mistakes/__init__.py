@@ -20,6 +20,8 @@ MISTAKES = (
     "hash_no_hpte_flush",
     "unsafe_sequence_order",
     "cached_pte",
+    "alias_on_radix",
+    "optprobe_branch_first",
     "null_patching_context",
     "aggr_disarm_early",
     "static_key_dec_no_update",

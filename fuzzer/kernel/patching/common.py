@@ -34,18 +34,19 @@ EPERM, ENOMEM, EINVAL = 1, 12, 22
 
 #: Line numbers per version for the WARNs and BUGs the model can hit.
 LINES: dict[str, dict[str, int]] = {
-    "v6.1": {"cpu_up_warn": 58, "poking_bug": 91},
+    "v6.1": {"cpu_up_warn": 58, "poking_bug": 91, "unmap_pte_none": 140},
     "next-20221215": {
         "irqs_start": 85, "thread_local": 88, "irqs_stop": 97, "cpu_up_warn": 110,
-        "mm_alloc_warn": 156, "poking_warn": 224,
+        "mm_alloc_warn": 156, "poking_warn": 224, "unmap_pte_none": 273,
     },
+    # 980411a4d1bb made text_area_cpu_up_mm two lines shorter: everything after it moves up.
     "v6.2": {
         "irqs_start": 85, "thread_local": 88, "irqs_stop": 97, "cpu_up_warn": 110,
-        "mm_alloc_warn": 156, "poking_warn": 222,
+        "mm_alloc_warn": 156, "poking_warn": 222, "unmap_pte_none": 271,
     },
     "v6.12": {
         "irqs_start": 88, "thread_local": 91, "irqs_stop": 100, "cpu_up_warn": 113,
-        "mm_alloc_warn": 159, "poking_warn": 222,
+        "mm_alloc_warn": 159, "poking_warn": 222, "unmap_pte_none": 271,
     },
 }
 
@@ -125,12 +126,13 @@ def map_patch_area(cpu: Cpu, addr: int, text_poke_addr: int) -> Gen:
 
 @routine("unmap_patch_area", CP)
 def unmap_patch_area(cpu: Cpu, addr: int) -> Gen:
-    """``unmap_patch_area()`` (code-patching.c:115 v6.1): WARN and return on a missing
-    level, else ``pte_clear(&init_mm)`` and ``flush_tlb_kernel_range`` ("in hash,
-    pte_clear flushes the tlb, in radix, we have to")."""
+    """``unmap_patch_area()`` (code-patching.c:115 v6.1, :246 v6.12): WARN and return on a
+    missing level, else ``pte_clear(&init_mm)`` and ``flush_tlb_kernel_range`` ("in hash,
+    pte_clear flushes the tlb, in radix, we have to"). The model reaches only the last
+    WARN, ``pte_none`` (:140 v6.1, :273 next-20221215, :271 v6.2 and v6.12)."""
     ptr = yield from cpu.k.virt_to_kpte(cpu, addr)
     if ptr is None or ptr.get() is None:
-        raise KernelWarning(f"{CP}:{140 if cpu.m.version.is_(*V61) else 271}",
+        raise KernelWarning(line(cpu, "unmap_pte_none"),
                             detail=f"no kernel PTE for the patch area {addr:#x}")
     yield from cpu.k.pte_clear(cpu, cpu.m.init_mm, addr, ptr)
     yield from cpu.k.flush_tlb_kernel_range(cpu, addr, addr + cpu.m.run.page_size)

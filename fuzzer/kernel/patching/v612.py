@@ -158,27 +158,38 @@ def __do_patch_mem_mm(cpu: Cpu, addr: int, val: int, is_dword: bool) -> Gen:
     return err
 
 
+EFAULT = 14
+
+
 @routine("__patch_instructions", CP, versions=V612, inlined=True)
 def __patch_instructions(cpu: Cpu, exec_addr: int, patch_addr: int, code: tuple[int, ...],
                          repeat: bool, nwords: int) -> Gen:
-    """``__patch_instructions()`` (code-patching.c:437, v6.12).
+    """``__patch_instructions()`` (code-patching.c:437-462, v6.12).
 
-    ``patch_memset32`` (repeat) or ``copy_to_kernel_nofault``: one store per
-    word, each visible to other CPUs on its own; then ``smp_wmb`` and
-    ``flush_icache_range``. -EPERM on a fault.
+    Repeating one instruction, ``patch_memset32`` (:426): one 4-byte store per
+    word, -EPERM on a fault. Otherwise ``copy_to_kernel_nofault`` (mm/maccess.c:58;
+    powerpc has efficient unaligned access, so no alignment check): 8-byte stores
+    while 8 bytes are left (:67), then a 4-byte one (:69), -EFAULT on a fault.
+    Each store is visible to other CPUs on its own. Fault or not, ``smp_wmb``
+    (:459) and ``flush_icache_range`` (:460) follow.
     """
     m = cpu.m
     words = [code[0]] * nwords if repeat else list(code[:nwords])
     m.expect_text(exec_addr, words)
-    for i, w in enumerate(words):
-        yield  # one store
-        if not m.store(cpu, patch_addr + 4 * i, w, 4):
-            m.mmu.isync(cpu)
-            return -EPERM
+    err, i = 0, 0
+    while i < len(words):
+        size = 8 if not repeat and len(words) - i >= 2 else 4
+        value = words[i] | (words[i + 1] << 32) if size == 8 else words[i]
+        yield  # one __put_kernel_nofault
+        if not m.store(cpu, patch_addr + 4 * i, value, size):
+            m.mmu.isync(cpu)  # the fault is context synchronising
+            err = -EPERM if repeat else -EFAULT
+            break
+        i += size // 4
     yield  # smp_wmb; flush_icache_range
     m.mmu.sync(cpu)
     m.mmu.isync(cpu)
-    return 0
+    return err
 
 
 @routine("__do_patch_instructions_mm", CP, versions=V612, inlined=True)
