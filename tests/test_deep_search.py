@@ -60,7 +60,7 @@ def test_an_aggregator_published_before_it_is_filled_in_is_found_by_search():
     single-steps its NULL insn slot -- found from a seed by the walk at its defaults, with
     the second registration and the hit on two different CPUs."""
     model = make_model("v6.12", plugins=["fuzzer_plugins.mistakes.kprobe_aggr_publish_early"])
-    outcome = search(model, seed=3, max_examples=3000, time_budget=0)
+    outcome = search(model, seed=4, max_examples=3000, time_budget=0)
     assert outcome.status.value == "failed", outcome
     assert outcome.failure.signature.function == "kprobe_handler"
     assert outcome.failure.signature.kind == "OOPS"
