@@ -101,6 +101,12 @@ def migration_targets(m: Machine, cpu: Cpu) -> list[Cpu]:
     return [c for c in m.cpus if c is not cpu and c.online and not c.stack]
 
 
+def movable(m: Machine) -> list[Cpu]:
+    """CPUs whose task could be preempted now and resume on another CPU (a ``migrate``
+    step's choices, for the walk and the state machine alike)."""
+    return [c for c in m.cpus if preemptible(c) and migration_targets(m, c)]
+
+
 def can_migrate(m: Machine, cpu: Cpu, to: Cpu) -> bool:
     return (m.booted and preempt_enabled(m) and preemptible(cpu) and to is not cpu
             and to.online and not to.stack)

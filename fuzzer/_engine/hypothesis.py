@@ -246,7 +246,7 @@ def _hidden_rules(model: Model) -> dict[str, Any]:
 
     def migrate(self: Any, cpu_index: int, to_index: int) -> None:
         m: Machine = self.machine
-        movable = [c for c in m.cpus if _sched.preemptible(c) and _sched.migration_targets(m, c)]
+        movable = _sched.movable(m)
         cpu = movable[cpu_index % len(movable)]
         targets = _sched.migration_targets(m, cpu)
         _guard(self, lambda: perform(m, StepAction.MIGRATE, cpu, targets[to_index % len(targets)]))
@@ -261,8 +261,7 @@ def _hidden_rules(model: Model) -> dict[str, Any]:
                              and any(c.online for c in self.machine.cpus))(
             rule(cpu_index=index, va_index=index)(fill)),
         "migrate": precondition(lambda self: self.machine.booted and _sched.preempt_enabled(self.machine)
-                                and any(_sched.preemptible(c) and _sched.migration_targets(self.machine, c)
-                                        for c in self.machine.cpus))(
+                                and bool(_sched.movable(self.machine)))(
             rule(cpu_index=index, to_index=index)(migrate)),
     }
     if model.run.enabled("CONFIG_FAULT_INJECTION"):

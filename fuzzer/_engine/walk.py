@@ -225,7 +225,7 @@ def _hidden_choices(m: Machine, on: set[str], choices: list[tuple[StepAction, An
         if online:
             choices.append((StepAction.FILL, None, online))
     if "migrate" in on and m.booted and _sched.preempt_enabled(m):
-        movable = [c for c in m.cpus if _sched.preemptible(c) and _sched.migration_targets(m, c)]
+        movable = _sched.movable(m)
         if movable:
             choices.append((StepAction.MIGRATE, None, movable))
 
