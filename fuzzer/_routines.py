@@ -41,6 +41,9 @@ class RoutineInfo:
 
 #: code object -> info, for turning generator frames into a modelled call trace.
 _BY_CODE: dict[CodeType, RoutineInfo] = {}
+#: code object -> its call-trace frame, made once (a Frame is immutable): the lockdep and
+#: interleaving notes look frames up at every lock and shared access.
+_FRAME_BY_CODE: dict[CodeType, Frame] = {}
 
 
 def routine(
@@ -72,6 +75,7 @@ def routine(
         )
         fn.__fuzzer_routine__ = info  # type: ignore[attr-defined]
         _BY_CODE[fn.__code__] = info
+        _FRAME_BY_CODE[fn.__code__] = Frame(info.symbol, info.file, info.inlined)
         return fn
 
     return mark
@@ -85,10 +89,7 @@ def info_of(fn: RoutineFn) -> RoutineInfo:
 
 
 def frame_of_code(code: CodeType) -> Frame | None:
-    info = _BY_CODE.get(code)
-    if info is None:
-        return None
-    return Frame(info.symbol, info.file, info.inlined)
+    return _FRAME_BY_CODE.get(code)
 
 
 class RoutineTable:

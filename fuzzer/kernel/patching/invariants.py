@@ -64,12 +64,18 @@ def mapping_private(m: Machine) -> str | None:
     if len(holders) < 2:
         return None  # only the owner's own TLB can hold anything
     translations_of = m.mmu.translations_of
-    for owner, mm, addr in _patching_addrs(m):
-        if mm.is_init:
+    # _patching_addrs without the init_mm ones (the alias), inlined: a check of every step.
+    for owner in m.cpus:
+        ctx = owner.state.get("cpu_patching_context")
+        if ctx is None:
             continue
+        mm, area = ctx.mm, ctx.area
+        if mm is None or mm.is_init or (mm.freed and (area is None or area.freed)):
+            continue
+        addr = ctx.addr
         for c in holders:
-            if c.n != owner and translations_of(c, mm, addr):
-                return f"CPU {c.n} holds a translation of CPU {owner}'s patching address {addr:#x}"
+            if c is not owner and translations_of(c, mm, addr):
+                return f"CPU {c.n} holds a translation of CPU {owner.n}'s patching address {addr:#x}"
     return None
 
 
