@@ -8,7 +8,8 @@ It measures, in one run on one machine:
 
 * raw emulator speed: the recorded steps of the fuzzer's own examples (default
   model, default engine, seed 1) replayed with :func:`fuzzer._engine.replay`
-  -- every invariant on, no generation -- in emulated steps per second;
+  -- every invariant on, no generation, every boot run (the boot cache off) -- in
+  emulated steps per second;
 * the fuzzer's speed at its default settings (steps/s, examples/s) and its
   ratio to the raw speed; the same with ``--guide`` (the coverage overhead)
   and with ``--engine hypothesis`` (the Hypothesis state machine);
@@ -46,6 +47,7 @@ from typing import Any  # noqa: E402
 import hypothesis  # noqa: E402
 
 from fuzzer import FuzzerPluginManager, KernelConfig, Model, RunConfig  # noqa: E402
+from fuzzer import _bootcache as bootcache  # noqa: E402
 from fuzzer._args import sampler as search_sampler  # noqa: E402
 from fuzzer._config import VersionChain  # noqa: E402
 from fuzzer._engine import replay, run_campaign  # noqa: E402
@@ -231,18 +233,23 @@ def record_examples(model: Model, n: int, seed: int = 1) -> list[list[Step]]:
 
 
 def raw_speed(model: Model, examples: list[list[Step]], seconds: float) -> dict[str, float]:
-    """Replay recorded examples (every invariant on, no generation) for ``seconds``."""
+    """Replay recorded examples (every invariant on, no generation) for ``seconds``, every
+    boot run (the boot cache off: replaying the same 100 examples would copy each boot)."""
     steps = runs = 0
     started = time.perf_counter()
-    while True:
-        for ex in examples:
-            machine, _ = replay(model, ex)
-            steps += machine.nsteps
-            runs += 1
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            return {"steps_per_s": steps / elapsed, "examples_per_s": runs / elapsed,
-                    "steps": steps, "examples": runs, "seconds": elapsed}
+    bootcache.ENABLED = False
+    try:
+        while True:
+            for ex in examples:
+                machine, _ = replay(model, ex)
+                steps += machine.nsteps
+                runs += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                return {"steps_per_s": steps / elapsed, "examples_per_s": runs / elapsed,
+                        "steps": steps, "examples": runs, "seconds": elapsed}
+    finally:
+        bootcache.ENABLED = True
 
 
 def fuzzer_speed(model: Model, seconds: float, guide: bool, engine: str = "walk") -> dict[str, float]:

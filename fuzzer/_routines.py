@@ -99,6 +99,10 @@ class RoutineTable:
     nothing for the registry.
     """
 
+    _entered: set[str] | None = None
+    """A recorder's table: the set its wrappers add each entered routine's name to (a boot
+    copied from the boot cache adds the boot's)."""
+
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that were not resolved.
         raise UsageError(
