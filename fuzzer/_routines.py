@@ -43,7 +43,7 @@ class RoutineInfo:
 _BY_CODE: dict[CodeType, RoutineInfo] = {}
 #: code object -> its call-trace frame, made once (a Frame is immutable): the lockdep and
 #: interleaving notes look frames up at every lock and shared access.
-_FRAME_BY_CODE: dict[CodeType, Frame] = {}
+FRAME_BY_CODE: dict[CodeType, Frame] = {}
 
 
 def routine(
@@ -75,7 +75,7 @@ def routine(
         )
         fn.__fuzzer_routine__ = info  # type: ignore[attr-defined]
         _BY_CODE[fn.__code__] = info
-        _FRAME_BY_CODE[fn.__code__] = Frame(info.symbol, info.file, info.inlined)
+        FRAME_BY_CODE[fn.__code__] = Frame(info.symbol, info.file, info.inlined)
         return fn
 
     return mark
@@ -89,7 +89,7 @@ def info_of(fn: RoutineFn) -> RoutineInfo:
 
 
 def frame_of_code(code: CodeType) -> Frame | None:
-    return _FRAME_BY_CODE.get(code)
+    return FRAME_BY_CODE.get(code)
 
 
 class RoutineTable:
