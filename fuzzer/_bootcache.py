@@ -7,6 +7,11 @@ A boot is a pure function of the model and the boot step (its seed and draws): C
 rescheduled or extended example replays a kept example's boot step, the shrinker replays one
 reproduction's boot hundreds of times. So the state a boot leaves is pickled, the second
 time a boot step is seen on a model, and loaded into the machine from the third time on.
+The seed only seeds the kernel's random generator (:meth:`~fuzzer._machine.Machine.random_below`
+takes a step's chosen draws first): a boot that drew nothing from the generator (Hash and
+v6.1 draw nothing at boot; v6.12 Radix draws its patching address, which a chosen draw
+supplies) is kept by the draws it consumed, and any seed with those draws first loads it,
+with its own generator and the draws left.
 
 What makes a copy the same machine (checked once per model against the real boot, with
 :func:`fuzzer._snapshot.snapshot`, and never used for a model where it is not):
@@ -33,6 +38,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import random
 import sys
 import types
 from typing import TYPE_CHECKING, Any
@@ -71,6 +77,26 @@ class ModelCache:
     """Boot key -> the booted state; None for a boot seen once (kept the second time)."""
     usable: bool | None = None
     """Whether a copy is the same machine on this model (None: not checked yet)."""
+    prefixes: set[int] = attrs.Factory(set)
+    """How many chosen draws the boots that took no draw from their seed consumed."""
+
+
+@attrs.frozen
+class Boot:
+    """A boot to run: its step's seed and draws, and what else its state depends on."""
+
+    seed: int
+    draws: tuple[int, ...]
+    rest: tuple[Any, ...]
+    """The step bound and the kind of access log attached."""
+
+    def exact(self) -> Any:
+        return ("seed", self.seed, self.draws, self.rest)
+
+    def drawn(self, k: int) -> Any:
+        """The key of a boot that made ``k`` random draws, all from the step's ``draws``: the
+        seed only seeds the generator, which such a boot never read."""
+        return ("draws", self.draws[:k], self.rest)
 
 
 _MODELS: collections.OrderedDict[int, ModelCache] = collections.OrderedDict()
@@ -80,11 +106,11 @@ def clear() -> None:
     _MODELS.clear()
 
 
-def key(m: Machine, seed: int, draws: tuple[int, ...]) -> Any:
-    """The cache key of booting ``m`` so, or None when this boot cannot come from the cache."""
+def key(m: Machine, seed: int, draws: tuple[int, ...]) -> Boot | None:
+    """The boot of ``m`` so, or None when this boot cannot come from the cache."""
     if not (ENABLED and m.boot_cache) or m.steps or m.nsteps or m._observers:
         return None
-    return (seed, draws, m.max_steps, type(m.accesses).__qualname__)
+    return Boot(seed, draws, (m.max_steps, type(m.accesses).__qualname__))
 
 
 def _cache(m: Machine) -> ModelCache:
@@ -97,24 +123,43 @@ def _cache(m: Machine) -> ModelCache:
     return mc
 
 
-def restore(m: Machine, k: Any) -> bool:
-    """Load the boot ``k`` into the fresh machine ``m`` if it is kept; True if it was."""
+def restore(m: Machine, boot: Boot) -> bool:
+    """Load ``boot`` into the fresh machine ``m`` if it is kept; True if it was."""
     mc = _cache(m)
-    if mc.usable is False or k not in mc.entries:
+    if mc.usable is False:
         return False
-    entry = mc.entries[k]
-    mc.entries.move_to_end(k)
-    if entry is None:
-        return False
-    _load(m, entry)
-    return True
+    entry = mc.entries.get(boot.exact())
+    if entry is not None:
+        mc.entries.move_to_end(boot.exact())
+        _load(m, entry)
+        return True
+    for k in sorted(mc.prefixes):
+        entry = mc.entries.get(boot.drawn(k)) if k <= len(boot.draws) else None
+        if entry is not None:
+            mc.entries.move_to_end(boot.drawn(k))
+            _load(m, entry)
+            # The same boot but for the step's seed and the draws it did not make.
+            m.steps[0] = attrs.evolve(m.steps[0], seed=boot.seed, draws=boot.draws)
+            m.rng = random.Random(boot.seed)
+            m.draws = list(boot.draws[k:])
+            return True
+    return False
 
 
-def boot_recorded(m: Machine, k: Any, entered: frozenset[str]) -> None:
-    """``m`` just booted as ``k`` (entering ``entered``): note it, keep it the second time."""
+def boot_recorded(m: Machine, boot: Boot, entered: frozenset[str]) -> None:
+    """``m`` just booted as ``boot`` (entering ``entered``): note it, keep it the second time.
+
+    A boot that drew nothing from its seed's generator is kept by the draws it consumed,
+    whatever its seed: the generator is all the seed makes."""
     mc = _cache(m)
     if mc.usable is False:
         return
+    consumed = len(boot.draws) - len(m.draws)
+    if m.rng.getstate() == random.Random(boot.seed).getstate():
+        k = boot.drawn(consumed)
+        mc.prefixes.add(consumed)
+    else:
+        k = boot.exact()
     if k not in mc.entries:
         mc.entries[k] = None
     elif mc.entries[k] is None:
