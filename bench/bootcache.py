@@ -2,8 +2,9 @@
 
     python bench/bootcache.py [--examples 400] [--seeds 1 2 3] [--only NAME ...] [--json PATH]
 
-For the default model (v6.12, Radix, 4 CPUs) and, with ``--only``, some mistakes'
-models, runs the fuzzer's campaign at its defaults (no shrinking) for a fixed number
+For the default model (v6.12, Radix, 4 CPUs), v6.12 on Hash (whose boot draws no random
+number, so every boot after the second is a copy) and, with ``--only``, some mistakes'
+models (v6.12, Radix), runs the fuzzer's campaign at its defaults (no shrinking) for a fixed number
 of examples, once with the boot cache off and once on, alternately per seed, and
 reports the process CPU time of each (the machine is shared: CPU time, best of the
 alternation, is the least noisy figure), the examples per CPU second, the ratio,
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", default=None)
     opts = ap.parse_args(argv)
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}; load {os.getloadavg()[0]:.2f}", flush=True)
-    models = [("default", model_for())] + [
+    models = [("default", model_for()), ("v6.12 hash", model_for(mmu="hash"))] + [
         (m, model_for(plugins=[f"fuzzer_plugins.mistakes.{m}"])) for m in opts.only]
     results = [measure(name, model, opts.seeds, opts.examples) for name, model in models]
     print("| model | examples | cache off: examples/CPU s | cache on | speed-up |")
