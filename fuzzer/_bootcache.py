@@ -40,6 +40,7 @@ import io
 import pickle
 import random
 import sys
+import threading
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -100,10 +101,12 @@ class Boot:
 
 
 _MODELS: collections.OrderedDict[int, ModelCache] = collections.OrderedDict()
+_LOCK = threading.RLock()
 
 
 def clear() -> None:
-    _MODELS.clear()
+    with _LOCK:
+        _MODELS.clear()
 
 
 def key(m: Machine, seed: int, draws: tuple[int, ...]) -> Boot | None:
@@ -125,25 +128,32 @@ def _cache(m: Machine) -> ModelCache:
 
 def restore(m: Machine, boot: Boot) -> bool:
     """Load ``boot`` into the fresh machine ``m`` if it is kept; True if it was."""
-    mc = _cache(m)
-    if mc.usable is False:
+    with _LOCK:
+        entry, drawn = _find(_cache(m), boot)
+    if entry is None:
         return False
-    entry = mc.entries.get(boot.exact())
-    if entry is not None:
-        mc.entries.move_to_end(boot.exact())
-        _load(m, entry)
-        return True
-    for k in sorted(mc.prefixes):
-        entry = mc.entries.get(boot.drawn(k)) if k <= len(boot.draws) else None
+    _load(m, entry)
+    if drawn is not None:
+        # The same boot but for the step's seed and the draws it did not make.
+        m.steps[0] = attrs.evolve(m.steps[0], seed=boot.seed, draws=boot.draws)
+        m.rng = random.Random(boot.seed)
+        m.draws = list(boot.draws[drawn:])
+    return True
+
+
+def _find(mc: ModelCache, boot: Boot) -> tuple[Entry | None, int | None]:
+    """The kept copy of ``boot``, and how many draws it consumed when kept by them."""
+    if mc.usable is False:
+        return None, None
+    for k in (None, *sorted(mc.prefixes)):
+        if k is not None and k > len(boot.draws):
+            continue
+        key = boot.exact() if k is None else boot.drawn(k)
+        entry = mc.entries.get(key)
         if entry is not None:
-            mc.entries.move_to_end(boot.drawn(k))
-            _load(m, entry)
-            # The same boot but for the step's seed and the draws it did not make.
-            m.steps[0] = attrs.evolve(m.steps[0], seed=boot.seed, draws=boot.draws)
-            m.rng = random.Random(boot.seed)
-            m.draws = list(boot.draws[k:])
-            return True
-    return False
+            mc.entries.move_to_end(key)
+            return entry, k
+    return None, None
 
 
 def boot_recorded(m: Machine, boot: Boot, entered: frozenset[str]) -> None:
@@ -151,7 +161,11 @@ def boot_recorded(m: Machine, boot: Boot, entered: frozenset[str]) -> None:
 
     A boot that drew nothing from its seed's generator is kept by the draws it consumed,
     whatever its seed: the generator is all the seed makes."""
-    mc = _cache(m)
+    with _LOCK:  # engines on threads (a Dask worker with several) share the cache
+        _recorded(_cache(m), m, boot, entered)
+
+
+def _recorded(mc: ModelCache, m: Machine, boot: Boot, entered: frozenset[str]) -> None:
     if mc.usable is False:
         return
     consumed = len(boot.draws) - len(m.draws)
