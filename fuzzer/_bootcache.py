@@ -13,8 +13,8 @@ v6.1 draw nothing at boot; v6.12 Radix draws its patching address, which a chose
 supplies) is kept by the draws it consumed, and any seed with those draws first loads it,
 with its own generator and the draws left.
 
-What makes a copy the same machine (checked once per model against the real boot, with
-:func:`fuzzer._snapshot.snapshot`, and never used for a model where it is not):
+What makes a copy the same machine (each copy kept is checked against the real boot it
+copies, with :func:`fuzzer._snapshot.snapshot`; the cache is off for a model where one is not):
 
 * everything the boot can change is in the machine's ``__dict__`` (CPUs, memory, every mm,
   the kernel's and the plugins' state, the random generator, the step count, the kernel log,
@@ -178,7 +178,7 @@ def _recorded(mc: ModelCache, m: Machine, boot: Boot, entered: frozenset[str]) -
         mc.entries[k] = None
     elif mc.entries[k] is None:
         entry = _dump(m, entered)
-        if entry is None or (mc.usable is None and not _same(m, entry)):
+        if entry is None or not _same(m, entry):  # every copy kept is checked (few are)
             mc.usable = False
             mc.entries.clear()
             return
