@@ -233,8 +233,8 @@ def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
 _LOCAL_ALIAS_FLUSH_LINES = (
     "linux-source-6.1 (6.1.192): code-patching.c:169 (__do_patch_instruction's"
     " pte_clear(&init_mm)); asm/book3s/64/hash.h:177; book3s64/hash_tlb.c:104;"
-    " asm/tlb.h:58-63 (mm_is_thread_local); book3s/64/tlbflush-hash.h:113-116 (empty"
-    " flush_tlb_kernel_range); mm/mmu_context.c:49-51 (switch_mm_irqs_off sets the bit and"
+    " asm/tlb.h:58-63 (mm_is_thread_local); asm/book3s/64/tlbflush-hash.h:113-116 (empty"
+    " flush_tlb_kernel_range); arch/powerpc/mm/mmu_context.c:49-51 (switch_mm_irqs_off sets the bit and"
     " active_cpus); kernel/sched/core.c:9235 (idle_task_exit); kernel/cpu.c:1032-1042"
     " (clear_tasks_mm_cpumask skips init_mm). Not observed on a real boot: it rests on"
     " another CPU speculatively loading the alias's translation, which the Power ISA permits"
