@@ -193,7 +193,7 @@ def _build_model(spec: CampaignSpec) -> Model:
     pm = FuzzerPluginManager()
     pm.load(list(settings.plugins))
     pm.call("fuzzer_configure", config=settings.run)
-    return Model.build(pm, settings.run)
+    return Model.build(pm, settings.run).searching(spec.known)
 
 
 def prepare_worker(spec: CampaignSpec) -> bytes:
