@@ -613,9 +613,10 @@ class Machine:
                         f" ({'known, ' if sig in self.model.warn_past else ''}not panic_on_warn:"
                         f" the kernel goes on)")
 
-    def warned_past(self) -> set[Signature]:
-        """The known findings' signatures this example printed a WARNING for and went on."""
-        return {w.signature for w in self.warnings if w.signature in self.model.warn_past}
+    def warned_past(self) -> list[Signature]:
+        """The known findings' signatures this example printed a WARNING for and went on
+        from, each once, in the order it first printed them."""
+        return list(dict.fromkeys(w.signature for w in self.warnings if w.signature in self.model.warn_past))
 
     def _fail(self, failure: KernelFailure, cpu: Cpu) -> None:
         self._annotate(failure, cpu, list(cpu.trace()))

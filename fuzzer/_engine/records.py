@@ -183,7 +183,7 @@ class Stats:
 
     def note_warned(self, signatures: Iterable[Signature]) -> None:
         """An example printed these known findings' WARNINGs and went on (each counted once)."""
-        for sig in set(signatures):
+        for sig in dict.fromkeys(signatures):
             self.warned_seen[sig] = self.warned_seen.get(sig, 0) + 1
 
     def note_failure(self, caught: Caught, *, known: bool = False) -> None:
