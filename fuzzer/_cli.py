@@ -252,8 +252,8 @@ def _add_campaign_options(run: argparse.ArgumentParser) -> None:
                      help="report known findings (failures of unmodified kernels that plugins"
                      " declare) as ordinary findings: stop, shrink, report, save; by default they"
                      " are counted and the search goes on. With MATCH, only those whose signature"
-                     " or title contains it (e.g. smp.c:1634): the others are still counted and"
-                     " gone past, so a failure behind them is reported")
+                     " contains it (e.g. smp.c:1634): the others are still counted and gone past,"
+                     " so a failure behind them is reported")
 
 
 def _add_output_options(run: argparse.ArgumentParser) -> None:

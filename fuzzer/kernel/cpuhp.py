@@ -138,7 +138,8 @@ def start_secondary(cpu: Cpu) -> Gen:
     accounting on, ``VM_WARN_ON`` that init_mm's cpumask does not have the CPU yet (:1634:
     not ``_ONCE``, every online that finds it set warns; the kernel goes on), then set it
     (:1635). The model runs it in the bring-up's activation, without an interleaving point
-    of its own (the control side waits for the AP to come up)."""
+    of its own (the control side waits for the AP to come up). On other architectures
+    only the idle task's and the CPU's mm are set."""
     yield from ()
     m = cpu.m
     cpu.idle_task.active_mm = m.init_mm
