@@ -248,10 +248,12 @@ def _add_campaign_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--no-interleave", dest="interleave", action="store_false",
                      help="no interleaving feedback: do not keep examples in which two CPUs'"
                      " routines first met in a new order, nor replay them rescheduled")
-    run.add_argument("--report-known", action="store_true",
+    run.add_argument("--report-known", nargs="?", const="", default=None, metavar="MATCH",
                      help="report known findings (failures of unmodified kernels that plugins"
                      " declare) as ordinary findings: stop, shrink, report, save; by default they"
-                     " are counted and the search goes on")
+                     " are counted and the search goes on. With MATCH, only those whose signature"
+                     " contains it (e.g. smp.c:1634): the others are still counted and gone past,"
+                     " so a failure behind them is reported")
 
 
 def _add_output_options(run: argparse.ArgumentParser) -> None:
@@ -318,7 +320,8 @@ def settings_from_args(pm: FuzzerPluginManager, args: argparse.Namespace,
         guide=args.guide, cpu_scheduler=args.cpu_scheduler, interleave=args.interleave,
         workers=args.workers, report_json=args.report_json, stats=args.stats,
         stats_plot=args.stats_plot, coverage=args.coverage, coverage_dir=args.coverage_dir,
-        report_known=args.report_known, scheduler=args.scheduler,
+        report_known=args.report_known is not None, report_known_match=args.report_known or "",
+        scheduler=args.scheduler,
     )
 
 
@@ -340,7 +343,7 @@ def cmd_check(pm: FuzzerPluginManager, args: argparse.Namespace, out: TextIO, er
     else:
         raise UsageError("check: give the operations (CPU:OP(ARG=VALUE,...)) or --scenario FILE")
     run = run_config(pm, kernel=args.kernel, mmu=args.mmu, config=args.config, cpus=args.cpus)
-    model = Model.build(pm, run)
+    model = Model.build(pm, run).searching(())  # check knows no known findings: every WARN ends a schedule
     rule("bounded exhaustive check starts", out)
     out.write(f"kernel: {run.kernel}, mmu: {run.mmu}, cpus: {run.cpus};"
               f" at most {args.preemptions} preemption(s); pruning: {args.prune}\n")
@@ -383,11 +386,14 @@ class _RunError(Exception):
 def cmd_run(pm: FuzzerPluginManager, settings: Settings, out: TextIO, err: TextIO) -> int:
     """``run``: a session whose outputs are the lifecycle hooks' built-in plugins."""
     cluster_module = _cluster_module(settings) if settings.on_cluster else None
-    model = Model.build(pm, settings.run)
+    known = pm.known_findings(settings.run)
+    # The machines go on after exactly the WARNINGs the search counts (none: --report-known).
+    model = Model.build(pm, settings.run).searching(
+        k.signature for k in known if not settings.reports(k))
     database: Any = settings.database
     if database is not None and is_redis(database):
         database = open_database(database)  # an unreachable server is a usage error, now
-    session = Session(settings, model, pm, out, err, known=pm.known_findings(settings.run))
+    session = Session(settings, model, pm, out, err, known=known)
     with contextlib.ExitStack() as stack:
         spec = None
         if cluster_module is not None:  # reached (or started) before the header names it
@@ -412,7 +418,7 @@ def cmd_run(pm: FuzzerPluginManager, settings: Settings, out: TextIO, err: TextI
 
 def _known(session: Session) -> tuple[Signature, ...]:
     """The known findings' signatures the search counts and goes past (none: --report-known)."""
-    return () if session.settings.report_known else tuple(k.signature for k in session.known)
+    return tuple(k.signature for k in session.known if not session.settings.reports(k))
 
 
 def _cluster_module(settings: Settings) -> Any:

@@ -178,8 +178,9 @@ _MODELS_LOCK = threading.Lock()
 
 def worker_model(spec: CampaignSpec) -> Model:
     """The model ``spec`` describes, built once per worker process: the settings' plugins
-    loaded, every plugin's ``fuzzer_configure`` run on the settings' configuration."""
-    key = repr((spec.settings.plugins, spec.settings.run))
+    loaded, every plugin's ``fuzzer_configure`` run on the settings' configuration, going
+    on after the known findings' WARNINGs the campaign counts (:meth:`Model.searching`)."""
+    key = repr((spec.settings.plugins, spec.settings.run, sorted(map(str, spec.known))))
     with _MODELS_LOCK:
         if key not in _MODELS:
             _MODELS[key] = _build_model(spec)
@@ -193,7 +194,7 @@ def _build_model(spec: CampaignSpec) -> Model:
     pm = FuzzerPluginManager()
     pm.load(list(settings.plugins))
     pm.call("fuzzer_configure", config=settings.run)
-    return Model.build(pm, settings.run)
+    return Model.build(pm, settings.run).searching(spec.known)
 
 
 def prepare_worker(spec: CampaignSpec) -> bytes:

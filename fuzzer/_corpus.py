@@ -21,13 +21,19 @@ Format, ``"schema": 1`` (fields in this order; ``fixed_by`` optional)::
       "options": {"kprobe_sites": null},
       "expect": {"kind": "BUG", "function": "assert_pte_locked",
                  "location": "arch/powerpc/mm/pgtable.c:333"},
+      "warned": [],
       "steps": [
         {"action": "boot", "seed": 0}
       ]
     }
 
 ``expect`` is ``"clean"`` for a reproduction that must run without a kernel
-failure. A change to the format that old readers would misread bumps
+failure. ``warned`` (optional, written when not empty) lists, in order, the
+WARNINGs the steps print and the kernel goes on from before that outcome
+(``options.panic_on_warn``); a replay goes on after exactly those and must
+print them again. An entry whose ``options`` have no ``panic_on_warn`` was
+written before the option existed, when every WARNING ended a run: it
+replays with ``panic_on_warn`` ``"1"``. A change to the format that old readers would misread bumps
 ``schema``; a reader refuses versions it does not know.
 """
 
@@ -56,8 +62,8 @@ SCHEMA = 1
 DEFAULT_DIR = "corpus"
 #: Top-level fields, in the order they are written.
 FIELDS = ("schema", "title", "fixed_by", "kernel", "mmu", "cpus", "plugins", "config", "options",
-          "expect", "steps")
-_OPTIONAL = ("fixed_by",)
+          "expect", "warned", "steps")
+_OPTIONAL = ("fixed_by", "warned")
 #: Fields that describe an entry to people; they do not make it a different reproduction.
 _DESCRIPTIVE = ("title", "fixed_by")
 _WHOLE = "<document>"
@@ -97,6 +103,9 @@ class Entry:
     """The exact step sequence, replayed without Hypothesis."""
     fixed_by: str | None = None
     """The commit that fixes the bug, where known."""
+    warned: tuple[Signature, ...] = attrs.field(default=(), converter=lambda s: _signatures(s))
+    """The WARNINGs the steps print, in order, that the kernel goes on from before the
+    expected outcome (known findings under ``--panic-on-warn``)."""
     path: Path | None = attrs.field(default=None, eq=False)
     """The file it was loaded from or saved to (not part of the entry)."""
 
@@ -120,6 +129,7 @@ class Entry:
             kernel=kernel, mmu=mmu, cpus=cpus, plugins=tuple(plugins), config=config,
             options={k: _plain(v) for k, v in options.items()},
             expect=failure.signature if failure is not None else None, steps=tuple(steps),
+            warned=tuple(w.signature for w in failure.warned) if failure is not None else (),
         )
 
     @property
@@ -144,6 +154,9 @@ class Entry:
         else:
             out["expect"] = {"kind": self.expect.kind, "function": self.expect.function,
                              "location": self.expect.location}
+        if self.warned:
+            out["warned"] = [{"kind": w.kind, "function": w.function, "location": w.location}
+                             for w in self.warned]
         out["steps"] = [s.to_json() for s in self.steps]
         return out
 
@@ -220,10 +233,11 @@ class Entry:
                 raise bad(f"config.{key}", f"expected true/false, a number or a string, not {_kind(value)}")
         options = _options(data["options"], bad)
         expect = _expectation(data["expect"], bad)
+        warned = _warned(data.get("warned", []), bad)
         steps = _steps(data["steps"], cpus, bad)
         return cls(title=title, kernel=kernel, mmu=mmu, cpus=cpus, plugins=tuple(plugins),
                    config=config, options=options, expect=expect, steps=tuple(steps),
-                   fixed_by=fixed_by, path=Path(file))
+                   fixed_by=fixed_by, warned=tuple(warned), path=Path(file))
 
 
 def _options(options: Any, bad: Any) -> dict[str, Any]:
@@ -233,6 +247,18 @@ def _options(options: Any, bad: Any) -> dict[str, Any]:
         if value is not None and not isinstance(value, bool | int | float | str):
             raise bad(f"options.{key}", f"expected a plain value, not {_kind(value)}")
     return options
+
+
+def _warned(raw_warned: Any, bad: Any) -> list[Signature]:
+    if not isinstance(raw_warned, list):
+        raise bad("warned", f"expected a list of WARNING signatures, not {_kind(raw_warned)}")
+    warned = []
+    for i, raw in enumerate(raw_warned):
+        sig = _expectation(raw, lambda f, p, i=i: bad(f.replace("expect", f"warned[{i}]", 1), p))
+        if sig is None or sig.kind != "WARNING":
+            raise bad(f"warned[{i}]", "expected a WARNING's kind, function and location")
+        warned.append(sig)
+    return warned
 
 
 def _steps(raw_steps: Any, cpus: int, bad: Any) -> list[Step]:
@@ -349,6 +375,10 @@ def save(entry: Entry, directory: str | os.PathLike[str]) -> Saved:
 
 def _step_tuple(steps: Iterable[Step]) -> tuple[Step, ...]:
     return tuple(steps)
+
+
+def _signatures(sigs: Iterable[Signature]) -> tuple[Signature, ...]:
+    return tuple(sigs)
 
 
 def _plain(value: Any) -> Any:

@@ -89,6 +89,9 @@ class KernelFailure(Exception):
         self.step_index: int | None = None
         self.trace: tuple[Frame, ...] = ()
         self.context: dict[str, Any] = {}
+        self.warned: tuple[KernelWarning, ...] = ()
+        """The WARNINGs the kernel printed and went on from before this failure, in order
+        (``panic_on_warn`` not set for them: see :meth:`fuzzer.Machine.warn`)."""
 
     @property
     def signature(self) -> Signature:
@@ -107,7 +110,13 @@ class KernelBug(KernelFailure):
 
 
 class KernelWarning(KernelFailure):
-    """A modelled ``WARN_ON()``: fuzzing campaigns run with panic_on_warn."""
+    """A modelled ``WARN_ON()``.
+
+    Raised, it ends the example as ``panic_on_warn`` would. Given to
+    :meth:`fuzzer.Machine.warn` (:func:`fuzzer.kernel.warn`) instead, the run's
+    ``--panic-on-warn`` decides: end the example, or print it and let the code
+    go on, as the kernel does without panic_on_warn (known findings by default).
+    """
 
     kind = "WARNING"
 

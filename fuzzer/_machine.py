@@ -10,9 +10,10 @@ callable that returns True while it is still blocked (``yield lock.busy``).
 from __future__ import annotations
 
 import random
+import sys
 import traceback
 from collections.abc import Callable, Generator, Iterable
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,14 +25,21 @@ from fuzzer._errors import (
     Frame,
     InvariantViolation,
     KernelFailure,
+    KernelWarning,
     Livelock,
     ModelLimitation,
     PluginError,
+    Signature,
 )
 from fuzzer._mm import MM, PTLOCK_CLASS, Geometry, Prot, Pte, PtePage, SpinLock, Table
 from fuzzer._oops import oops_of
 from fuzzer._routines import frame_of_code
 from fuzzer._steps import Step
+
+#: ``--panic-on-warn``'s values (:meth:`Machine.warn`), the default first: known findings'
+#: WARNs do not end an example, so they cannot hide what comes after them.
+PANIC_ON_WARN = ("known", "1", "0")
+PANIC_ON_WARN_DEFAULT = PANIC_ON_WARN[0]
 
 if TYPE_CHECKING:
     from fuzzer._mmu import Mmu
@@ -266,6 +274,8 @@ class Machine:
         ``cpu_hotplug_lock``) and plugins' own state (see :meth:`attach`)."""
         self.log: list[str] = []
         self.failure: KernelFailure | None = None
+        self.warnings: list[KernelWarning] = []  # printed, and the kernel went on (see warn)
+        self._warned_once: set[tuple[str, str]] = set()
         self.cpus = [Cpu(self, n) for n in range(model.run.cpus)]
         self.mmu: Mmu = model.mmu.factory(self)
         self.geometry: Geometry = self.mmu.geometry(model.run.page_shift)
@@ -564,14 +574,62 @@ class Machine:
             act.on_done(value)
 
     def _annotate(self, failure: KernelFailure, cpu: Cpu, frames: list[Frame]) -> None:
-        failure.cpu = cpu.n
-        failure.task = f"PID: {cpu.current.pid} Comm: {cpu.current.comm}"
+        if failure.task is None:  # else annotated where it fired (Machine.warn)
+            failure.cpu = cpu.n
+            failure.task = f"PID: {cpu.current.pid} Comm: {cpu.current.comm}"
         failure.step_index = len(self.steps)
         if not failure.trace:
             failure.trace = tuple(frames)
         failure.context.setdefault("irqs_enabled", cpu.irqs_enabled)
         failure.context.setdefault("in_interrupt", cpu.in_interrupt())
+        if failure not in self.warnings:
+            failure.warned = tuple(self.warnings)
         self.failure = failure
+
+    def warn(self, cpu: Cpu, warning: KernelWarning, *, once: bool = True) -> None:
+        """A ``WARN`` on ``cpu``, from modelled kernel code: end the example, or print it and
+        return so the code goes on, as the run's ``--panic-on-warn`` says.
+
+        ``__warn()`` (kernel/panic.c:773-801, v6.12; the same in v6.1) prints the
+        report, then ``check_panic_on_warn()`` (:291) panics when ``panic_on_warn``
+        is set; else the caller goes on. ``once``: a ``WARN_ON_ONCE`` /
+        ``VM_WARN_ON_ONCE``, which ``report_bug()`` (lib/bug.c:175-185) prints once per
+        boot per site (``BUGFLAG_ONCE``/``BUGFLAG_DONE``); a plain ``WARN_ON``/``VM_WARN_ON``
+        prints every time. ``1``: every WARN ends the example (syzkaller's setting);
+        ``known``: a known finding's WARN (:attr:`fuzzer.Model.warn_past`) is printed
+        and the code goes on, any other ends the example; ``0``: every WARN is
+        printed and the code goes on, and the first that is not known is the
+        example's finding when it ends (:meth:`check_end_state`) unless another
+        failure ends it first.
+        """
+        site = (warning.function, warning.at)
+        if once and site in self._warned_once:
+            return
+        frames: list[Frame] = []
+        f: FrameType | None = sys._getframe(1)
+        while f is not None and f.f_code is not _ADVANCE:
+            frame = frame_of_code(f.f_code)
+            if frame is not None:
+                frames.append(frame)
+            f = f.f_back
+        self._annotate(warning, cpu, frames + _below(cpu))
+        self.failure = None
+        sig = warning.signature
+        panic = str(self.run.option("panic_on_warn", PANIC_ON_WARN_DEFAULT))
+        if panic == "1" or (panic == "known" and sig not in self.model.warn_past):
+            raise warning  # the caller's activation dies here (panic): the example ends
+        if once:
+            self._warned_once.add(site)
+        self.warnings.append(warning)
+        pid = cpu.current.pid
+        self.log.append(f"WARNING: CPU: {cpu.n} PID: {pid} at {warning.at} {sig.function}"
+                        f" ({'known, ' if sig in self.model.warn_past else ''}not panic_on_warn:"
+                        f" the kernel goes on)")
+
+    def warned_past(self) -> list[Signature]:
+        """The known findings' signatures this example printed a WARNING for and went on
+        from, each once, in the order it first printed them."""
+        return list(dict.fromkeys(w.signature for w in self.warnings if w.signature in self.model.warn_past))
 
     def _fail(self, failure: KernelFailure, cpu: Cpu) -> None:
         self._annotate(failure, cpu, list(cpu.trace()))
@@ -840,6 +898,12 @@ class Machine:
         same as ending the example there: a failure found so replays, from the
         steps so far, at :meth:`finish`.
         """
+        for i, warning in enumerate(self.warnings):
+            if warning.signature not in self.model.warn_past:  # printed under panic_on_warn=0
+                warning.warned = tuple(self.warnings[:i])
+                warning.step_index = len(self.steps)
+                self.failure = warning
+                raise warning
         for check in self._end_checks:
             try:
                 msg = check.check(self)
@@ -848,8 +912,13 @@ class Machine:
             if msg is not None:
                 failure = EndStateViolation(check.name, msg)
                 failure.step_index = len(self.steps)
+                failure.warned = tuple(self.warnings)
                 self.failure = failure
                 raise failure
+
+
+#: Where :meth:`Machine.warn` stops walking the Python stack: the CPU's activations start there.
+_ADVANCE = Machine.advance.__code__
 
 
 def _below(cpu: Cpu) -> list[Frame]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer._config import KernelVersion, RunConfig, VersionChain
-from fuzzer._errors import UsageError
+from fuzzer._errors import KernelWarning, Signature, UsageError
 from fuzzer._routines import RoutineInfo, RoutineTable, resolve
 from fuzzer._specs import Initcall, InterruptSource, Invariant, MmuSpec, Operation
 
@@ -42,10 +42,20 @@ class Model:
     machine_setup_plugins: tuple[str, ...]
     """The plugins whose ``fuzzer_machine_setup`` a machine runs."""
     plugin_modules: dict[str, str] = attrs.Factory(dict)
+    """Module name -> plugin name, to attribute a Python exception to a plugin."""
     known: tuple[KnownFinding, ...] = ()
     """The known findings plugins declare for this kernel (``fuzzer_known_findings``):
     ``run`` and :func:`fuzzer.testing.search` count them and search past them by default."""
-    """Module name -> plugin name, to attribute a Python exception to a plugin."""
+    warn_past: frozenset[Signature] = frozenset()
+    """The WARNINGs a machine prints and goes on from under ``--panic-on-warn=known``
+    (:meth:`fuzzer.Machine.warn`): by default the known findings' WARNINGs; a campaign's
+    own known set (:meth:`searching`), or a corpus entry's recorded ones, when given."""
+
+    def searching(self, known: Iterable[Signature]) -> Model:
+        """This model for a search that counts ``known`` and goes past them: its machines
+        go on after exactly those WARNINGs (none with ``--report-known``)."""
+        warn_past = frozenset(s for s in known if s.kind == KernelWarning.kind)
+        return self if warn_past == self.warn_past else attrs.evolve(self, warn_past=warn_past)
 
     def operation(self, name: str) -> Operation:
         for op in self.operations:
@@ -130,7 +140,8 @@ class Model:
             machine_setup=_setup_call(pm, setup_caller) if setup_plugins else None,
             machine_setup_plugins=setup_plugins,
             plugin_modules=pm.plugin_modules(),
-            known=pm.known_findings(run),
+            known=(known := pm.known_findings(run)),
+            warn_past=frozenset(k.signature for k in known if k.signature.kind == KernelWarning.kind),
         )
 
 

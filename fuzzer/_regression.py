@@ -31,17 +31,28 @@ class Replayed:
     """The entry's expectation, or None ("clean") with ``--expect-clean``."""
     failure: Finding | None
     """The kernel failure the steps gave, or None."""
+    warned: tuple[Signature, ...] = ()
+    """The WARNINGs the steps printed and went on from before that outcome."""
 
     @property
     def actual(self) -> Signature | None:
         return self.failure.signature if self.failure is not None else None
 
     @property
+    def expected_warned(self) -> tuple[Signature, ...]:
+        """The WARNINGs expected before the outcome: the entry's, none with ``--expect-clean``."""
+        return () if self.expected is None and self.entry.expect is not None else self.entry.warned
+
+    @property
     def ok(self) -> bool:
-        return self.actual == self.expected
+        return self.actual == self.expected and self.warned == self.expected_warned
 
     def outcome(self) -> str:
-        return str(self.actual) if self.actual is not None else "clean"
+        out = str(self.actual) if self.actual is not None else "clean"
+        if self.warned != self.expected_warned:
+            out += (f" after {'; '.join(map(str, self.warned)) or 'no WARNING'} (expected:"
+                    f" {'; '.join(map(str, self.expected_warned)) or 'none'})")
+        return out
 
     def describe_mismatch(self) -> str:
         """The failure section: expected and actual, and the report or the steps."""
@@ -94,9 +105,11 @@ def entry_settings(pm: FuzzerPluginManager, entry: Entry, *, kernel: str | None 
         if key not in dests:
             raise CorpusError(file, f"options.{key}", f"unknown plugin option; the loaded plugins'"
                               f" options: {', '.join(dests) or 'none'}")
+    # Written before --panic-on-warn existed, when every WARNING ended a run.
+    options = {"panic_on_warn": "1", **entry.options}
     try:
         return build_settings(pm, kernel=kernel, mmu=entry.mmu, config=assignments, cpus=entry.cpus,
-                              options=entry.options, seed=0, corpus=None,
+                              options=options, seed=0, corpus=None,
                               plugins=(*entry.plugins, *plugins))
     except CorpusError:
         raise
@@ -119,10 +132,13 @@ def replay_entry(entry: Entry, *, kernel: str | None = None, expect_clean: bool 
     except UsageError as exc:
         raise CorpusError(file, "plugins", str(exc)) from None
     settings = entry_settings(pm, entry, kernel=kernel, plugins=plugins)
-    model = Model.build(pm, settings.run)
+    # It goes on after exactly the WARNINGs it recorded, whatever is declared known today.
+    model = Model.build(pm, settings.run).searching(entry.warned)
     try:
-        _, failure = replay(model, entry.steps)
+        m, failure = replay(model, entry.steps)
     except (ValueError, UsageError) as exc:  # a step this model cannot take
         raise CorpusError(file, "steps", str(exc)) from None
     assert failure is None or isinstance(failure, Finding)
-    return Replayed(entry, model, None if expect_clean else entry.expect, failure)
+    warned = (tuple(w.signature for w in failure.warned) if failure is not None
+              else tuple(w.signature for w in m.warnings) if m is not None else ())
+    return Replayed(entry, model, None if expect_clean else entry.expect, failure, warned)

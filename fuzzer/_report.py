@@ -39,24 +39,49 @@ def format_trace(failure: Finding) -> list[str]:
 
 
 def format_failure(failure: Finding, model: Model, steps: Sequence[Step]) -> str:
-    """The oops a kernel would print, then the kernel, config and minimal reproduction."""
+    """The oops a kernel would print (after the WARNINGs it printed and went on from, as its
+    log shows them), then the kernel, config and minimal reproduction."""
+    run = model.run
+    out: list[str] = []
+    for i, warning in enumerate(failure.warned):
+        out += _oops(warning, model, tainted=i > 0)
+    out += _oops(failure, model, tainted=bool(failure.warned))
+    out.append("")
+    out.append(f"Kernel: {run.kernel} ({model.version.description})")
+    out.append(f"MMU: {model.mmu.name}    CPUs: {run.cpus}")
+    out.append(f"Config: {run.config.describe()}")
+    if failure.warned:
+        out.append(f"Panic on warn: {run.option('panic_on_warn')} (the kernel went on after"
+                   f" {len(failure.warned)} WARNING{'s' if len(failure.warned) != 1 else ''} above)")
+    out.append(f"Signature: {failure.signature}")
+    out.append("")
+    out.append(f"Minimal reproduction ({len(steps)} step{'s' if len(steps) != 1 else ''}):")
+    for i, step in enumerate(steps, 1):
+        out.append(f"  {i}. {step.describe()}")
+    return "\n".join(out)
+
+
+def _oops(failure: Finding, model: Model, *, tainted: bool) -> list[str]:
+    """One report as the kernel prints it, cut line to end trace. ``tainted``: a WARNING
+    came before (``Tainted: G        W``, as ``__warn`` leaves TAINT_WARN)."""
     run = model.run
     out: list[str] = []
     cpu = failure.cpu if failure.cpu is not None else "?"
     task = failure.task or "PID: ? Comm: ?"
+    taint = "Tainted: G        W" if tainted else "Not tainted"
     if failure.kind == "BUG":
         out += [CUT, failure.message, "Oops: Exception in kernel mode, sig: 5 [#1]", _banner(model)]
-        out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
+        out.append(f"CPU: {cpu} {task} {taint} ({run.kernel}, modelled)")
     elif failure.kind == "WARNING":
         fn = failure.signature.function
         out += [CUT, f"WARNING: CPU: {cpu} {task.split(' Comm')[0]} at {failure.at} {fn}", _banner(model)]
-        out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
+        out.append(f"CPU: {cpu} {task} {taint} ({run.kernel}, modelled)")
     elif failure.kind == "OOPS":  # die() from __bad_page_fault: no cut line
         fn = failure.signature.function or "?"
         out += [failure.kuap] if failure.kuap else []
         out += [failure.message, f"Faulting instruction address: in {fn} (modelled)",
                 "Oops: Kernel access of bad area, sig: 11 [#1]", _banner(model)]
-        out.append(f"CPU: {cpu} {task} Not tainted ({run.kernel}, modelled)")
+        out.append(f"CPU: {cpu} {task} {taint} ({run.kernel}, modelled)")
     else:
         out += [CUT, failure.message, _banner(model)]
         out.append(f"CPU: {cpu} {task} ({run.kernel}, modelled)")
@@ -71,16 +96,7 @@ def format_failure(failure: Finding, model: Model, steps: Sequence[Step]) -> str
         )
     out += format_trace(failure)
     out.append("---[ end trace 0000000000000000 ]---")
-    out.append("")
-    out.append(f"Kernel: {run.kernel} ({model.version.description})")
-    out.append(f"MMU: {model.mmu.name}    CPUs: {run.cpus}")
-    out.append(f"Config: {run.config.describe()}")
-    out.append(f"Signature: {failure.signature}")
-    out.append("")
-    out.append(f"Minimal reproduction ({len(steps)} step{'s' if len(steps) != 1 else ''}):")
-    for i, step in enumerate(steps, 1):
-        out.append(f"  {i}. {step.describe()}")
-    return "\n".join(out)
+    return out
 
 
 def failure_json(failure: Finding, model: Model, steps: Sequence[Step]) -> dict[str, Any]:
@@ -101,6 +117,9 @@ def failure_json(failure: Finding, model: Model, steps: Sequence[Step]) -> dict[
         "mmu": run.mmu,
         "cpus": run.cpus,
         "config": {k: v for k, v in run.config.values.items()},
+        "warned": [{"message": w.message, "signature": {"kind": w.signature.kind,
+                    "function": w.signature.function, "location": w.signature.location},
+                    "cpu": w.cpu, "task": w.task} for w in failure.warned],
         "steps": [s.to_json() for s in steps],
         "text": format_failure(failure, model, steps),
     }

@@ -55,9 +55,10 @@ class Terminal:
         self.last = now
         rate = stats.emulated_steps / elapsed if elapsed else 0.0
         known = sum(stats.known_seen.values())
+        met = known + sum(stats.warned_seen.values())  # a known WARNING the example went past
         line = (f"[{elapsed:6.1f}s] {stats.examples:,} examples, {stats.emulated_steps:,} steps"
                 f" ({rate:,.0f} steps/s), {stats.failures_seen - known} failing"
-                + (f", {known} known" if known else "")
+                + (f", {met} known" if met else "")
                 + (f", {stats.pairs} interleavings" if stats.pairs else ""))
         self.stream.write("\r" + line + "\x1b[K" if self.tty else line + "\n")
         self.stream.flush()
@@ -125,7 +126,7 @@ def header(session: Session) -> list[str]:
     if overrides:
         lines.append(f"routines replaced by plugins: {', '.join(overrides)}")
     for known in session.known:
-        how = "reported (--report-known)" if settings.report_known else "counted, the search goes on"
+        how = "reported (--report-known)" if settings.reports(known) else "counted, the search goes on"
         lines.append(f"known finding: {known.title} [{known.signature}] -- {how}")
     lines += [line for result in pm.call("fuzzer_report_header", config=run) for line in result]
     return lines
@@ -137,7 +138,7 @@ def summarize(session: Session, outcome: Outcome) -> None:
     for note in session.notes:
         out.write(f"{note}\n")
     titles = {k.signature: k.title for k in session.known}
-    seen = outcome.stats.known_seen
+    seen = outcome.stats.known_met
     if seen:
         what = "; ".join(f"{titles.get(sig, str(sig))} ({n} example{'s' if n != 1 else ''})"
                          for sig, n in seen.items())

@@ -79,6 +79,14 @@ class Settings:
     coverage_dir: str = DEFAULT_COVERAGE_DIR
     report_known: bool = False
     """Report known findings as ordinary ones (stop, shrink, report, save)."""
+    report_known_match: str = ""
+    """With :attr:`report_known`: only those whose signature (``WARNING in start_secondary
+    at arch/powerpc/kernel/smp.c:1634``) contains it."""
+
+    def reports(self, known: Any) -> bool:
+        """Whether the known finding ``known`` is reported as an ordinary finding."""
+        match = self.report_known_match
+        return self.report_known and (not match or match in str(known.signature))
 
     @property
     def on_cluster(self) -> bool:

@@ -108,7 +108,7 @@ def state_machine(model: Model, *, report_known: bool = False) -> type[RuleBased
     raises them like any other failure.
     """
     known = frozenset() if report_known else frozenset(k.signature for k in model.known)
-    return state_machine_class(model, Channel(notes=True, known=known))
+    return state_machine_class(model.searching(known), Channel(notes=True, known=known))
 
 
 def boot_steps(seed: int = 0) -> list[Step]:

@@ -15,10 +15,11 @@ import json
 
 import pytest
 
-from fuzzer import KernelWarning, Signature, Step
+from fuzzer import Signature, Step
 from fuzzer._cli import main
 from fuzzer.kernel import pgalloc, rcu
 from fuzzer.kernel.known import known_findings
+from fuzzer.testing import make_model as _make_model
 from fuzzer.testing import plugin_module
 
 from modelkit import boot_steps, make_model, replay, search
@@ -29,6 +30,7 @@ REAL_WARN_CHAIN = ["switch_mm_irqs_off", "idle_task_exit", "pnv_cpu_offline_self
 LEAK = ("END-STATE", "page-table memory freed")
 WARN_106 = ("WARNING", "switch_mm_irqs_off", "arch/powerpc/mm/mmu_context.c:106")
 WARN_51 = ("WARNING", "switch_mm_irqs_off", "arch/powerpc/mm/mmu_context.c:51")
+WARN_1634 = ("WARNING", "start_secondary", "arch/powerpc/kernel/smp.c:1634")
 
 
 #: After an offline: the dying CPU to its death, then the control side (__cpu_die,
@@ -196,12 +198,13 @@ def test_lazy_mm_survives_to_the_idle_task_exit():
 
 def test_known_findings_match_the_corpus():
     sigs = {(f.signature.kind, f.signature.function, f.signature.location): f for f in known_findings()}
-    assert set(sigs) == {(*LEAK, ""), WARN_106, WARN_51}
+    assert set(sigs) == {(*LEAK, ""), WARN_106, WARN_51, WARN_1634}
     assert set(sigs[(*LEAK, "")].kernels) == {"next-20221215", "v6.2", "v6.12"}
     assert "tlb_finish_mmu" in sigs[(*LEAK, "")].fix
     assert "21641bd9a7a7" in sigs[WARN_106].fix
     assert "21641bd9a7a7" in sigs[WARN_51].fix and set(sigs[WARN_51].kernels) == {"v6.12"}
     assert "6.12.117-cpuhp-200-cycles.log" in sigs[WARN_51].reference
+    assert "21641bd9a7a7" in sigs[WARN_1634].fix and set(sigs[WARN_1634].kernels) == {"v6.12"}
     assert all(f.fixed_in == {"v6.12-fixed"} for f in sigs.values())
 
 
@@ -236,36 +239,72 @@ def test_search_finds_the_init_mm_race_at_612(mmu, seed):
     assert 0 in after  # the control side ran on CPU 0 before CPU 1 got there
 
 
-def test_the_race_gives_the_real_boots_three_warnings_in_order():
-    """One reproduction found by the search: :51 first (CPU 1 missing from init_mm's mask,
-    cleared by the control side); in the same switch_mm_irqs_off, :106 (CPU 1 is missing
-    from the lazy mm it leaves too). The model stops at the first WARN (panic_on_warn), so
-    for the third, the same steps with the VM_WARNs compiled out (DEBUG_VM=n) show what the
-    kernel goes on with: CPU 1 offline but set again in init_mm's mask, which start_secondary's
-    VM_WARN_ON at smp.c:1634 tests at the next online -- and it fires there."""
-    out = search_init_mm_race("v6.12", "radix", 1)
-    steps = out.steps
-    m, failure = replay(make_model("v6.12"), steps)
-    assert failure is not None and failure.signature == Signature(*WARN_51)
-    cpu1 = m.cpus[1]
-    assert 1 not in m.init_mm.cpumask  # __cpu_die cleared it, and the AP finds it so
-    lazy = cpu1.idle_task.active_mm
-    assert lazy is not m.init_mm and 1 not in lazy.cpumask  # :106 next, in the same call
+def search_behind_the_known_warnings(mmu: str, seed: int, max_examples: int = 2000):
+    """The walk from ``seed`` with smp.c:1634 reported and every other known finding counted
+    and gone past: :51 and :106 are printed and the kernel goes on (--panic-on-warn=known)."""
+    model = make_model("v6.12", mmu=mmu)
+    known = [k.signature for k in model.known if k.signature != Signature(*WARN_1634)]
+    out = search(model, seed=seed, max_examples=max_examples, time_budget=0, known=known)
+    return model.searching(known), out
 
-    m, failure = replay(make_model("v6.12", config=["CONFIG_DEBUG_VM=n"]), steps)
-    assert failure is None or failure.signature.function == LEAK[1]  # the leak, at the end
-    assert not m.cpus[1].online and 1 in m.init_mm.cpumask  # set again by switch_mm_irqs_off
 
-    # The next online finds it so: with DEBUG_VM, start_secondary warns at smp.c:1634.
-    m, failure = replay(make_model("v6.12", mmu="hash"), [*cycles(1), Step("online", cpu=1)])
-    assert failure is None and 1 in m.init_mm.cpumask  # a clean cycle: cleared, then set
-    m, failure = replay(make_model("v6.12", mmu="hash"), cycles(1))
-    m.init_mm.cpumask.add(1)  # the state the race leaves (above)
-    m.cpu_up(m.cpus[1])
-    with pytest.raises(KernelWarning) as warn:
-        m.run_to_completion()
-    assert warn.value.at == "arch/powerpc/kernel/smp.c:1634"
-    assert warn.value.function == "start_secondary"
+@pytest.mark.parametrize(("mmu", "seed"), [("radix", 1), ("hash", 1), ("hash", 2)])
+def test_the_search_goes_past_the_known_warnings_to_the_real_boots_third(mmu, seed):
+    """The real boot (no panic_on_warn) printed :51, then :106 in the same switch_mm_irqs_off,
+    then at the next online smp.c:1634 in start_secondary. With the first two known, the walk
+    goes past them and finds the third; shrunk, the reproduction's target is still smp.c:1634
+    (the shrinker cannot stop at an earlier known WARNING: it does not end the example), and
+    its report shows the two before it, in the real boot's order, each with the real chain."""
+    model, out = search_behind_the_known_warnings(mmu, seed)
+    assert out.status == "failed", out
+    f = out.failure
+    assert f.signature == Signature(*WARN_1634)
+    assert [w.signature for w in f.warned] == [Signature(*WARN_51), Signature(*WARN_106)]
+    for w in f.warned:
+        assert [fr.function for fr in w.trace if not fr.inlined] == REAL_WARN_CHAIN
+        assert w.cpu == 1 and "PID: 0 Comm: swapper/1" in w.task
+    assert f.trace[0].function == "start_secondary" and "PID: 0 Comm: swapper/1" in f.task
+    assert f.cpu == 1 and f.context["irqs_enabled"] is False
+    actions = [s.action for s in f.steps]
+    assert actions.count("online") == 2 and "offline" in actions
+    assert actions.index("start") < actions.index("offline")  # a lazy mm on CPU 1
+    _, again = replay(model, f.steps)  # the same model: the same three, the same target
+    assert again is not None and again.signature == f.signature
+    assert [w.signature for w in again.warned] == [w.signature for w in f.warned]
+
+
+def test_the_reproduction_gives_the_real_boots_three_lines_without_panic_on_warn():
+    """The reproduction found above, replayed as the real kernel ran it (--panic-on-warn=0):
+    no finding on Hash (all three are known), and the machine printed exactly the real boot's
+    three WARNINGs in its order; with panic_on_warn=1 (syzkaller's setting) it stops at :51."""
+    _, out = search_behind_the_known_warnings("hash", 1)
+    steps = out.failure.steps
+    m, failure = replay(_make_model("v6.12", mmu="hash", options={"panic_on_warn": "0"}), steps)
+    assert failure is None
+    assert [w.signature for w in m.warnings] == [Signature(*w) for w in (WARN_51, WARN_106, WARN_1634)]
+    assert not m.cpus[1].online or 1 in m.init_mm.cpumask
+    _, failure = replay(_make_model("v6.12", mmu="hash", options={"panic_on_warn": "1"}), steps)
+    assert failure is not None and failure.signature == Signature(*WARN_51) and not failure.warned
+
+
+@pytest.mark.parametrize("kernel", ["v6.12-fixed", "v6.2"])
+def test_without_panic_on_warn_the_fixed_and_older_kernels_print_nothing(kernel):
+    """--panic-on-warn=0 goes on after every WARNING and reports the first unknown one when
+    the example ends: at v6.12-fixed (21641bd9a7a7) and before the checks (v6.2) the search
+    finds none and counts none."""
+    model = _make_model(kernel, mmu="hash", options={"panic_on_warn": "0"})
+    out = search(model, seed=1, max_examples=300, time_budget=0)
+    assert out.status == "passed", out
+    assert not out.stats.warned_seen
+
+
+def test_the_default_search_counts_the_three_and_reports_nothing_at_612():
+    """``run``'s default (every known finding counted and gone past): the walk from a seed
+    meets all three WARNINGs within the budget and reports no failure."""
+    model = make_model("v6.12", mmu="hash")
+    out = search(model, seed=1, max_examples=400, time_budget=0)
+    assert out.status == "passed", out
+    assert {Signature(*w) for w in (WARN_51, WARN_106, WARN_1634)} <= set(out.stats.warned_seen)
 
 
 @pytest.mark.parametrize("mmu", ["radix", "hash"])

@@ -62,7 +62,10 @@ def run_campaign(
     with what it ran (another worker found a failure). ``shrink=False``
     reports the first failure as found (benchmarks measure finding).
     ``known``: signatures of known findings, counted in the statistics when an
-    example fails with one, while the search goes on. ``events``: the
+    example fails with one, while the search goes on; under ``--panic-on-warn`` ``known``
+    (the default) the machines print those that are WARNINGs and go on
+    (:meth:`fuzzer.Model.searching`), so a failure behind one is found, shrunk and
+    verified with the same model. ``events``: the
     lifecycle callbacks (progress, examples, failures). ``scheduler`` and
     ``interleave``: how the walk chooses the CPUs of its run rules, and whether it
     keeps and reschedules examples that bring two routines together in a new order.
@@ -71,7 +74,8 @@ def run_campaign(
         raise UsageError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
     if isinstance(database, str):
         database = DirectoryBasedExampleDatabase(database)
-    search = Search(model=model, stats=Stats(), seed=seed, max_examples=max_examples,
+    known = frozenset(known)
+    search = Search(model=model.searching(known), stats=Stats(), seed=seed, max_examples=max_examples,
                     time_budget=time_budget, database=database, guide=guide, shrink=shrink,
                     scheduler=scheduler, interleave=interleave,
                     should_stop=should_stop, known=frozenset(known),

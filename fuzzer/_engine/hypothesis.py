@@ -221,6 +221,8 @@ def _teardown(sm: Any, recorder: RoutineRecorder, guide: bool) -> None:
                 _guard(sm, m.finish)
     finally:
         channel.stats.count(m.nsteps)
+        if m.warnings:
+            channel.stats.note_warned(m.warned_past())
         entered = recorder.end_example()
         if channel.events.example_finish is not None:
             last = channel.last[1] if channel.last is not None and sm.failed else None

@@ -65,6 +65,9 @@ class Finding:
     details: Mapping[str, Any] = attrs.field(factory=dict)
     """The failure's own fields beyond these (an oops's ``address`` and ``kuap`` line, an
     invariant's ``name``), also readable as attributes: ``finding.address``."""
+    warned: tuple[Finding, ...] = ()
+    """The WARNINGs the kernel printed and went on from before this failure, in order
+    (``--panic-on-warn``): what its log shows above the failure; not part of its signature."""
 
     def __getattr__(self, name: str) -> Any:
         if not name.startswith("_") and name != "details":
@@ -78,12 +81,13 @@ class Finding:
         return cls(kind=exc.kind, message=exc.message, signature=exc.signature, at=exc.at,
                    detail=getattr(exc, "detail", "") or "", cpu=exc.cpu, task=exc.task,
                    trace=tuple(exc.trace), steps=tuple(steps), context=dict(exc.context),
-                   details=_details(exc))
+                   details=_details(exc),
+                   warned=tuple(cls.from_failure(w, ()) for w in exc.warned if w is not exc))
 
 
 #: Attributes every KernelFailure has: the Finding's own fields.
 _COMMON = frozenset({"message", "at", "function", "cpu", "task", "step_index", "trace", "context",
-                     "detail", "args"})
+                     "detail", "args", "warned"})
 
 
 def _details(exc: KernelFailure) -> dict[str, Any]:
@@ -111,6 +115,9 @@ class StatsSnapshot:
     """Modelled routines some example entered."""
     known_seen: Mapping[Signature, int] = attrs.field(factory=dict)
     """Examples that failed with a known finding's signature, by signature."""
+    warned_seen: Mapping[Signature, int] = attrs.field(factory=dict)
+    """Examples that printed a known finding's WARNING and went on (``--panic-on-warn``
+    ``known`` or ``0``), by signature."""
     shrink_runs: int = 0
     shrink_cache_hits: int = 0
     """Shrink candidates answered from the cache instead of being run again."""
@@ -122,15 +129,26 @@ class StatsSnapshot:
     def distinct_failures(self) -> int:
         return len(self.signatures)
 
+    @property
+    def known_met(self) -> dict[Signature, int]:
+        """Examples that met each known finding: failed with it, or warned and went on."""
+        met = dict(self.known_seen)
+        for sig, n in self.warned_seen.items():
+            met[sig] = met.get(sig, 0) + n
+        return met
+
     @classmethod
     def merge(cls, snapshots: Iterable[StatsSnapshot]) -> StatsSnapshot:
         """The sum of several workers' statistics."""
         snaps = list(snapshots)
         known: dict[Signature, int] = {}
+        warned: dict[Signature, int] = {}
         for s in snaps:
             for sig, n in s.known_seen.items():
                 known[sig] = known.get(sig, 0) + n
-        return cls(examples=sum(s.examples for s in snaps),
+            for sig, n in s.warned_seen.items():
+                warned[sig] = warned.get(sig, 0) + n
+        return cls(warned_seen=warned,examples=sum(s.examples for s in snaps),
                    emulated_steps=sum(s.emulated_steps for s in snaps),
                    failures_seen=sum(s.failures_seen for s in snaps),
                    signatures=frozenset().union(*(s.signatures for s in snaps)),
@@ -154,6 +172,7 @@ class Stats:
     signatures: set[Signature] = attrs.Factory(set)
     routines: set[str] = attrs.Factory(set)
     known_seen: dict[Signature, int] = attrs.Factory(dict)
+    warned_seen: dict[Signature, int] = attrs.Factory(dict)
     shrink_runs: int = 0
     shrink_cache_hits: int = 0
     pairs: int = 0
@@ -161,6 +180,11 @@ class Stats:
     def count(self, nsteps: int) -> None:
         self.examples += 1
         self.emulated_steps += nsteps
+
+    def note_warned(self, signatures: Iterable[Signature]) -> None:
+        """An example printed these known findings' WARNINGs and went on (each counted once)."""
+        for sig in dict.fromkeys(signatures):
+            self.warned_seen[sig] = self.warned_seen.get(sig, 0) + 1
 
     def note_failure(self, caught: Caught, *, known: bool = False) -> None:
         """A failing example (counted by :meth:`count` once it ends): tally it; report the
@@ -180,6 +204,7 @@ class Stats:
         return StatsSnapshot(examples=self.examples, emulated_steps=self.emulated_steps,
                              failures_seen=self.failures_seen, signatures=frozenset(self.signatures),
                              routines=frozenset(self.routines), known_seen=dict(self.known_seen),
+                             warned_seen=dict(self.warned_seen),
                              shrink_runs=self.shrink_runs, shrink_cache_hits=self.shrink_cache_hits,
                              pairs=self.pairs)
 

@@ -265,6 +265,8 @@ class WalkEngine:
             if found is not None:
                 stats.note_failure(found, known=known)
             stats.count(m.nsteps if m is not None else 0)
+            if m is not None and m.warnings:
+                stats.note_warned(m.warned_past())
             if walker.interleavings is not None:
                 stats.pairs = len(walker.interleavings.pairs)
             recorder.end_example()

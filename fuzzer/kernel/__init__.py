@@ -20,6 +20,9 @@ on the names exported here:
   asks ``should_fail(cpu, site)`` and takes its error path; a WARN the
   kernel prints there goes through ``warn_on_alloc_failure``;
 * the generic mm code: :func:`pte_alloc`, :class:`VmArea`;
+* ``WARN_ON`` after which the kernel goes on: :func:`warn` (it ends the example or
+  returns, as ``--panic-on-warn`` says; raise :class:`fuzzer.KernelWarning` where the
+  modelled code cannot go on);
 * cross-CPU calls: :func:`on_each_cpu` (kernel/smp.c, IPIs and their waits);
 * code patching: the per-CPU :class:`PatchingContext` (:func:`context`),
   :func:`get_patch_pfn`, :func:`random_patching_addr`, :func:`mm_patch_enabled`,
@@ -47,6 +50,7 @@ variables (``cpu_patching_context``); a plugin attaches its own with
 
 from fuzzer._oops import POISON_POINTER, deref, kernel_struct
 from fuzzer.kernel.boot import dawr_slots
+from fuzzer.kernel.bug import warn
 from fuzzer.kernel.locking import (
     Mutex,
     RwSem,
@@ -166,4 +170,5 @@ __all__ = [
     "tasks_rcu_exit",
     "up_read",
     "up_write",
+    "warn",
 ]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from fuzzer._config import ConfigOption, KernelConfig, KernelVersion, RunConfig
 from fuzzer._known import KnownFinding
+from fuzzer._machine import PANIC_ON_WARN, PANIC_ON_WARN_DEFAULT
 from fuzzer._mm import SpinLock
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
@@ -17,8 +18,21 @@ from fuzzer.kernel.locking import Mutex, RwSem
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine
+    from fuzzer._options import OptionGroup
 
 Gen = Generator[Any, None, Any]
+
+
+@hookimpl
+def fuzzer_addoption(parser: OptionGroup) -> None:
+    parser.addoption(
+        "--panic-on-warn", metavar="WHEN", default=PANIC_ON_WARN_DEFAULT, choices=PANIC_ON_WARN,
+        help="the kernel's panic_on_warn (kernel/panic.c): 'known' (default) prints a known"
+        " finding's WARNING and goes on, so it cannot hide what comes after it, and ends the"
+        " example at any other; '1' ends it at every WARNING (syzkaller's setting); '0' goes on"
+        " after every WARNING, as a kernel booted without it, and reports the first that is not"
+        " known when the example ends",
+    )
 
 
 @hookimpl

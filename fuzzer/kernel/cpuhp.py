@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer._config import RunConfig
-from fuzzer._errors import KernelWarning, ModelLimitation
+from fuzzer._errors import ModelLimitation
 from fuzzer._machine import CpuhpState
 from fuzzer._plugins import hookimpl
 from fuzzer._routines import routine
 from fuzzer._specs import Invariant
+from fuzzer.kernel.bug import warn
 from fuzzer.kernel.locking import down_read, down_write, up_read, up_write
 from fuzzer.kernel.mm import INIT_MM_CPUMASK
 from fuzzer.kernel.patching.common import V612, V612_FIXED
@@ -29,7 +30,8 @@ CPUHP_AP_ONLINE_DYN = 169
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    return [cpuhp_setup_state, cpuhp_bringup_ap, cpuhp_teardown_ap, take_cpu_down, take_cpu_down_fixed,
+    return [cpuhp_setup_state, cpuhp_bringup_ap, start_secondary, cpuhp_teardown_ap, take_cpu_down,
+            take_cpu_down_fixed,
             cpu_disable, cleanup_cpu_mmu_context, do_idle, arch_cpu_idle_dead, pnv_cpu_offline_self,
             idle_task_exit, idle_task_prepare_exit, idle_task_exit_fixed, cpu_die]
 
@@ -98,7 +100,13 @@ def cpuhp_bringup_ap(cpu: Cpu) -> Gen:
     cpu.irqs_enabled = True
     yield from down_write(cpu, lock)
     cpu.online = True
-    _start_secondary_mm(cpu)
+    # start_secondary runs on the AP's idle task, interrupts off (IRQMASK 3 in the real log).
+    act = cpu.stack[-1]
+    thread, act.task, cpu.irqs_enabled = act.task, cpu.idle_task, False
+    try:
+        yield from cpu.k.start_secondary(cpu)
+    finally:
+        act.task, cpu.irqs_enabled = thread, True
     yield
     ran: list[CpuhpState] = []
     ret = 0
@@ -123,16 +131,22 @@ def cpuhp_bringup_ap(cpu: Cpu) -> Gen:
     return ret
 
 
-def _start_secondary_mm(cpu: Cpu) -> None:
-    """``start_secondary()`` (arch/powerpc/kernel/smp.c:1624, v6.12): the idle task takes
-    init_mm as its active mm; from 6.12's init_mm accounting on, ``VM_WARN_ON`` that
-    init_mm's cpumask does not have the CPU yet (:1634), then set it (:1635)."""
+@routine("start_secondary", "arch/powerpc/kernel/smp.c")
+def start_secondary(cpu: Cpu) -> Gen:
+    """``start_secondary()`` (arch/powerpc/kernel/smp.c:1624, v6.12), on the AP's idle task
+    (swapper/N, PID 0): the idle task takes init_mm as its active mm; from 6.12's init_mm
+    accounting on, ``VM_WARN_ON`` that init_mm's cpumask does not have the CPU yet (:1634:
+    not ``_ONCE``, every online that finds it set warns; the kernel goes on), then set it
+    (:1635). The model runs it in the bring-up's activation, without an interleaving point
+    of its own (the control side waits for the AP to come up). On other architectures
+    only the idle task's and the CPU's mm are set."""
+    yield from ()
     m = cpu.m
     cpu.idle_task.active_mm = m.init_mm
     if m.run.arch == "powerpc" and m.version.is_(*V612):
         if cpu.n in m.init_mm.cpumask and m.config.enabled("CONFIG_DEBUG_VM"):
-            raise KernelWarning("arch/powerpc/kernel/smp.c:1634", function="start_secondary",
-                                detail=f"CPU {cpu.n} is already in init_mm's mm_cpumask")
+            warn(cpu, "arch/powerpc/kernel/smp.c:1634", function="start_secondary", once=False,
+                 detail=f"CPU {cpu.n} is already in init_mm's mm_cpumask")
         m.init_mm.cpumask.add(cpu.n)
     cpu.loaded_mm = m.init_mm
     m.mmu.switch_context(cpu, m.init_mm)
@@ -387,8 +401,8 @@ def idle_task_exit_fixed(cpu: Cpu) -> Gen:
     &init_mm)`` -- ``idle_task_prepare_exit`` already switched."""
     yield
     if cpu.current.active_mm is not cpu.m.init_mm:
-        raise KernelWarning("kernel/sched/core.c", function="idle_task_exit",
-                            detail="the idle task of a dying CPU still has a lazy mm")
+        warn(cpu, "kernel/sched/core.c", function="idle_task_exit",
+             detail="the idle task of a dying CPU still has a lazy mm")
 
 
 @routine("__cpu_die", "arch/powerpc/kernel/smp.c")
@@ -404,8 +418,8 @@ def cpu_die(cpu: Cpu, dying: Cpu) -> Gen:
     if m.version.is_(*V612):
         m.note_access(cpu, INIT_MM_CPUMASK, True)
         if dying.n not in m.init_mm.cpumask and m.config.enabled("CONFIG_DEBUG_VM"):
-            raise KernelWarning("arch/powerpc/kernel/smp.c:1789", function="__cpu_die",
-                                detail=f"CPU {dying.n} is not in init_mm's mm_cpumask")
+            warn(cpu, "arch/powerpc/kernel/smp.c:1789", function="__cpu_die",
+                 detail=f"CPU {dying.n} is not in init_mm's mm_cpumask")
         m.init_mm.cpumask.discard(dying.n)
         yield
     td = _takedown(dying)

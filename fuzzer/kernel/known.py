@@ -80,9 +80,26 @@ LAZY_TLB_HOTPLUG_INIT_MM_WARN: dict[str, Any] = {
     ),
 }
 
+LAZY_TLB_HOTPLUG_ONLINE_WARN: dict[str, Any] = {
+    "signature": {"kind": "WARNING", "function": "start_secondary",
+                  "location": "arch/powerpc/kernel/smp.c:1634"},
+    "kernels": ("v6.12",),
+    "fixed_in": ("v6.12-fixed",),
+    "title": (
+        "WARNING at arch/powerpc/kernel/smp.c:1634 start_secondary, at the CPU online after the"
+        " :51 race: the dying CPU's switch_mm_irqs_off set it again in init_mm's mm_cpumask"
+        " (mmu_context.c:52, after its :51 WARNING) once __cpu_die (smp.c:1791) had cleared it,"
+        " so the next start_secondary's VM_WARN_ON finds it already set (not _ONCE: every online"
+        " after such a race)"
+    ),
+    "fix": LAZY_TLB_HOTPLUG_INIT_MM_WARN["fix"],
+    "reference": LAZY_TLB_HOTPLUG_INIT_MM_WARN["reference"],
+}
+
 
 def known_findings() -> list[KnownFinding]:
     """The known findings of the modelled powerpc kernels."""
     return [KnownFinding(signature=Signature(**d["signature"]),
                          **{k: v for k, v in d.items() if k != "signature"})
-            for d in (PAGE_TABLE_LEAK, LAZY_TLB_HOTPLUG_WARN, LAZY_TLB_HOTPLUG_INIT_MM_WARN)]
+            for d in (PAGE_TABLE_LEAK, LAZY_TLB_HOTPLUG_WARN, LAZY_TLB_HOTPLUG_INIT_MM_WARN,
+                      LAZY_TLB_HOTPLUG_ONLINE_WARN)]
