@@ -234,8 +234,7 @@ class Machine:
         self.version = model.chain
         """The kernel version and those it is based on (``m.version.is_("v6.1")``)."""
         self.k = model.routines
-        self.layout = model.mmu.layout
-        """The kernel's address layout (the MMU spec's)."""
+        self.layout = model.mmu.layout  # the kernel's address layout (the MMU spec's)
         self.nr_wp_slots = model.mmu.breakpoint_slots(self.config)
         self.max_steps = max_steps
         self.boot_cache = boot_cache  # the boot may be a copy of the same one (fuzzer._bootcache)
@@ -258,8 +257,7 @@ class Machine:
         """Per physical text word, every value a patch was asked to write there."""
         self.stores = 0
         """Words stored to memory so far: a check of some text can skip a step that stored none."""
-        self.rodata_ro = False
-        """``mark_rodata_ro`` done: kernel text is read-only in the linear map."""
+        self.rodata_ro = False  # mark_rodata_ro done: kernel text is read-only in the linear map
         self.static_keys: dict[str, bool] = {}
         self.system_state = "SYSTEM_BOOTING"
         self.booted = False
