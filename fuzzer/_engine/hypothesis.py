@@ -69,7 +69,7 @@ from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, Signatur
 from fuzzer._interleave import AccessLog, Pair
 from fuzzer._machine import Cpu, Machine
 from fuzzer._model import Model
-from fuzzer._schedulers import PCT, preempting_block, remember_args, run_chosen
+from fuzzer._schedulers import PCT, preempting_block, run_chosen
 from fuzzer._specs import InterruptSource, Operation
 from fuzzer._steps import StepAction
 from fuzzer.kernel import faults
@@ -457,7 +457,7 @@ def _op_rule(op: Operation, ncpus: int) -> Any:
         idle = [c for c in m.cpus if m.can_start(c)]
         cpu = idle[cpu_index % len(idle)]
         _guard(self, lambda: m.start(cpu, op, args))
-        remember_args(m, op.args, args)
+        _remember(m, op, args)
         _then(self, cpu, then)
 
     start.__name__ = "start_" + _ident(op.name)
@@ -474,21 +474,32 @@ def _op_rule(op: Operation, ncpus: int) -> Any:
     )
 
 
+def _remember(m: Machine, op: Operation, args: dict[str, Any]) -> None:
+    """Note the values an operation started with, each declared argument's latest last."""
+    for k, value in args.items():
+        used = m.arg_pool.setdefault(id(op.args[k]), [])
+        if value in used:
+            used.remove(value)
+        used.append(value)
+
+
 def _reusable(declared: Any, fresh: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """An operation argument: three times in four, once the example has started operations
-    with values of the same declared argument (``declared``, shared by kprobes' operations
-    for the probe site), one of them, the latest first; else a fresh draw. Shrinks towards
-    a fresh draw. (Half the time, as the walk does, left a hit on a probe armed earlier in
-    the example to about one example in thirty: the values drawn fresh spread over nine sites.)"""
+    """An operation argument, once the example has started operations with values of the
+    same declared argument (``declared``, shared by kprobes' operations for the probe site):
+    one time in four a fresh draw (what it shrinks to), half the time the value used last,
+    else any value used. (A fresh draw half the time and else any value used, as the walk
+    draws, left a hit on a probe armed earlier in the example to about one example in a
+    hundred: the values spread over nine sites.)"""
     key = id(declared)
 
     @st.composite
     def argument(draw: st.DrawFn) -> Any:
         m = getattr(draw(st.runner(default=None)), "machine", None)
         pool = m.arg_pool.get(key) if isinstance(m, Machine) else None
-        if pool and draw(st.integers(0, 3)):
-            return draw(st.sampled_from(pool[::-1]))
-        return draw(fresh)
+        how = draw(st.integers(0, 3)) if pool else 0
+        if how == 0 or not pool:
+            return draw(fresh)
+        return pool[-1] if how < 3 else draw(st.sampled_from(pool[::-1]))
 
     return argument()
 
