@@ -8,7 +8,8 @@ It measures, in one run on one machine:
 
 * raw emulator speed: the recorded steps of the fuzzer's own examples (default
   model, default engine, seed 1) replayed with :func:`fuzzer._engine.replay`
-  -- every invariant on, no generation -- in emulated steps per second;
+  -- every invariant on, no generation, every boot run (the boot cache off) -- in
+  emulated steps per second;
 * the fuzzer's speed at its default settings (steps/s, examples/s) and its
   ratio to the raw speed; the same with ``--guide`` (the coverage overhead)
   and with ``--engine hypothesis`` (the Hypothesis state machine);
@@ -43,9 +44,11 @@ from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import attrs  # noqa: E402
 import hypothesis  # noqa: E402
 
 from fuzzer import FuzzerPluginManager, KernelConfig, Model, RunConfig  # noqa: E402
+from fuzzer import _bootcache as bootcache  # noqa: E402
 from fuzzer._args import sampler as search_sampler  # noqa: E402
 from fuzzer._config import VersionChain  # noqa: E402
 from fuzzer._engine import replay, run_campaign  # noqa: E402
@@ -66,6 +69,12 @@ MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash",
        "hash_local_kernel_flush": "hash"}
 CONFIG = {"percpu_context_preemptible": ("CONFIG_PREEMPT=y",),
           "alias_on_radix": ("CONFIG_CMDLINE=disable_tlbie",)}
+
+#: Mistakes whose failure has the signature of a known finding of their unmodified kernel
+#: (hash_local_kernel_flush: the stale alias of Hash before 6.6, which the mistake reaches
+#: without the CPU offline the kernel needs): benchmarked with known findings reported, as
+#: the tests run them with ``--report-known``.
+REPORT_KNOWN = ("hash_local_kernel_flush",)
 
 #: Known-minimal reproduction length, in steps: the shortest reproduction seen (shipped
 #: corpus entries and these benchmarks' shrunk outputs). Boot-time failures need only the
@@ -131,8 +140,11 @@ def targets() -> list[tuple[str, Model]]:
     """The seed crash and every injected mistake, each with the model it needs."""
     out = [("seed crash", model_for("next-20221215"))]
     for name in MISTAKES:
-        out.append((name, model_for(KERNEL.get(name, "v6.2"), MMU.get(name, "radix"),
-                                    [f"fuzzer_plugins.mistakes.{name}"], CONFIG.get(name, ()))))
+        model = model_for(KERNEL.get(name, "v6.2"), MMU.get(name, "radix"),
+                          [f"fuzzer_plugins.mistakes.{name}"], CONFIG.get(name, ()))
+        if name in REPORT_KNOWN:
+            model = attrs.evolve(model, known=())
+        out.append((name, model))
     return out
 
 
@@ -231,18 +243,23 @@ def record_examples(model: Model, n: int, seed: int = 1) -> list[list[Step]]:
 
 
 def raw_speed(model: Model, examples: list[list[Step]], seconds: float) -> dict[str, float]:
-    """Replay recorded examples (every invariant on, no generation) for ``seconds``."""
+    """Replay recorded examples (every invariant on, no generation) for ``seconds``, every
+    boot run (the boot cache off: replaying the same 100 examples would copy each boot)."""
     steps = runs = 0
     started = time.perf_counter()
-    while True:
-        for ex in examples:
-            machine, _ = replay(model, ex)
-            steps += machine.nsteps
-            runs += 1
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            return {"steps_per_s": steps / elapsed, "examples_per_s": runs / elapsed,
-                    "steps": steps, "examples": runs, "seconds": elapsed}
+    bootcache.ENABLED = False
+    try:
+        while True:
+            for ex in examples:
+                machine, _ = replay(model, ex)
+                steps += machine.nsteps
+                runs += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                return {"steps_per_s": steps / elapsed, "examples_per_s": runs / elapsed,
+                        "steps": steps, "examples": runs, "seconds": elapsed}
+    finally:
+        bootcache.ENABLED = True
 
 
 def fuzzer_speed(model: Model, seconds: float, guide: bool, engine: str = "walk") -> dict[str, float]:

@@ -198,7 +198,7 @@ class Explorer:
 
     def start(self) -> tuple[Machine, dict[int, list[Call]]]:
         """A machine with the setup done and each CPU's first call started."""
-        m = self.machine = Machine(self.model)
+        m = self.machine = Machine(self.model, boot_cache=True)
         self.frozen: dict[int, Any] = {}  # the snapshot's cache for this machine
         m.boot(0)
         for n in self.scenario.cpus:

@@ -44,6 +44,7 @@ class RoutineRecorder:
         self.reached: set[str] = set()
         """Routines entered by any example so far."""
         self.table = RoutineTable()
+        self.table._entered = self.example
         for name in infos:
             setattr(self.table, name, self._wrap(name, getattr(table, name)))
 

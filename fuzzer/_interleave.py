@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._routines import frame_of_code
+from fuzzer._routines import FRAME_BY_CODE
 from fuzzer._steps import Step
 
 if TYPE_CHECKING:
@@ -43,9 +43,10 @@ def running_routine(depth: int = 2) -> str:
     innermost generator (an operation's entry point, ``op_hit``); else ``?``."""
     f: Any = sys._getframe(depth)
     fallback = "?"
+    frames = FRAME_BY_CODE  # frame_of_code, without a call per Python frame
     while f is not None:
         code = f.f_code
-        frame = frame_of_code(code)
+        frame = frames.get(code)
         if frame is not None:
             return frame.function
         if fallback == "?" and code.co_flags & inspect.CO_GENERATOR:

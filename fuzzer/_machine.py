@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer import _sched
+from fuzzer import _bootcache, _sched
 from fuzzer._errors import (
     Deadlock,
     EndStateViolation,
@@ -219,7 +219,7 @@ class Machine:
     is a pure function of the model and the steps applied to it.
     """
 
-    def __init__(self, model: Model, *, max_steps: int = 200_000) -> None:
+    def __init__(self, model: Model, *, max_steps: int = 200_000, boot_cache: bool = False) -> None:
         self.model = model
         self.run = model.run
         self.config = model.run.config
@@ -230,6 +230,7 @@ class Machine:
         """The kernel's address layout (the MMU spec's)."""
         self.nr_wp_slots = model.mmu.breakpoint_slots(self.config)
         self.max_steps = max_steps
+        self.boot_cache = boot_cache  # the boot may be a copy of the same one (fuzzer._bootcache)
         self.nsteps = 0
         self.steps: list[Step] = []
         self.rng = random.Random(0)
@@ -271,6 +272,7 @@ class Machine:
         self.init_mm = MM("init_mm", 0, self.geometry, is_init=True)
         self.mms: dict[int, MM] = {0: self.init_mm}
         self._step_checks = model.step_invariants
+        self._step_fns = tuple(c.check for c in self._step_checks)
         self._end_checks = model.end_invariants
         self._observers: list[Callable[[Cpu], None]] = []
         self._entry_hooks: list[Callable[[Cpu], None]] = []
@@ -513,17 +515,7 @@ class Machine:
         try:
             cpu.wait = act.gen.send(None)
         except StopIteration as stop:
-            cpu.stack.pop()
-            if act.kind != "task":
-                cpu.irq_depth -= 1
-                cpu.irqs_enabled = act.saved_irqs
-                cpu.wait = act.saved_wait
-                self.mmu.isync(cpu)  # and so is rfid, the return from it
-            else:
-                cpu.wait = None
-            act.task.result = stop.value
-            if act.on_done is not None:
-                act.on_done(stop.value)
+            self._returned(cpu, act, stop.value)
         except KernelFailure as failure:
             self._annotate(failure, cpu, traceback_frames(failure.__traceback__) + _below(cpu))
             raise
@@ -535,20 +527,41 @@ class Machine:
                 raise self._blame(exc) from exc
             self._annotate(oops, cpu, traceback_frames(exc.__traceback__) + _below(cpu))
             raise oops from exc
-        self.nsteps += 1
-        if self.nsteps > self.max_steps:
+        n = self.nsteps = self.nsteps + 1
+        if n > self.max_steps:
             self._fail(Livelock(f"{self.max_steps} steps without the example ending"), cpu)
         try:
-            for check in self._step_checks:
-                msg = check.check(self)
+            # The step invariants' functions, bound once (the per-step path: no attribute
+            # lookups); a failing one is named from the model's list.
+            for check in self._step_fns:
+                msg = check(self)
                 if msg is not None:
-                    self._fail(InvariantViolation(check.name, msg), cpu)
+                    self._failed_check(check, msg, cpu)
             for obs in self._observers:
                 obs(cpu)
         except KernelFailure:
             raise
         except Exception as exc:
             raise self._blame(exc) from exc
+
+    def _failed_check(self, fn: Callable[[Machine], str | None], msg: str, cpu: Cpu) -> None:
+        """The step invariant whose function is ``fn`` found ``msg``: fail it by name."""
+        name = next(c.name for c in self._step_checks if c.check is fn)
+        self._fail(InvariantViolation(name, msg), cpu)
+
+    def _returned(self, cpu: Cpu, act: Activation, value: Any) -> None:
+        """``act``, the top activation of ``cpu``, returned ``value``: pop it."""
+        cpu.stack.pop()
+        if act.kind != "task":
+            cpu.irq_depth -= 1
+            cpu.irqs_enabled = act.saved_irqs
+            cpu.wait = act.saved_wait
+            self.mmu.isync(cpu)  # and so is rfid, the return from it
+        else:
+            cpu.wait = None
+        act.task.result = value
+        if act.on_done is not None:
+            act.on_done(value)
 
     def _annotate(self, failure: KernelFailure, cpu: Cpu, frames: list[Frame]) -> None:
         failure.cpu = cpu.n
@@ -653,8 +666,28 @@ class Machine:
     def boot(self, seed: int, draws: Iterable[int] = ()) -> None:
         """Boot CPU 0 (``start_kernel`` to the end of initcalls); only CPU 0 is online.
 
-        ``draws``: the kernel's random draws, chosen (see :meth:`random_below`).
+        ``draws``: the kernel's random draws, chosen (see :meth:`random_below`). A boot
+        already run twice on this model comes from :mod:`fuzzer._bootcache`, the same state.
         """
+        draws = tuple(draws)
+        key = _bootcache.key(self, seed, draws)
+        if key is None:
+            self._boot(seed, draws)
+            return
+        if _bootcache.restore(self, key):
+            return
+        entered = getattr(self.k, "_entered", None)
+        before = set(entered) if entered is not None else set()
+        if entered is not None:
+            entered.clear()  # so what the boot enters is known (the recorder's set is shared)
+        try:
+            self._boot(seed, draws)
+            _bootcache.boot_recorded(self, key, frozenset(entered or ()))
+        finally:
+            if entered is not None:
+                entered |= before
+
+    def _boot(self, seed: int, draws: Iterable[int]) -> None:
         self.steps.append(Step("boot", seed=seed, draws=draws))
         self.rng = random.Random(seed)
         self.draws = list(draws)

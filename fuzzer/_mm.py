@@ -50,24 +50,23 @@ class Geometry:
 
     page_shift: int
     index_bits: tuple[int, int, int, int]
+    shifts: tuple[int, int, int, int] = attrs.field(init=False, eq=False, repr=False)
+    """Each level's shift, top first: derived once (every table walk splits an address)."""
+    _split: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False)
 
-    @property
-    def shifts(self) -> tuple[int, int, int, int]:
+    def __attrs_post_init__(self) -> None:
         pte = self.page_shift
         pmd = pte + self.index_bits[3]
         pud = pmd + self.index_bits[2]
         pgd = pud + self.index_bits[1]
-        return (pgd, pud, pmd, pte)
+        shifts = (pgd, pud, pmd, pte)
+        object.__setattr__(self, "shifts", shifts)
+        object.__setattr__(self, "_split", tuple(
+            x for s, b in zip(shifts, self.index_bits, strict=True) for x in (s, (1 << b) - 1)))
 
     def indices(self, addr: int) -> tuple[int, int, int, int]:
-        s = self.shifts
-        b = self.index_bits
-        return (
-            (addr >> s[0]) & ((1 << b[0]) - 1),
-            (addr >> s[1]) & ((1 << b[1]) - 1),
-            (addr >> s[2]) & ((1 << b[2]) - 1),
-            (addr >> s[3]) & ((1 << b[3]) - 1),
-        )
+        s0, m0, s1, m1, s2, m2, s3, m3 = self._split
+        return ((addr >> s0) & m0, (addr >> s1) & m1, (addr >> s2) & m2, (addr >> s3) & m3)
 
 
 #: The lockdep class of every split PTE lock: ``ptlock_init`` initialises them all

@@ -41,6 +41,9 @@ class RoutineInfo:
 
 #: code object -> info, for turning generator frames into a modelled call trace.
 _BY_CODE: dict[CodeType, RoutineInfo] = {}
+#: code object -> its call-trace frame, made once (a Frame is immutable): the lockdep and
+#: interleaving notes look frames up at every lock and shared access.
+FRAME_BY_CODE: dict[CodeType, Frame] = {}
 
 
 def routine(
@@ -72,6 +75,7 @@ def routine(
         )
         fn.__fuzzer_routine__ = info  # type: ignore[attr-defined]
         _BY_CODE[fn.__code__] = info
+        FRAME_BY_CODE[fn.__code__] = Frame(info.symbol, info.file, info.inlined)
         return fn
 
     return mark
@@ -85,10 +89,7 @@ def info_of(fn: RoutineFn) -> RoutineInfo:
 
 
 def frame_of_code(code: CodeType) -> Frame | None:
-    info = _BY_CODE.get(code)
-    if info is None:
-        return None
-    return Frame(info.symbol, info.file, info.inlined)
+    return FRAME_BY_CODE.get(code)
 
 
 class RoutineTable:
@@ -97,6 +98,10 @@ class RoutineTable:
     Attribute access is a plain instance lookup, so the per-step path pays
     nothing for the registry.
     """
+
+    _entered: set[str] | None = None
+    """A recorder's table: the set its wrappers add each entered routine's name to (a boot
+    copied from the boot cache adds the boot's)."""
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that were not resolved.

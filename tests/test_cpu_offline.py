@@ -74,7 +74,7 @@ def test_kernel_accounting_cannot_see_the_leak():
     assert failure is not None and failure.signature.function == LEAK[1]
     led = pgalloc.ledger(m)
     freed = [mm for mm in m.mms.values() if mm.freed]
-    assert freed and all(led.pgtables_bytes[id(mm)] == 0 for mm in freed)
+    assert freed and all(led.pgtables_bytes[mm] == 0 for mm in freed)
 
 
 @pytest.mark.parametrize("mmu", ["radix", "hash"])

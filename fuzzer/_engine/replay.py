@@ -149,7 +149,7 @@ def replay(model: Model, steps: Iterable[Step], *, strict: bool = True
     """
     m: Machine | None = None
     try:
-        m = Machine(model)
+        m = Machine(model, boot_cache=True)
         for step in steps:
             apply_step(m, step, strict=strict)
         if m.booted:

@@ -130,7 +130,7 @@ class Walker:
             prefix = kept[:rng.randint(1, len(kept))]
         m: Machine | None = None
         try:
-            m = Machine(self.model)
+            m = Machine(self.model, boot_cache=True)
             if seen is not None:
                 seen.attach(m)
             if reschedule:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer._errors import Frame, KernelWarning, LockdepSplat
-from fuzzer._routines import frame_of_code
+from fuzzer._routines import FRAME_BY_CODE
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine, Task
@@ -197,9 +197,10 @@ def frames_here() -> tuple[Frame, ...]:
     suspended activations below it are not: an interrupt's trace is its own).
     """
     out: list[Frame] = []
+    frames = FRAME_BY_CODE  # frame_of_code, without a call per Python frame
     f = inspect.currentframe()
     while f is not None:
-        fr = frame_of_code(f.f_code)
+        fr = frames.get(f.f_code)
         if fr is not None:
             out.append(fr)
         f = f.f_back

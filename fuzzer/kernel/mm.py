@@ -183,7 +183,7 @@ def _table_alloc(m: Machine, mm: MM, level: int) -> pgalloc.PgtablePage:
     """Record a new table's memory and ``mm_inc_nr_ptes``/``pmds``/``puds``."""
     kind = _LEVEL_KIND[level]
     led = pgalloc.ledger(m)
-    led.pgtables_bytes[id(mm)] = led.pgtables_bytes.get(id(mm), 0) + 1
+    led.pgtables_bytes[mm] = led.pgtables_bytes.get(mm, 0) + 1
     if kind == "pud":
         return pgalloc.whole_alloc(m, mm, kind)
     return pgalloc.fragment_alloc(m, mm, kind)
@@ -383,7 +383,7 @@ def _free_table_tlb(cpu: Cpu, tlb: MmuGather, table: Table | PtePage) -> Gen:
     tlb.freed_tables = True
     yield from cpu.k.tlb_remove_table(cpu, tlb, table)
     led = pgalloc.ledger(cpu.m)
-    led.pgtables_bytes[id(tlb.mm)] = led.pgtables_bytes.get(id(tlb.mm), 0) - 1
+    led.pgtables_bytes[tlb.mm] = led.pgtables_bytes.get(tlb.mm, 0) - 1
 
 
 @routine("tlb_remove_table", MMU_GATHER_C)

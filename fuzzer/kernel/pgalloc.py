@@ -59,12 +59,14 @@ class PgtableLedger:
     ``NR_PAGETABLE``."""
 
     pages: list[PgtablePage] = attrs.Factory(list)
-    frag_cache: dict[tuple[int, str], tuple[PgtablePage, int]] = attrs.Factory(dict)
-    """``mm->context.pte_frag``/``pmd_frag``: (mm id, kind) -> (page, next fragment)."""
+    frag_cache: dict[tuple[MM, str], tuple[PgtablePage, int]] = attrs.Factory(dict)
+    """``mm->context.pte_frag``/``pmd_frag``: (mm, kind) -> (page, next fragment). Keyed by
+    the mm itself (an ``MM`` hashes by identity), not ``id(mm)``: a copied machine (the
+    boot cache) keeps its keys."""
     nr_page_table_pages: int = 0
     """``NR_PAGETABLE`` (``nr_page_table_pages`` in /proc/vmstat, ``PageTables`` in meminfo)."""
-    pgtables_bytes: dict[int, int] = attrs.Factory(dict)
-    """``mm->pgtables_bytes`` by mm id, in tables (``mm_inc_nr_ptes`` and friends)."""
+    pgtables_bytes: dict[MM, int] = attrs.Factory(dict)
+    """``mm->pgtables_bytes`` by mm, in tables (``mm_inc_nr_ptes`` and friends)."""
 
     def live(self, mm: MM) -> list[PgtablePage]:
         return [p for p in self.pages if p.owner is mm and not p.freed]
@@ -100,7 +102,7 @@ def fragment_alloc(m: Machine, mm: MM, kind: str) -> PgtablePage:
     the fragment count and whose other fragments the mm caches (:75-93).
     """
     led = ledger(m)
-    key = (id(mm), kind)
+    key = (mm, kind)
     cached = led.frag_cache.pop(key, None)
     if cached is not None:
         page, nxt = cached
@@ -149,7 +151,7 @@ def destroy_pagetable_cache(m: Machine, mm: MM) -> None:
     mm cached and never handed out (pgtable-frag.c:18, mmu_context.c:244)."""
     led = ledger(m)
     for kind in ("pte", "pmd"):
-        cached = led.frag_cache.pop((id(mm), kind), None)
+        cached = led.frag_cache.pop((mm, kind), None)
         if cached is not None:
             page, nxt = cached
             _release(m, page, page.frags - nxt, f"{FRAG_C}:27")

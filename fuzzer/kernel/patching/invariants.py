@@ -64,22 +64,33 @@ def mapping_private(m: Machine) -> str | None:
     if len(holders) < 2:
         return None  # only the owner's own TLB can hold anything
     translations_of = m.mmu.translations_of
-    for owner, mm, addr in _patching_addrs(m):
-        if mm.is_init:
+    # _patching_addrs without the init_mm ones (the alias), inlined: a check of every step.
+    for owner in m.cpus:
+        ctx = owner.state.get("cpu_patching_context")
+        if ctx is None:
             continue
+        mm, area = ctx.mm, ctx.area
+        if mm is None or mm.is_init or (mm.freed and (area is None or area.freed)):
+            continue
+        addr = ctx.addr
         for c in holders:
-            if c.n != owner and translations_of(c, mm, addr):
-                return f"CPU {c.n} holds a translation of CPU {owner}'s patching address {addr:#x}"
+            if c is not owner and translations_of(c, mm, addr):
+                return f"CPU {c.n} holds a translation of CPU {owner.n}'s patching address {addr:#x}"
     return None
 
 
 def nothing_left_mapped(m: Machine) -> str | None:
+    """No patching address is mapped, or translated by any CPU's TLB. An MMU plugin that
+    flushed an address locally may say why in ``m.state["flush_notes"][addr]``: the
+    report shows it with a stale translation."""
     for owner, mm, addr in _patching_addrs(m):
         if mm.lookup(addr) is not None:
             return f"CPU {owner}'s patching address {addr:#x} is still mapped in {mm.name}"
         for c in m.cpus:
             if m.mmu.translations_of(c, mm, addr):
-                return f"CPU {c.n}'s TLB still translates CPU {owner}'s patching address {addr:#x}"
+                why = m.state.get("flush_notes", {}).get(addr)
+                return (f"CPU {c.n}'s TLB still translates CPU {owner}'s patching address {addr:#x}"
+                        + (f"; {why}" if why else ""))
     return None
 
 
