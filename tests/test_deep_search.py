@@ -108,4 +108,5 @@ def test_the_hypothesis_engine_finds_a_deep_race_by_search():
     assert outcome.status.value == "failed", outcome
     assert outcome.failure.signature.function == "static keys match their sites"
     assert len(_cpus(outcome.steps)) >= 2
-    assert len(outcome.steps) <= 12, [s.describe() for s in outcome.steps]  # minimal: boot, hotplug, 3 ops, runs
+    # Minimal: the boot, a CPU online, three operations and their runs.
+    assert len(outcome.steps) <= 12, [s.describe() for s in outcome.steps]
