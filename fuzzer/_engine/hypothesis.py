@@ -10,6 +10,25 @@ which means "the lowest-numbered runnable CPU", so shrunk schedules read
 simply. Every rule records a :class:`fuzzer.Step`; the steps alone replay
 the example without Hypothesis.
 
+Deep interleavings (two CPUs in a particular order) in Hypothesis's own terms:
+
+* a rule that puts work on a CPU draws what that CPU does ``then``: nothing
+  yet (``stay``, what it shrinks to), run alone up to its next access of a
+  shared object (``to next access``: paused there while other CPUs run), or
+  run alone until it blocks or is done (``alone``: a ``register_kprobe`` takes
+  ~450 emulated steps, ten ``advance`` rules); ``run_alone`` does the same for
+  a CPU already busy, and ``pause`` holds one CPU while the others run until
+  none can -- the other side of a race that needs one CPU paused for a dozen
+  steps of another;
+* an operation's argument is, half the time, a value already drawn in the
+  example for the same declared argument (``st.runner()`` gives the state
+  machine, ``st.sampled_from`` its values): a race needs two operations on one
+  probe site or one key;
+* the schedulers' parameters are draws (``advance_pct``, ``advance_bounded``);
+* the example's ordered pairs of conflicting accesses (:mod:`fuzzer._interleave`)
+  are counted for ``--stats`` and, with interleaving feedback, reported to
+  ``hypothesis.target``.
+
 :func:`state_machine_class` is also what :func:`fuzzer.testing.state_machine`
 hands to pytest users: the same class, run under their own settings.
 """
@@ -17,6 +36,7 @@ hands to pytest users: the same class, run under their own settings.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -42,23 +62,47 @@ from fuzzer._coverage import RoutineRecorder
 from fuzzer._draws import BOUNDARY
 from fuzzer._engine.records import Finding, Stats
 from fuzzer._engine.replay import perform
-from fuzzer._engine.search import Events, Found, Search
+from fuzzer._engine.search import REPORT_EVERY, Events, Found, Search
 from fuzzer._engine.store import database_key
 from fuzzer._engine.walk import SCHEDULE_BLOCK
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, Signature, UsageError
-from fuzzer._machine import Machine
+from fuzzer._interleave import AccessLog, Pair
+from fuzzer._machine import Cpu, Machine
 from fuzzer._model import Model
-from fuzzer._schedulers import PCT, preempting_block, run_block
+from fuzzer._schedulers import PCT, preempting_block, run_chosen
 from fuzzer._specs import InterruptSource, Operation
 from fuzzer._steps import StepAction
 from fuzzer.kernel import faults
 
-#: Examples per Hypothesis run; the time budget is checked between runs.
-BATCH = 50
-#: Rules per example (Hypothesis's stateful_step_count).
-STEPS_PER_EXAMPLE = 30
+#: Examples per Hypothesis run (the budget is checked before every example, not between
+#: runs). Each run starts with up to a tenth of its examples "simplest" (every choice after a
+#: novel prefix its first: no ``then``, no reuse) and hill-climbs its targets half-way
+#: through. On static_key_dec_stale_count (300 examples, seeds 1-3), runs of 100 found it on
+#: two seeds (43, 64 examples); runs of 1,000, whose targeting never started, on one (263).
+BATCH = 100
+#: Rules per example (Hypothesis's stateful_step_count). 30 left the operations a deep
+#: mistake needs (a probe registered to completion, then hit and unregistered on two CPUs,
+#: at one site) in order in about one example in fifteen; 100 in one in seven, at twice
+#: the time an example.
+STEPS_PER_EXAMPLE = 60
 #: The ``hypothesis.target`` label of guided runs.
 TARGET_LABEL = "modelled routines entered"
+#: The ``hypothesis.target`` label of the interleaving feedback.
+PAIRS_LABEL = "interleaving pairs"
+#: What a CPU given work by a rule does next (the rule's ``then``): stay (the schedule rules
+#: run it), run alone until it blocks or is done, or run alone to its next access of a shared
+#: object and be held there: from then on it runs only when no other CPU can, until its work
+#: is done. The first is what Hypothesis shrinks to.
+THEN = ("stay", "alone", "hold at next access")
+#: The most emulated steps one CPU runs alone (``register_kprobe`` is about 450).
+ALONE_MOST = 2_000
+
+
+class Stop(KeyboardInterrupt):
+    """The engine's budget is spent (or another worker found a failure): ends a Hypothesis run
+    from inside. A KeyboardInterrupt is the one exception Hypothesis's engine lets through
+    at once, without recording the example (any other one it records, and then the next
+    example's shorter draw looks flaky); the engine catches it right outside the run."""
 
 
 @attrs.define
@@ -74,6 +118,10 @@ class Channel:
     notes: bool = False
     """Attach the kernel-style report to Hypothesis's output (``hypothesis.note``): for a
     pytest user's run, where Hypothesis prints the falsifying example."""
+    pairs: set[Pair] = attrs.Factory(set)
+    """The ordered pairs of conflicting accesses every example so far formed."""
+    check: Callable[[], None] | None = None
+    """Called as each example starts: the engine's budget and progress (raises :class:`Stop`)."""
 
     def caught(self, exc: BaseException) -> tuple[Finding | PluginError, tuple[Any, ...]] | None:
         if self.last is not None and self.last[0] is exc:
@@ -96,29 +144,34 @@ def _guard(sm: Any, fn: Callable[[], Any]) -> Any:
         if known:
             hypothesis.reject()
         channel.last = (exc, caught, steps)
-        if channel.notes:
+        channel.check = None  # Hypothesis shrinks it now, whatever the budget says
+        if channel.notes and hypothesis.currently_in_test_context():
             sm.note_failure(caught)
         raise
 
 
 def state_machine_class(model: Model, channel: Channel | None = None, *,
-                        guide: bool = False) -> type[RuleBasedStateMachine]:
+                        guide: bool = False, interleave: bool = True) -> type[RuleBasedStateMachine]:
     """A RuleBasedStateMachine class for ``model``, one rule per operation and interrupt.
 
-    Every example's routines are recorded into ``channel.stats.routines``. With
-    ``guide``, each example also reports how many distinct routines it entered to
-    ``hypothesis.target``. The class is named after the model's configuration, so
-    Hypothesis's example database keeps each configuration's failures apart.
+    Every example's routines are recorded into ``channel.stats.routines``, and its
+    interleaving pairs into ``channel.pairs``. With ``guide``, each example also
+    reports how many distinct routines it entered to ``hypothesis.target``; with
+    ``interleave``, how many ordered pairs of conflicting accesses it formed. The
+    class is named after the model's configuration, so Hypothesis's example
+    database keeps each configuration's failures apart.
     """
     channel = channel if channel is not None else Channel()
     recorder = RoutineRecorder(model.routines, model.routine_infos)
     recorder.reached = channel.stats.routines
     recorded = attrs.evolve(model, routines=recorder.table)
-    ns = _base_rules(recorded, channel, recorder, guide)
+    ns = _base_rules(recorded, channel, recorder, (guide, interleave))
     for op in model.operations:
         ns["start_" + _ident(op.name)] = _op_rule(op, model.run.cpus)
     for src in model.interrupts:
         ns["irq_" + _ident(src.name)] = _irq_rule(src, model.run.cpus)
+    ns.update(_hotplug_rules(model.run.cpus))
+    ns.update(_schedule_rules())
     ns.update(_hidden_rules(model))
     name = f"KernelStateMachine_{database_key(model)[:16].decode()}"
     return type(name, (KernelStateMachine,), ns)
@@ -130,6 +183,9 @@ class KernelStateMachine(RuleBasedStateMachine):
     channel: Channel
     machine: Machine
     failed: bool = False
+    held: list[Cpu]
+    """CPUs held back: they run only when no other CPU can (``then="hold at next access"``,
+    ``pause``), under ``advance``, ``advance_pct``, ``pause`` and at the end of the example."""
 
     def note_failure(self, caught: Finding | PluginError) -> None:
         """Attach the kernel-style report and the reproduction to the failure Hypothesis
@@ -140,7 +196,8 @@ class KernelStateMachine(RuleBasedStateMachine):
             hypothesis.note(format_failure(caught, self.machine.model, caught.steps))
 
 
-def _base_rules(model: Model, channel: Channel, recorder: RoutineRecorder, guide: bool) -> dict[str, Any]:
+def _base_rules(model: Model, channel: Channel, recorder: RoutineRecorder,
+                targets: tuple[bool, bool]) -> dict[str, Any]:
     ncpus = model.run.cpus
     events = channel.events
 
@@ -148,45 +205,41 @@ def _base_rules(model: Model, channel: Channel, recorder: RoutineRecorder, guide
         RuleBasedStateMachine.__init__(self)
         self.channel = channel
         recorder.example.clear()
+        if channel.check is not None:
+            channel.check()
         if events.example_start is not None:
             events.example_start()
         self.machine = _guard(self, lambda: Machine(model))
+        self.machine.accesses = Accesses(self.machine)
+        self.held = []
 
-    def boot(self: Any, seed: int, draws: list[int]) -> None:
+    def boot(self: Any, seed: int, draws: list[int], online: int) -> None:
         _guard(self, lambda: self.machine.boot(seed, draws))
-
-    def cpu_online(self: Any, i: int) -> None:
-        m = self.machine
-        cpus = [c for c in m.cpus if m.can_online(c)]
-        _guard(self, lambda: m.cpu_up(cpus[i % len(cpus)]))
-
-    def cpu_offline(self: Any, i: int) -> None:
-        m = self.machine
-        cpus = [c for c in m.cpus if m.can_offline(c)]
-        _guard(self, lambda: m.cpu_down(cpus[i % len(cpus)]))
+        _bring_up(self, online)
 
     def advance(self: Any, schedule: bytes) -> None:
-        _guard(self, lambda: self.machine.run_bytes(schedule))
+        if not self.held:
+            _guard(self, lambda: self.machine.run_bytes(schedule))
+            return
+        byte = iter(schedule)
+        _guard(self, lambda: run_chosen(self.machine, len(schedule),
+                                        lambda r: (u := _unheld(self, r))[next(byte) % len(u)]))
 
     def advance_pct(self: Any, order: list[int], change_points: list[int], steps: int) -> None:
         pct = PCT.fixed(order, change_points)
-        _guard(self, lambda: run_block(self.machine, pct, random.Random(0), steps))
+        rng = random.Random(0)
+        _guard(self, lambda: run_chosen(self.machine, steps, lambda r: pct.pick(_unheld(self, r), rng)))
 
     def advance_bounded(self: Any, first: int, preempt_at: list[int], steps: int) -> None:
         _guard(self, lambda: preempting_block(self.machine, first, preempt_at, steps))
 
     def teardown(self: Any) -> None:
-        _teardown(self, recorder, guide)
+        _teardown(self, recorder, targets)
 
     return {
         "__init__": __init__,
-        "boot": initialize(seed=st.integers(0, 2**32 - 1), draws=_DRAWS)(boot),
-        "cpu_online": precondition(
-            lambda self: any(self.machine.can_online(c) for c in self.machine.cpus)
-        )(rule(i=st.integers(0, ncpus - 1))(cpu_online)),
-        "cpu_offline": precondition(
-            lambda self: any(self.machine.can_offline(c) for c in self.machine.cpus)
-        )(rule(i=st.integers(0, ncpus - 1))(cpu_offline)),
+        "boot": initialize(seed=st.integers(0, 2**32 - 1), draws=_DRAWS,
+                           online=st.integers(0, ncpus - 1))(boot),
         "advance": rule(schedule=st.binary(min_size=1, max_size=SCHEDULE_BLOCK))(advance),
         # The schedulers, their parameters drawn (and shrunk) by Hypothesis: PCT's priority
         # order and change points, a bounded block's first CPU and preemption points.
@@ -207,7 +260,136 @@ _DRAWS: st.SearchStrategy[list[int]] = st.one_of(
     st.lists(st.sampled_from(BOUNDARY) | st.integers(0, 2**64 - 1), min_size=1, max_size=8))
 
 
-def _teardown(sm: Any, recorder: RoutineRecorder, guide: bool) -> None:
+#: ``then`` is "stay" one time in six: a CPU left busy keeps others from starting operations.
+_THEN = st.one_of(st.sampled_from(THEN), st.sampled_from(THEN[1:]))
+
+
+@attrs.define
+class Accesses(AccessLog):
+    """The example's access log (:class:`fuzzer._interleave.AccessLog`), counting each CPU's
+    accesses too: ``then="to next access"`` stops a CPU right after its next one."""
+
+    by_cpu: dict[int, int] = attrs.Factory(dict)
+
+    def note(self, cpu: Cpu, key: Any, write: bool) -> None:
+        self.by_cpu[cpu.n] = self.by_cpu.get(cpu.n, 0) + 1
+        super().note(cpu, key, write)
+
+
+def _then(sm: Any, cpu: Cpu, then: str) -> None:
+    """What ``cpu``, just given work, does next: see :data:`THEN`."""
+    if then == "stay":
+        return
+    _guard(sm, lambda: run_alone(sm.machine, cpu, to_access=then != "alone"))
+    if then != "alone" and cpu.stack and cpu not in sm.held:
+        sm.held.append(cpu)
+
+
+def _unheld(sm: Any, runnable: list[Cpu]) -> list[Cpu]:
+    """The runnable CPUs a schedule may pick: those not held, else (none other can run) the
+    held ones. A held CPU whose work is done is let go."""
+    sm.held[:] = [c for c in sm.held if c.stack]
+    return [c for c in runnable if c not in sm.held] or runnable
+
+
+def run_alone(m: Machine, cpu: Cpu, *, to_access: bool, most: int = ALONE_MOST) -> None:
+    """Advance ``cpu`` alone (every other CPU paused) until it blocks or is done, or, with
+    ``to_access``, just after its next access of a shared object; recorded as a ``run`` step."""
+    log = m.accesses
+    done: list[int] = []
+    try:
+        while len(done) < most and cpu.runnable():
+            before = log.by_cpu.get(cpu.n, 0) if isinstance(log, Accesses) else 0
+            done.append(cpu.n)
+            m.advance(cpu)
+            if to_access and isinstance(log, Accesses) and log.by_cpu.get(cpu.n, 0) != before:
+                break
+    finally:
+        m._record_run(done)
+
+
+def _run_holding(sm: Any, most: int = ALONE_MOST) -> None:
+    """Run the CPUs that are not held, in turn, until none can (blocked or done); recorded
+    as a ``run`` step. What ``pause`` and the end of an example do while CPUs are held."""
+    m: Machine = sm.machine
+    done: list[int] = []
+    try:
+        while len(done) < most:
+            others = [c for c in m.runnable() if c not in sm.held]
+            if not others:
+                break
+            cpu = others[len(done) % len(others)]
+            done.append(cpu.n)
+            m.advance(cpu)
+    finally:
+        m._record_run(done)
+
+
+def _bring_up(sm: Any, n: int) -> None:
+    """Bring ``n`` CPUs online right after the boot, each alone to the end of its bring-up."""
+    m: Machine = sm.machine
+    for _ in range(n):
+        up = next((c for c in m.cpus if m.can_online(c)), None)
+        if up is None:
+            break
+        _guard(sm, functools.partial(m.cpu_up, up))
+        _then(sm, up, "alone")
+
+
+def _hotplug_rules(ncpus: int) -> dict[str, Any]:
+    """Bring a CPU online or take one offline; the CPU then does what ``then`` draws."""
+
+    def cpu_online(self: Any, i: int, then: str) -> None:
+        m = self.machine
+        cpus = [c for c in m.cpus if m.can_online(c)]
+        cpu = cpus[i % len(cpus)]
+        _guard(self, lambda: m.cpu_up(cpu))
+        _then(self, cpu, then)
+
+    def cpu_offline(self: Any, i: int, then: str) -> None:
+        m = self.machine
+        cpus = [c for c in m.cpus if m.can_offline(c)]
+        cpu = cpus[i % len(cpus)]
+        _guard(self, lambda: m.cpu_down(cpu))
+        _then(self, cpu, then)
+
+    return {
+        "cpu_online": precondition(
+            lambda self: any(self.machine.can_online(c) for c in self.machine.cpus)
+        )(rule(i=st.integers(0, ncpus - 1), then=_THEN)(cpu_online)),
+        "cpu_offline": precondition(
+            lambda self: any(self.machine.can_offline(c) for c in self.machine.cpus)
+        )(rule(i=st.integers(0, ncpus - 1), then=_THEN)(cpu_offline)),
+    }
+
+
+def _schedule_rules() -> dict[str, Any]:
+    """Rules that hold CPUs back: ``run_alone`` advances one busy CPU alone (until it blocks
+    or is done, or to its next access and held there, as :data:`THEN`); ``pause`` holds one
+    busy CPU and runs the others until none can."""
+    index = st.integers(0, 2**16)
+
+    def alone(self: Any, cpu_index: int, then: str) -> None:
+        runnable = self.machine.runnable()
+        _then(self, runnable[cpu_index % len(runnable)], then)
+
+    def pause(self: Any, cpu_index: int) -> None:
+        busy = self.machine.busy()
+        held = busy[cpu_index % len(busy)]
+        if held not in self.held:
+            self.held.append(held)
+        _guard(self, lambda: _run_holding(self))
+
+    alone.__name__, pause.__name__ = "run_alone", "pause"
+    return {
+        "run_alone": precondition(lambda self: bool(self.machine.runnable()))(
+            rule(cpu_index=index, then=st.sampled_from(THEN[1:]))(alone)),
+        "pause": precondition(lambda self: len(self.machine.busy()) >= 2)(
+            rule(cpu_index=index)(pause)),
+    }
+
+
+def _teardown(sm: Any, recorder: RoutineRecorder, targets: tuple[bool, bool]) -> None:
     m = getattr(sm, "machine", None)
     if m is None:
         return
@@ -218,17 +400,26 @@ def _teardown(sm: Any, recorder: RoutineRecorder, guide: bool) -> None:
         if m.failure is None and m.booted and not sm.failed:
             # A known finding at the end is counted; teardown cannot reject (the data is frozen).
             with contextlib.suppress(hypothesis.errors.UnsatisfiedAssumption):
+                if sm.held:  # held CPUs go last
+                    _guard(sm, lambda: _run_holding(sm, most=100 * ALONE_MOST))
                 _guard(sm, m.finish)
     finally:
         channel.stats.count(m.nsteps)
         if m.warnings:
             channel.stats.note_warned(m.warned_past())
         entered = recorder.end_example()
+        pairs = m.accesses.pairs if isinstance(m.accesses, AccessLog) else {}
+        channel.pairs.update(pairs)
+        channel.stats.pairs = len(channel.pairs)
         if channel.events.example_finish is not None:
             last = channel.last[1] if channel.last is not None and sm.failed else None
             channel.events.example_finish(m, last)
+        # Nothing to target in a machine stepped by hand, outside Hypothesis.
+        guide, interleave = targets if hypothesis.currently_in_test_context() else (False, False)
         if guide:
             hypothesis.target(float(entered), label=TARGET_LABEL)
+        if interleave:
+            hypothesis.target(float(len(pairs)), label=PAIRS_LABEL)
 
 
 def _hidden_rules(model: Model) -> dict[str, Any]:
@@ -255,7 +446,9 @@ def _hidden_rules(model: Model) -> dict[str, Any]:
 
     def fail(self: Any, cpu_index: int, site: str) -> None:
         m: Machine = self.machine
-        hypothesis.assume(faults.can_arm(m, cpu_index, site))
+        if not faults.can_arm(m, cpu_index, site):
+            self.failed = True  # the example is rejected: the teardown does not finish it
+            hypothesis.reject()
         _guard(self, lambda: perform(m, StepAction.FAIL, m.cpus[cpu_index], site))
 
     rules = {
@@ -277,24 +470,55 @@ def _ident(name: str) -> str:
 
 
 def _op_rule(op: Operation, ncpus: int) -> Any:
-    def start(self: Any, cpu_index: int, **args: Any) -> None:
+    def start(self: Any, cpu_index: int, then: str, **args: Any) -> None:
         m: Machine = self.machine
         idle = [c for c in m.cpus if m.can_start(c)]
         cpu = idle[cpu_index % len(idle)]
         _guard(self, lambda: m.start(cpu, op, args))
+        _remember(m, op, args)
+        _then(self, cpu, then)
 
     start.__name__ = "start_" + _ident(op.name)
-    reserved = {"cpu_index", "target", "targets", "self"} & set(op.args)
+    reserved = {"cpu_index", "then", "target", "targets", "self"} & set(op.args)
     if reserved:
         raise UsageError(
             f"operation {op.name!r}: argument name(s) {', '.join(sorted(reserved))} are reserved;"
             " rename them"
         )
-    strategies: dict[str, Any] = {"cpu_index": st.integers(0, ncpus - 1),
-                  **{k: strategy_of(a) for k, a in op.args.items()}}
+    strategies: dict[str, Any] = {"cpu_index": st.integers(0, ncpus - 1), "then": _THEN,
+                  **{k: _reusable(a, strategy_of(a)) for k, a in op.args.items()}}
     return precondition(lambda self: any(self.machine.can_start(c) for c in self.machine.cpus))(
         rule(**strategies)(start)
     )
+
+
+def _remember(m: Machine, op: Operation, args: dict[str, Any]) -> None:
+    """Note the values an operation started with, each declared argument's latest last."""
+    for k, value in args.items():
+        used = m.arg_pool.setdefault(id(op.args[k]), [])
+        if value in used:
+            used.remove(value)
+        used.append(value)
+
+
+def _reusable(declared: Any, fresh: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """An operation argument, once the example has started operations with values of the
+    same declared argument (``declared``, shared by kprobes' operations for the probe site):
+    one time in four a fresh draw (what it shrinks to), half the time the value used last,
+    else any value used. (A fresh draw half the time and else any value used, as the walk
+    draws, left a hit on a probe armed earlier in the example to about one example in a
+    hundred: the values spread over nine sites.)"""
+    key = id(declared)
+
+    def given(sm: Any) -> st.SearchStrategy[Any]:
+        m = getattr(sm, "machine", None)
+        pool = tuple(m.arg_pool.get(key, ())) if isinstance(m, Machine) else ()
+        if not pool:
+            return fresh
+        return st.integers(0, 3).flatmap(
+            lambda how: fresh if how == 0 else st.just(pool[-1]) if how < 3 else st.sampled_from(pool[::-1]))
+
+    return st.runner(default=None).flatmap(given)
 
 
 def _irq_rule(src: InterruptSource, ncpus: int) -> Any:
@@ -311,26 +535,29 @@ def _irq_rule(src: InterruptSource, ncpus: int) -> Any:
 
 
 class HypothesisEngine:
-    """The state machine in batches of :data:`BATCH` examples, each batch seeded from the
-    campaign's seed; a failure comes back shrunk by Hypothesis."""
+    """The state machine in runs of :data:`BATCH` examples, each run seeded from the
+    campaign's seed and stopped from inside when the budget is spent; a failure comes back
+    shrunk by Hypothesis."""
 
     name = "hypothesis"
     description = "hypothesis (RuleBasedStateMachine, shrunk by Hypothesis then step by step)"
     guidance = "hypothesis.target on the distinct modelled routines each example enters"
 
     def search(self, search: Search) -> Found:
-        channel = Channel(stats=search.stats, known=search.known, events=search.events)
-        machine_cls = state_machine_class(search.model, channel, guide=search.guide)
+        channel = Channel(stats=search.stats, known=search.known, events=search.events,
+                          check=_checker(search))
+        machine_cls = state_machine_class(search.model, channel, guide=search.guide,
+                                          interleave=search.interleave)
         batch = 0
         while not search.exhausted():
-            if search.should_stop is not None and search.should_stop():
-                return None
             left = search.max_examples - search.stats.examples if search.max_examples else BATCH
             hypothesis.seed(_batch_seed(search.seed, batch))(machine_cls)
             try:
                 run_state_machine_as_test(machine_cls, settings=_settings(search, min(BATCH, left), batch))
+            except Stop:
+                return None
             except Unsatisfiable:
-                pass  # every example of the batch met a known finding: search on
+                pass  # every example of the run met a known finding: search on
             except (KernelFailure, PluginError, ModelLimitation) as exc:
                 caught = channel.caught(exc)
                 if caught is None:
@@ -338,9 +565,24 @@ class HypothesisEngine:
                 search.fault_steps = caught[1]
                 return caught[0]
             batch += 1
-            if search.events.progress is not None:
-                search.events.progress(search.stats.snapshot(), time.monotonic() - search.started)
         return None
+
+
+def _checker(search: Search) -> Callable[[], None]:
+    """Before each example: :class:`Stop` once the budget is spent or the search should stop;
+    progress reported every :data:`~fuzzer._engine.search.REPORT_EVERY` seconds."""
+    next_report = [search.started + REPORT_EVERY]
+
+    def check() -> None:
+        if search.exhausted():
+            raise Stop
+        now = time.monotonic()
+        if now >= next_report[0]:
+            next_report[0] = now + REPORT_EVERY
+            if search.report():
+                raise Stop
+
+    return check
 
 
 def _settings(search: Search, n: int, batch: int) -> Settings:
