@@ -353,7 +353,7 @@ def test_the_state_machine_takes_the_decisions_behind_the_kernels_back():
 
 def test_the_hypothesis_engine_finds_what_only_a_failed_allocation_shows():
     model = make_model("v6.2", plugins=["fuzzer_plugins.mistakes.enomem_leaks_mm"])
-    outcome = search(model, seed=2, max_examples=3000, engine="hypothesis")
+    outcome = search(model, seed=2, max_examples=3000, engine="hypothesis", time_budget=0)
     assert outcome.status == "failed"
     assert str(outcome.failure.signature) == "END-STATE in patching mm leak"
     assert "fail" in [s.action for s in outcome.steps]

@@ -209,7 +209,7 @@ def _base_rules(model: Model, channel: Channel, recorder: RoutineRecorder,
             channel.check()
         if events.example_start is not None:
             events.example_start()
-        self.machine = _guard(self, lambda: Machine(model))
+        self.machine = _guard(self, lambda: Machine(model, boot_cache=True))
         self.machine.accesses = Accesses(self.machine)
         self.held = []
 
