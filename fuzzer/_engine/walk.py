@@ -152,7 +152,7 @@ class Walker:
             if m is not None:
                 self.scheduler.end(sum(len(s.cpus) for s in m.steps))
                 if seen is not None:
-                    seen.end_example(m)
+                    seen.end_example(m, rng)
         return m, None
 
     def _walk(self, m: Machine, rng: random.Random, prefix: Sequence[Step]) -> None:
