@@ -42,6 +42,9 @@ Pair = tuple[str, str, str, str, str]
 #: reschedule the stretch with PCT.
 HOLD = 1 / 3
 DELAY = 1 / 3
+#: Of the holds, the fraction whose held CPU also starts its operation late (at a uniform
+#: point of the other CPUs' decisions before the second access).
+LATE = 0.5
 #: The most decisions :func:`hold` gives the other CPUs once the kept steps ran out.
 HOLD_RUN = 2000
 
@@ -176,7 +179,8 @@ def replay_rescheduled(m: Machine, kept: Kept, rng: random.Random,
     steps, at, where = kept
     r = rng.random()
     if r < HOLD:
-        hold(m, steps, where, apply)
+        late = rng.randint(0, late_choices(steps, where)) if rng.random() < LATE else None
+        hold(m, steps, where, apply, late)
         return
     if r < HOLD + DELAY:
         for step in delay(steps, where):
@@ -197,7 +201,7 @@ def replay_rescheduled(m: Machine, kept: Kept, rng: random.Random,
 
 
 def hold(m: Machine, steps: Sequence[Step], where: Where,
-         apply: Callable[[Machine, Step], object]) -> None:
+         apply: Callable[[Machine, Step], object], late: int | None = None) -> None:
     """Replay ``steps`` with the first access's CPU held just after that access until the
     CPU of the second access is done -- idle (its operation returned) or unable to run
     (waiting, perhaps for the held CPU) -- then give the held CPU the decisions it missed.
@@ -205,16 +209,21 @@ def hold(m: Machine, steps: Sequence[Step], where: Where,
     :func:`delay` flips the pair; this keeps its order and stretches the pause: a race
     often needs the first CPU held for the rest of the other side's operation (a lookup
     before an unhash, the single step after the slot's free), a pause of a length no
-    scheduler knows. Should the kept steps run out first, the other CPUs run on alone
-    (recorded, :data:`HOLD_RUN` decisions at most) before the release. The caller
-    finishes the machine.
+    scheduler knows. ``late``: the held CPU's operation also starts late -- it waits
+    from its first decision until ``late`` decisions of the others have run, then runs
+    to its access (an operation begun inside the other's, after a grace period the
+    other waited for, say). Should the kept steps run out first, the other CPUs run on
+    alone (recorded, :data:`HOLD_RUN` decisions at most) before the release. The
+    caller finishes the machine.
     """
     flat = [n for s in steps if s.action == "run" for n in s.cpus]
     if not where.first <= where.second < len(flat) or flat[where.second] == where.cpu:
         for step in steps:
             apply(m, step)
         return
-    h = _Hold(m, apply, m.cpus[where.cpu], m.cpus[flat[where.second]], where)
+    start = operation_start(steps, where)
+    h = _Hold(m, apply, m.cpus[where.cpu], m.cpus[flat[where.second]], where, start=start,
+              need=flat[start:where.first + 1].count(where.cpu), late=late)
     for s in steps:
         if s.action != "run":
             h.check()
@@ -222,50 +231,96 @@ def hold(m: Machine, steps: Sequence[Step], where: Where,
             continue
         for n in s.cpus:
             h.decide(n)
-    if h.holding:
+    if h.phase in ("late", "hold"):
         for _ in range(HOLD_RUN):
             movable = [c for c in m.runnable() if c is not h.held]
             if not movable:
                 break
             apply(m, Step("run", cpus=[movable[0].n]))
-        h.release()
+        h.release(h.owed)
+        h.phase = "done"
+
+
+def operation_start(steps: Sequence[Step], where: Where) -> int:
+    """The index, among the scheduled decisions of ``steps``, of the first one after the
+    step that started (or interrupted) the first access's CPU last before that access."""
+    seen = start = 0
+    for s in steps:
+        if seen > where.first:
+            break
+        if s.action == "run":
+            seen += len(s.cpus)
+        elif s.action in ("start", "irq") and s.cpu == where.cpu:
+            start = seen
+    return start
+
+
+def late_choices(steps: Sequence[Step], where: Where) -> int:
+    """How many decisions of other CPUs there are from the first access's CPU's operation
+    start to the second access: the range of :func:`hold`'s ``late``."""
+    flat = [n for s in steps if s.action == "run" for n in s.cpus]
+    window = flat[operation_start(steps, where):where.second + 1]
+    return sum(1 for n in window if n != where.cpu)
 
 
 @attrs.define
 class _Hold:
-    """:func:`hold`'s progress through the kept decisions."""
+    """:func:`hold`'s progress through the kept decisions: the held CPU runs (``run``), waits
+    for a late start (``late``), waits after its access (``hold``), or runs freely (``done``)."""
 
     m: Machine
     apply: Callable[[Machine, Step], object]
     held: Cpu
     other: Cpu
     where: Where
+    start: int
+    need: int
+    """The held CPU's decisions from its operation's start to its access, both included."""
+    late: int | None = None
     k: int = 0
+    ran: int = 0
     owed: int = 0
-    holding: bool = False
-    released: bool = False
+    waited: int = 0
+    phase: str = "run"
 
     def decide(self, n: int) -> None:
-        """The kept example's next decision, CPU ``n``: skipped (owed) while ``n`` is held."""
+        """The kept example's next decision, CPU ``n``: skipped (owed) while ``n`` waits."""
         k, self.k = self.k, self.k + 1
-        if self.holding and n == self.held.n:
-            self.owed += 1
+        if n == self.held.n:
+            if self.phase == "run" and self.late is not None and k >= self.start:
+                self.phase = "late"
+            if self.phase in ("late", "hold"):
+                self.owed += 1
+                return
+            self._run_held()
         else:
             self.apply(self.m, Step("run", cpus=[n]))
-            if n == self.held.n and self.where.first <= k <= self.where.second and not self.released:
-                self.holding = True  # the held CPU made its access: it waits from here
+            if self.phase == "late":
+                self.waited += 1
+                if self.waited >= (self.late or 0):
+                    self.phase = "run"
+                    self.release(min(self.owed, self.need - self.ran))
         self.check()
+
+    def _run_held(self) -> None:
+        self.apply(self.m, Step("run", cpus=[self.held.n]))
+        if self.k > self.start and self.phase == "run":
+            self.ran += 1
+            if self.ran >= self.need:
+                self.phase = "hold"  # the held CPU made its access: it waits from here
 
     def check(self) -> None:
         other = self.other
-        if self.holding and self.k > self.where.second and (not other.stack or not other.runnable()):
-            self.release()
+        if self.phase == "hold" and self.k > self.where.second \
+                and (not other.stack or not other.runnable()):
+            self.release(self.owed)
+            self.phase = "done"
 
-    def release(self) -> None:
-        self.holding, self.released = False, True
-        for _ in range(self.owed):
-            self.apply(self.m, Step("run", cpus=[self.held.n]))
-        self.owed = 0
+    def release(self, count: int) -> None:
+        """Give the held CPU ``count`` of the decisions it is owed."""
+        self.owed -= count
+        for _ in range(count):
+            self._run_held()
 
 
 def delay(steps: Sequence[Step], where: Where) -> list[Step]:

@@ -322,3 +322,28 @@ def test_a_pair_formed_many_times_keeps_a_sample_of_them_and_rare_pairs_are_pick
     assert len(boots) == 4 and max(boots) >= 4  # not only the first four that formed it
     picks = [seen.pick(rng)[0][0].seed for _ in range(400)]
     assert picks.count(0) > 400 * 0.8  # weight 1 against 200 ** -0.5 for the common pair
+
+
+def test_a_late_start_then_a_hold_finds_a_lookup_after_the_grace_period():
+    """kprobe_rcu_too_early: the unregister's grace period comes first, so the hit must
+    begin after it and look the probe up before the unhash, then wait out the free. In the
+    kept example the hit began first (the grace period waited for it): a plain hold cannot
+    fail; a late start at some point inside the unregister does, and replays."""
+    from fuzzer._interleave import hold, late_choices
+
+    model, kept = _hit_during_unregister("kprobe_rcu_too_early")
+    steps, _, where = kept["kprobe table"]
+    outcomes = {}
+    for late in [None, *range(late_choices(steps, where) + 1)]:
+        m = Machine(model)
+        try:
+            hold(m, steps, where, lambda m, s: apply_step(m, s, strict=False), late)
+            m.finish()
+        except KernelFailure as exc:
+            _, again = replay(model, m.steps)
+            assert again is not None and again.signature == exc.signature
+            outcomes[late] = exc.cpu
+        else:
+            outcomes[late] = None
+    assert outcomes[None] is None and outcomes[0] is None
+    assert 1 in outcomes.values()
