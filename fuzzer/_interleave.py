@@ -40,11 +40,14 @@ Pair = tuple[str, str, str, str, str]
 #: Of the rescheduled replays, the fraction that hold the first access's CPU until the other
 #: CPU is done (:func:`hold`), and the fraction that flip the pair (:func:`delay`); the rest
 #: reschedule the stretch with PCT.
-HOLD = 1 / 3
-DELAY = 1 / 3
+HOLD = 1 / 2
+DELAY = 1 / 4
 #: Of the holds, the fraction whose held CPU also starts its operation late (at a uniform
 #: point of the other CPUs' decisions before the second access).
 LATE = 0.5
+#: Of the holds, the fraction whose held CPU waits at a uniform point of its operation up to
+#: its access rather than just after the access.
+EARLIER = 0.5
 #: The most decisions :func:`hold` gives the other CPUs once the kept steps ran out.
 HOLD_RUN = 2000
 
@@ -179,8 +182,10 @@ def replay_rescheduled(m: Machine, kept: Kept, rng: random.Random,
     steps, at, where = kept
     r = rng.random()
     if r < HOLD:
-        late = rng.randint(0, late_choices(steps, where)) if rng.random() < LATE else None
-        hold(m, steps, where, apply, late)
+        others, own = hold_range(steps, where)
+        late = rng.randint(0, others) if rng.random() < LATE else None
+        upto = rng.randint(1, max(1, own)) if rng.random() < EARLIER else None
+        hold(m, steps, where, apply, late, upto)
         return
     if r < HOLD + DELAY:
         for step in delay(steps, where):
@@ -201,7 +206,8 @@ def replay_rescheduled(m: Machine, kept: Kept, rng: random.Random,
 
 
 def hold(m: Machine, steps: Sequence[Step], where: Where,
-         apply: Callable[[Machine, Step], object], late: int | None = None) -> None:
+         apply: Callable[[Machine, Step], object], late: int | None = None,
+         upto: int | None = None) -> None:
     """Replay ``steps`` with the first access's CPU held just after that access until the
     CPU of the second access is done -- idle (its operation returned) or unable to run
     (waiting, perhaps for the held CPU) -- then give the held CPU the decisions it missed.
@@ -212,9 +218,11 @@ def hold(m: Machine, steps: Sequence[Step], where: Where,
     scheduler knows. ``late``: the held CPU's operation also starts late -- it waits
     from its first decision until ``late`` decisions of the others have run, then runs
     to its access (an operation begun inside the other's, after a grace period the
-    other waited for, say). Should the kept steps run out first, the other CPUs run on
-    alone (recorded, :data:`HOLD_RUN` decisions at most) before the release. The
-    caller finishes the machine.
+    other waited for, say). ``upto``: the held CPU waits after that many decisions of
+    its operation instead of just after its access (an earlier point of the same path:
+    the lookup before the single step whose slot the other CPU frees). Should the kept
+    steps run out first, the other CPUs run on alone (recorded, :data:`HOLD_RUN`
+    decisions at most) before the release. The caller finishes the machine.
     """
     flat = [n for s in steps if s.action == "run" for n in s.cpus]
     if not where.first <= where.second < len(flat) or flat[where.second] == where.cpu:
@@ -222,8 +230,9 @@ def hold(m: Machine, steps: Sequence[Step], where: Where,
             apply(m, step)
         return
     start = operation_start(steps, where)
+    need = flat[start:where.first + 1].count(where.cpu)
     h = _Hold(m, apply, m.cpus[where.cpu], m.cpus[flat[where.second]], where, start=start,
-              need=flat[start:where.first + 1].count(where.cpu), late=late)
+              need=need if upto is None else max(1, min(upto, need)), late=late)
     for s in steps:
         if s.action != "run":
             h.check()
@@ -255,12 +264,14 @@ def operation_start(steps: Sequence[Step], where: Where) -> int:
     return start
 
 
-def late_choices(steps: Sequence[Step], where: Where) -> int:
-    """How many decisions of other CPUs there are from the first access's CPU's operation
-    start to the second access: the range of :func:`hold`'s ``late``."""
+def hold_range(steps: Sequence[Step], where: Where) -> tuple[int, int]:
+    """The ranges of :func:`hold`'s ``late`` and ``upto``: how many decisions of other CPUs
+    there are from the first access's CPU's operation start to the second access, and how
+    many of that CPU's own from its operation start to its access."""
     flat = [n for s in steps if s.action == "run" for n in s.cpus]
-    window = flat[operation_start(steps, where):where.second + 1]
-    return sum(1 for n in window if n != where.cpu)
+    start = operation_start(steps, where)
+    window = flat[start:where.second + 1]
+    return sum(1 for n in window if n != where.cpu), flat[start:where.first + 1].count(where.cpu)
 
 
 @attrs.define

@@ -329,12 +329,12 @@ def test_a_late_start_then_a_hold_finds_a_lookup_after_the_grace_period():
     begin after it and look the probe up before the unhash, then wait out the free. In the
     kept example the hit began first (the grace period waited for it): a plain hold cannot
     fail; a late start at some point inside the unregister does, and replays."""
-    from fuzzer._interleave import hold, late_choices
+    from fuzzer._interleave import hold, hold_range
 
     model, kept = _hit_during_unregister("kprobe_rcu_too_early")
     steps, _, where = kept["kprobe table"]
     outcomes = {}
-    for late in [None, *range(late_choices(steps, where) + 1)]:
+    for late in [None, *range(hold_range(steps, where)[0] + 1)]:
         m = Machine(model)
         try:
             hold(m, steps, where, lambda m, s: apply_step(m, s, strict=False), late)
