@@ -43,8 +43,8 @@ Pair = tuple[str, str, str, str, str]
 HOLD = 1 / 2
 DELAY = 1 / 4
 #: Of the holds, the fraction whose held CPU also starts its operation late (at a uniform
-#: point of the other CPUs' decisions before the second access).
-LATE = 0.5
+#: point of the other CPU's operation before its access).
+LATE = 0.75
 #: Of the holds, the fraction whose held CPU waits at a uniform point of its operation up to
 #: its access rather than just after the access.
 EARLIER = 0.5
@@ -182,8 +182,8 @@ def replay_rescheduled(m: Machine, kept: Kept, rng: random.Random,
     steps, at, where = kept
     r = rng.random()
     if r < HOLD:
-        others, own = hold_range(steps, where)
-        late = rng.randint(0, others) if rng.random() < LATE else None
+        least, most, own = hold_range(steps, where)
+        late = rng.randint(least, most) if rng.random() < LATE else None
         upto = rng.randint(1, max(1, own)) if rng.random() < EARLIER else None
         hold(m, steps, where, apply, late, upto)
         return
@@ -229,7 +229,7 @@ def hold(m: Machine, steps: Sequence[Step], where: Where,
         for step in steps:
             apply(m, step)
         return
-    start = operation_start(steps, where)
+    start = operation_start(steps, where.cpu, where.first)
     need = flat[start:where.first + 1].count(where.cpu)
     h = _Hold(m, apply, m.cpus[where.cpu], m.cpus[flat[where.second]], where, start=start,
               need=need if upto is None else max(1, min(upto, need)), late=late)
@@ -250,28 +250,31 @@ def hold(m: Machine, steps: Sequence[Step], where: Where,
         h.phase = "done"
 
 
-def operation_start(steps: Sequence[Step], where: Where) -> int:
+def operation_start(steps: Sequence[Step], cpu: int, index: int) -> int:
     """The index, among the scheduled decisions of ``steps``, of the first one after the
-    step that started (or interrupted) the first access's CPU last before that access."""
+    step that started (or interrupted) ``cpu`` last before its decision ``index``."""
     seen = start = 0
     for s in steps:
-        if seen > where.first:
+        if seen > index:
             break
         if s.action == "run":
             seen += len(s.cpus)
-        elif s.action in ("start", "irq") and s.cpu == where.cpu:
+        elif s.action in ("start", "irq") and s.cpu == cpu:
             start = seen
     return start
 
 
-def hold_range(steps: Sequence[Step], where: Where) -> tuple[int, int]:
-    """The ranges of :func:`hold`'s ``late`` and ``upto``: how many decisions of other CPUs
-    there are from the first access's CPU's operation start to the second access, and how
-    many of that CPU's own from its operation start to its access."""
+def hold_range(steps: Sequence[Step], where: Where) -> tuple[int, int, int]:
+    """The ranges of :func:`hold`'s ``late`` and ``upto``: the decisions of other CPUs from
+    the first access's CPU's operation start to the start of the operation that made the
+    second access (the least ``late`` that begins inside it), and to the second access
+    (the most); the first CPU's own decisions from its operation start to its access."""
     flat = [n for s in steps if s.action == "run" for n in s.cpus]
-    start = operation_start(steps, where)
-    window = flat[start:where.second + 1]
-    return sum(1 for n in window if n != where.cpu), flat[start:where.first + 1].count(where.cpu)
+    start = operation_start(steps, where.cpu, where.first)
+    other = operation_start(steps, flat[where.second], where.second) if where.second < len(flat) else 0
+    before = sum(1 for n in flat[start:max(start, other)] if n != where.cpu)
+    upto = sum(1 for n in flat[start:where.second + 1] if n != where.cpu)
+    return before, upto, flat[start:where.first + 1].count(where.cpu)
 
 
 @attrs.define
