@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import attrs  # noqa: E402
 import hypothesis  # noqa: E402
 
 from fuzzer import FuzzerPluginManager, KernelConfig, Model, RunConfig  # noqa: E402
@@ -66,6 +67,12 @@ MMU = {"hash_no_hpte_flush": "hash", "unsafe_sequence_order": "hash",
        "hash_local_kernel_flush": "hash"}
 CONFIG = {"percpu_context_preemptible": ("CONFIG_PREEMPT=y",),
           "alias_on_radix": ("CONFIG_CMDLINE=disable_tlbie",)}
+
+#: Mistakes whose failure has the signature of a known finding of their unmodified kernel
+#: (hash_local_kernel_flush: the stale alias of Hash before 6.6, which the mistake reaches
+#: without the CPU offline the kernel needs): benchmarked with known findings reported, as
+#: the tests run them with ``--report-known``.
+REPORT_KNOWN = ("hash_local_kernel_flush",)
 
 #: Known-minimal reproduction length, in steps: the shortest reproduction seen (shipped
 #: corpus entries and these benchmarks' shrunk outputs). Boot-time failures need only the
@@ -131,8 +138,11 @@ def targets() -> list[tuple[str, Model]]:
     """The seed crash and every injected mistake, each with the model it needs."""
     out = [("seed crash", model_for("next-20221215"))]
     for name in MISTAKES:
-        out.append((name, model_for(KERNEL.get(name, "v6.2"), MMU.get(name, "radix"),
-                                    [f"fuzzer_plugins.mistakes.{name}"], CONFIG.get(name, ()))))
+        model = model_for(KERNEL.get(name, "v6.2"), MMU.get(name, "radix"),
+                          [f"fuzzer_plugins.mistakes.{name}"], CONFIG.get(name, ()))
+        if name in REPORT_KNOWN:
+            model = attrs.evolve(model, known=())
+        out.append((name, model))
     return out
 
 

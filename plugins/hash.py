@@ -24,12 +24,14 @@ import attrs
 from fuzzer import (
     Geometry,
     Invariant,
+    KnownFinding,
     Mmu,
     MmuSpec,
     Prot,
     Pte,
     PtePtr,
     RunConfig,
+    Signature,
     check_access,
     hookimpl,
     pte_alloc,
@@ -227,6 +229,53 @@ def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
                       doc="every HPTE maps a present Linux PTE marked H_PAGE_HASHPTE")]
 
 
+#: The kernel lines of the chain, for the known finding's reference.
+_LOCAL_ALIAS_FLUSH_LINES = (
+    "linux-source-6.1 (6.1.192): code-patching.c:169 (__do_patch_instruction's"
+    " pte_clear(&init_mm)); asm/book3s/64/hash.h:177; book3s64/hash_tlb.c:104;"
+    " asm/tlb.h:58-63 (mm_is_thread_local); asm/book3s/64/tlbflush-hash.h:113-116 (empty"
+    " flush_tlb_kernel_range); arch/powerpc/mm/mmu_context.c:49-51 (switch_mm_irqs_off sets the bit and"
+    " active_cpus); kernel/sched/core.c:9235 (idle_task_exit); kernel/cpu.c:1032-1042"
+    " (clear_tasks_mm_cpumask skips init_mm). Not observed on a real boot: it rests on"
+    " another CPU speculatively loading the alias's translation, which the Power ISA permits"
+)
+
+
+@hookimpl
+def fuzzer_known_findings(config: RunConfig) -> list[KnownFinding]:
+    """A stale translation of the patching alias on Hash before 6.6 (v6.1, next-20221215, v6.2).
+
+    init_mm's ``mm_cpumask`` and ``context.active_cpus`` are not kept at boot and hotplug
+    there: a CPU that goes offline with a process mm lazily loaded sets its own bit
+    (``idle_task_exit`` -> ``switch_mm_irqs_off``) and nothing clears it. If it is the only
+    one, ``mm_is_thread_local(&init_mm)`` is true on that CPU from then on, so clearing its
+    alias PTE (``pte_clear(&init_mm)`` -> ``hpte_need_flush``) invalidates the HPTE with
+    ``tlbiel``; Hash's ``flush_tlb_kernel_range`` does nothing. A translation of the alias
+    another CPU loaded speculatively from the HPTE while the patch ran survives there: a
+    writable alias of kernel text left in another CPU's TLB. The Power ISA lets a CPU load
+    such a translation unasked; no real boot has shown it. c3c2e9375348 ("powerpc: Account
+    mm_cpumask and active_cpus in init_mm", v6.6) puts every online CPU in init_mm's mask,
+    after which the flush is local only when no other CPU is online. The signature is the
+    end-state check's, so at these versions on Hash any "patching mapping removed" is
+    counted as this finding; ``--report-known`` reports it, with the chain in its detail.
+    """
+    if config.mmu != "hash":
+        return []
+    versions: dict[str, Any] = {"kernels": ("v6.1", "next-20221215", "v6.2")}
+    return [KnownFinding(
+        signature=Signature("END-STATE", "patching mapping removed", ""),
+        **versions,
+        title=("Hash: after one CPU's offline, its patches flush the alias HPTE with tlbiel only:"
+               " mm_is_thread_local(&init_mm) (asm/tlb.h:58-63, from hpte_need_flush,"
+               " hash_tlb.c:104) is true on it, init_mm's mm_cpumask holding that CPU alone"
+               " (set by idle_task_exit -> switch_mm_irqs_off, mmu_context.c:49-51, never"
+               " cleared); another CPU's speculatively loaded translation of the alias survives"),
+        fix=("c3c2e9375348 (powerpc: Account mm_cpumask and active_cpus in init_mm, v6.6), or"
+             " flush init_mm's HPTEs globally"),
+        reference=_LOCAL_ALIAS_FLUSH_LINES,
+    )]
+
+
 def _hptes_match(m: Machine) -> str | None:
     mmu = m.mmu
     assert isinstance(mmu, HashMmu)
@@ -243,15 +292,49 @@ def _hptes_match(m: Machine) -> str | None:
 
 def mm_is_thread_local(cpu: Cpu, mm: MM) -> bool:
     """``mm_is_thread_local()`` (asm/tlb.h:58-63, v6.1-v6.12), as ``hpte_need_flush`` asks it
-    (hash_tlb.c:104) -- for init_mm too: false once ``context.active_cpus`` exceeds one (the
-    model counts the mm's cpumask, which ``inc_mm_active_cpus`` follows), else whether this
-    CPU is in ``mm_cpumask(mm)``. In 6.1 init_mm's mask is empty until a CPU goes offline:
-    ``idle_task_exit`` (kernel/sched/core.c:9235) switches it to init_mm, which sets its bit
-    and ``active_cpus`` (mmu_context.c:49-51), and nothing clears them
-    (``cleanup_cpu_mmu_context`` -> ``clear_tasks_mm_cpumask`` walks process mms only). In
-    6.12 it holds every online CPU (setup-common.c:986, smp.c:1635, cleared at :1791), so a
-    kernel PTE cleared while only the boot CPU is up is flushed locally."""
+    (hash_tlb.c:104) -- for init_mm too: false once ``context.active_cpus`` exceeds one,
+    else whether this CPU is in ``mm_cpumask(mm)``. The model counts the mask for
+    ``active_cpus``: ``switch_mm_irqs_off`` (mmu_context.c:49-51) and
+    ``arch_clear_mm_cpumask_cpu`` (book3s/64/mmu.h) change both together. (One case
+    differs: in 6.12, after the :51 race re-set a dead CPU's bit, its next
+    ``start_secondary`` increments ``active_cpus`` again (smp.c:1636) without a new bit,
+    so the kernel's count stays one above the mask's; that only makes the kernel's flush
+    global where the model's is local with no other CPU online to hold a translation.)
+
+    init_mm's mask: before c3c2e9375348 ("powerpc: Account mm_cpumask and active_cpus in
+    init_mm", merged for v6.6) -- v6.1, next-20221215, v6.2 -- it is empty at boot and
+    only ``switch_mm_irqs_off`` sets a bit, on Hash only from ``idle_task_exit``
+    (kernel/sched/core.c:9235 in 6.1) when a CPU goes offline with a process mm lazily
+    loaded; nothing clears it (``cleanup_cpu_mmu_context`` -> ``clear_tasks_mm_cpumask``
+    walks process mms only, kernel/cpu.c:1032-1042 in 6.1). Once exactly one CPU has gone
+    so, that CPU's own flushes of init_mm are local, after it comes back online too. In
+    6.12 the mask holds every online CPU (setup-common.c:986, smp.c:1635, cleared at
+    :1791), so a flush is local only while this CPU is the only one online."""
     return len(mm.cpumask) <= 1 and cpu.n in mm.cpumask
+
+
+#: ``m.state`` key: patching address -> why its last flush was local (shown with a stale
+#: translation by the "patching mapping removed" end-state check).
+FLUSH_NOTES = "flush_notes"
+
+
+def _local_init_mm_flush_note(cpu: Cpu) -> str:
+    """Why ``hpte_need_flush`` flushed an init_mm PTE with tlbiel on ``cpu``: the kernel lines
+    of the decision and of the mask state it read."""
+    m = cpu.m
+    v612 = m.version.is_("v6.12")
+    if v612:
+        who = ("setup_arch and start_secondary set each online CPU's bit (setup-common.c:986,"
+               " smp.c:1635), __cpu_die clears it (smp.c:1791): this CPU is the only one online")
+    else:
+        who = ("set by switch_mm_irqs_off (arch/powerpc/mm/mmu_context.c:49-51) from this CPU's"
+               " idle_task_exit (kernel/sched/core.c:9235 in 6.1) when it went offline with a"
+               " process mm lazily loaded, and never cleared (before c3c2e9375348, v6.6)")
+    mask = ",".join(str(n) for n in sorted(m.init_mm.cpumask))
+    return (f"CPU {cpu.n} flushed its HPTE with tlbiel only: pte_clear(&init_mm) ->"
+            f" hash__pte_update ({HASH_H}:{217 if v612 else 177}) -> hpte_need_flush ({HASH_TLB_C}:104) ->"
+            f" flush_hash_page(..., local=mm_is_thread_local(&init_mm)) (asm/tlb.h:58-63), true"
+            f" with init_mm's active_cpus 1 and mm_cpumask {{{mask}}}, {who}")
 
 
 @routine("pte_update", HASH_H, symbol="hash__pte_update", inlined=True)
@@ -262,9 +345,9 @@ def hash__pte_update(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, *, clear_all: boo
     The atomic update (spinning while H_PAGE_BUSY), then for a non-huge PTE
     ``assert_pte_locked(mm, addr)``, then, if the old PTE had an HPTE
     (H_PAGE_HASHPTE), ``hpte_need_flush`` -> ``flush_hash_page``: local when
-    ``mm_is_thread_local(mm)``, global otherwise. The kernel asks the same of init_mm
-    (hash.h:176-177 -> hash_tlb.c:104 in 6.1); the model keeps init_mm's flush global
-    (see the comment below and docs/fidelity.md).
+    ``mm_is_thread_local(mm)``, global otherwise -- for init_mm too (hash.h:176-177 ->
+    hash_tlb.c:104 in 6.1), as the kernel does: before 6.6, once one CPU alone went
+    offline, its later patches flush the alias locally (the known finding below).
     """
     yield  # ldarx/stdcx. loop
     old = ptr.set(None if clear_all else new)
@@ -274,13 +357,13 @@ def hash__pte_update(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, *, clear_all: boo
         yield  # hpte_need_flush
         mmu = cpu.m.mmu
         assert isinstance(mmu, HashMmu)
-        # init_mm stays global for now, unlike the kernel: after one CPU's offline
-        # (idle_task_exit's switch to init_mm) v6.1's and next-20221215's init_mm mask is
-        # that CPU alone with active_cpus 1, so its own later patches flush the alias
-        # locally (unmap_patch_area's pte_clear, code-patching.c:147 in 6.1; Hash's
-        # flush_tlb_kernel_range is empty, tlbflush-hash.h:113-116), leaving another CPU's
-        # speculatively filled translation behind. Not yet declared a known finding.
-        local = not mm.is_init and mm_is_thread_local(cpu, mm)
+        local = mm_is_thread_local(cpu, mm)
+        if mm.is_init:
+            notes = cpu.m.state.setdefault(FLUSH_NOTES, {})
+            if local:
+                notes[addr] = _local_init_mm_flush_note(cpu)
+            else:
+                notes.pop(addr, None)
         mmu.flush_hash_page(cpu, mm, addr, local)
     return old
 

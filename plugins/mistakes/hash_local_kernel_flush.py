@@ -1,12 +1,18 @@
-"""hash__pte_update flushes a kernel PTE's HPTE with tlbiel, on this CPU only (Hash).
+"""hash__pte_update decides a flush's locality from mm_cpumask alone (Hash).
 
-The test for a thread-local mm is applied to init_mm too: its ``mm_cpumask``
-holds no other CPU, so the flush of the patching alias's HPTE goes local.
-The HPTE leaves the hashed page table, but a translation another CPU loaded
-from it into its TLB -- which POWER may do speculatively for any kernel
-address -- survives: a writable alias of kernel text left on a CPU that never
-patched. No modelled code on another CPU touches the alias: only speculative
-fills show it. Load with ``--mmu hash``.
+The mistake takes "no other CPU in ``mm_cpumask(mm)``" for ``mm_is_thread_local``,
+dropping the ``active_cpus`` count and the test that this CPU is in the mask
+(asm/tlb.h:58-63). Before 6.6 init_mm's mask is empty until a CPU goes offline, so
+from boot on every flush of the patching alias's HPTE goes local (tlbiel): the HPTE
+leaves the hashed page table, but a translation another CPU loaded from it into its TLB
+-- which POWER may do speculatively for any kernel address -- survives, a writable alias
+of kernel text left on a CPU that never patched. No modelled code on another CPU touches
+the alias: only speculative fills show it. Load with ``--mmu hash``.
+
+The unmodified kernel (v6.1, next-20221215, v6.2) gets there too, but only after one CPU
+alone went offline, and only for that CPU's patches (the known finding declared in
+``fuzzer_plugins.hash``, same signature): the mistake's reproduction needs no CPU offline.
+From 6.12 on init_mm's mask holds every online CPU, and the mistake flushes as the kernel does.
 """
 
 from __future__ import annotations

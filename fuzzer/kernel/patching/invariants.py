@@ -74,12 +74,17 @@ def mapping_private(m: Machine) -> str | None:
 
 
 def nothing_left_mapped(m: Machine) -> str | None:
+    """No patching address is mapped, or translated by any CPU's TLB. An MMU plugin that
+    flushed an address locally may say why in ``m.state["flush_notes"][addr]``: the
+    report shows it with a stale translation."""
     for owner, mm, addr in _patching_addrs(m):
         if mm.lookup(addr) is not None:
             return f"CPU {owner}'s patching address {addr:#x} is still mapped in {mm.name}"
         for c in m.cpus:
             if m.mmu.translations_of(c, mm, addr):
-                return f"CPU {c.n}'s TLB still translates CPU {owner}'s patching address {addr:#x}"
+                why = m.state.get("flush_notes", {}).get(addr)
+                return (f"CPU {c.n}'s TLB still translates CPU {owner}'s patching address {addr:#x}"
+                        + (f"; {why}" if why else ""))
     return None
 
 
