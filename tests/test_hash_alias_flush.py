@@ -104,7 +104,7 @@ def test_it_is_known_on_hash_before_66_only():
 
 def test_a_campaign_counts_it_and_searches_on():
     out = io.StringIO()
-    code = main(["run", "--kernel", "v6.1", "--mmu", "hash", "--seed", "1", "--max-examples", "400",
+    code = main(["run", "--kernel", "v6.1", "--mmu", "hash", "--seed", "1", "--max-examples", "1500",
                  "--time-budget", "0", "--corpus", "none"], out=out, err=io.StringIO())
     text = out.getvalue()
     assert code == 0, text
