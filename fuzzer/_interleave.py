@@ -37,6 +37,20 @@ if TYPE_CHECKING:
 
 Pair = tuple[str, str, str, str, str]
 
+#: Of the rescheduled replays, the fraction that hold the first access's CPU until the other
+#: CPU is done (:func:`hold`), and the fraction that flip the pair (:func:`delay`); the rest
+#: reschedule the stretch with PCT.
+HOLD = 1 / 2
+DELAY = 1 / 4
+#: Of the holds, the fraction whose held CPU also starts its operation late (at a uniform
+#: point of the other CPU's operation before its access).
+LATE = 0.75
+#: Of the holds, the fraction whose held CPU waits at a uniform point of its operation up to
+#: its access rather than just after the access.
+EARLIER = 0.5
+#: The most decisions :func:`hold` gives the other CPUs once the kept steps ran out.
+HOLD_RUN = 2000
+
 
 def running_routine(depth: int = 2) -> str:
     """The modelled routine that is executing (the innermost on the Python stack); else the
@@ -90,30 +104,37 @@ class AccessLog:
         self.last[key] = (cpu.n, routine, write, at)
 
 
+Kept = tuple[tuple[Step, ...], int, Where]
+
+
 @attrs.define
 class Interleavings:
-    """A campaign's pairs so far, and the examples that added some (kept for mutation)."""
+    """A campaign's pairs so far, and the examples that formed them (kept for mutation)."""
 
     pairs: set[Pair] = attrs.Factory(set)
-    kept: list[tuple[tuple[Step, ...], int, Where]] = attrs.Factory(list)
-    """Per new pair: the example that formed it first, and where (a step index)."""
+    kept: list[Kept] = attrs.Factory(list)
+    """Examples kept for some pair: the steps, the step index where it formed, and where."""
     kinds: list[str] = attrs.Factory(list)
     """The kind of object (``text``, ``kprobe table``, ...) of each kept example's pair."""
-    most_kept: int = 500
     per_pair: int = 4
-    """Examples kept per pair: the first few that form it, each where it formed -- one
-    example per pair left a single, often unsuitable, place to mutate each pair from."""
+    """Examples kept per pair -- one per pair left a single, often unsuitable, place to
+    mutate each pair from. The first few that form it, then (given an ``rng``) a uniform
+    sample of all that did (reservoir sampling): a pair formed in many ways is mutated
+    from many of them, not only from the first, which may be the wrong way round."""
     formed: dict[Pair, int] = attrs.Factory(dict)
     """How many examples formed each pair."""
+    where: dict[Pair, list[int]] = attrs.Factory(dict)
+    """Each pair's kept examples (indices into :attr:`kept`)."""
 
     def attach(self, m: Machine) -> AccessLog:
         log = AccessLog(m)
         m.accesses = log
         return log
 
-    def end_example(self, m: Machine | None) -> int:
-        """Fold the example's pairs in; keep its steps once per pair formed fewer than
-        :attr:`per_pair` times before. Returns how many pairs are new."""
+    def end_example(self, m: Machine | None, rng: random.Random | None = None) -> int:
+        """Fold the example's pairs in; keep its steps for each pair formed fewer than
+        :attr:`per_pair` times before, and (with ``rng``) in place of one of a pair's kept
+        examples with the chance that keeps a uniform sample. Returns how many pairs are new."""
         log = m.accesses if m is not None else None
         if m is None or log is None:
             return 0
@@ -124,24 +145,30 @@ class Interleavings:
             n = formed.get(pair, 0)
             formed[pair] = n + 1
             if n >= self.per_pair:
+                if rng is not None:
+                    j = rng.randrange(n + 1)
+                    if j < self.per_pair:
+                        self.kept[self.where[pair][j]] = (steps, at, where)
                 continue
             new += pair not in self.pairs
             self.pairs.add(pair)
+            self.where.setdefault(pair, []).append(len(self.kept))
             self.kept.append((steps, at, where))
             self.kinds.append(pair[0])
-        del self.kept[:-self.most_kept]
-        del self.kinds[:-self.most_kept]
         return new
 
-    def pick(self, rng: random.Random) -> tuple[tuple[Step, ...], int, Where]:
-        """A kept example to reschedule: a kind of object first, uniformly, then one of its
-        examples -- the few pairs on a kprobe table or a key are not drowned by the many on
-        kernel text."""
+    def pick(self, rng: random.Random) -> Kept:
+        """A kept example to mutate: a kind of object first, uniformly (the few pairs on a
+        kprobe table or a key are not drowned by the many on kernel text), then a pair of
+        that kind, the rarer the likelier (weight ``1/sqrt(examples that formed it)``, as
+        AFL favours rare paths), then one of its examples."""
         kind = rng.choice(sorted(set(self.kinds)))
-        return self.kept[rng.choice([i for i, k in enumerate(self.kinds) if k == kind])]
+        pairs = sorted(p for p in self.where if p[0] == kind)
+        pair = rng.choices(pairs, [self.formed[p] ** -0.5 for p in pairs])[0]
+        return self.kept[rng.choice(self.where[pair])]
 
 
-def replay_rescheduled(m: Machine, kept: tuple[tuple[Step, ...], int, Where], rng: random.Random,
+def replay_rescheduled(m: Machine, kept: Kept, rng: random.Random,
                        scheduler: Scheduler, apply: Callable[[Machine, Step], object]) -> None:
     """Replay a kept example on ``m`` with the ``run`` step that formed its pair chosen anew.
 
@@ -154,7 +181,14 @@ def replay_rescheduled(m: Machine, kept: tuple[tuple[Step, ...], int, Where], rn
     a preemption placed elsewhere would have done.
     """
     steps, at, where = kept
-    if rng.random() < 0.5:
+    r = rng.random()
+    if r < HOLD:
+        least, most, own = hold_range(steps, where)
+        late = rng.randint(least, most) if rng.random() < LATE else None
+        upto = rng.randint(1, max(1, own)) if rng.random() < EARLIER else None
+        hold(m, steps, where, apply, late, upto)
+        return
+    if r < HOLD + DELAY:
         for step in delay(steps, where):
             apply(m, step)
         return
@@ -170,6 +204,138 @@ def replay_rescheduled(m: Machine, kept: tuple[tuple[Step, ...], int, Where], rn
         scheduler.run(m, rng, len(steps[i].cpus))
         for step in steps[i + 1:]:
             apply(m, step)
+
+
+def hold(m: Machine, steps: Sequence[Step], where: Where,
+         apply: Callable[[Machine, Step], object], late: int | None = None,
+         upto: int | None = None) -> None:
+    """Replay ``steps`` with the first access's CPU held just after that access until the
+    CPU of the second access is done -- idle (its operation returned) or unable to run
+    (waiting, perhaps for the held CPU) -- then give the held CPU the decisions it missed.
+
+    :func:`delay` flips the pair; this keeps its order and stretches the pause: a race
+    often needs the first CPU held for the rest of the other side's operation (a lookup
+    before an unhash, the single step after the slot's free), a pause of a length no
+    scheduler knows. ``late``: the held CPU's operation also starts late -- it waits
+    from its first decision until ``late`` decisions of the others have run, then runs
+    to its access (an operation begun inside the other's, after a grace period the
+    other waited for, say). ``upto``: the held CPU waits after that many decisions of
+    its operation instead of just after its access (an earlier point of the same path:
+    the lookup before the single step whose slot the other CPU frees). Should the kept
+    steps run out first, the other CPUs run on alone (recorded, :data:`HOLD_RUN`
+    decisions at most) before the release. The caller finishes the machine.
+    """
+    flat = [n for s in steps if s.action == "run" for n in s.cpus]
+    if not where.first <= where.second < len(flat) or flat[where.second] == where.cpu:
+        for step in steps:
+            apply(m, step)
+        return
+    start = operation_start(steps, where.cpu, where.first)
+    need = flat[start:where.first + 1].count(where.cpu)
+    h = _Hold(m, apply, m.cpus[where.cpu], m.cpus[flat[where.second]], where, start=start,
+              need=need if upto is None else max(1, min(upto, need)), late=late)
+    for s in steps:
+        if s.action != "run":
+            h.check()
+            apply(m, s)
+            continue
+        for n in s.cpus:
+            h.decide(n)
+    if h.phase in ("late", "hold"):
+        for _ in range(HOLD_RUN):
+            movable = [c for c in m.runnable() if c is not h.held]
+            if not movable:
+                break
+            apply(m, Step("run", cpus=[movable[0].n]))
+        h.release(h.owed)
+        h.phase = "done"
+
+
+def operation_start(steps: Sequence[Step], cpu: int, index: int) -> int:
+    """The index, among the scheduled decisions of ``steps``, of the first one after the
+    step that started (or interrupted) ``cpu`` last before its decision ``index``."""
+    seen = start = 0
+    for s in steps:
+        if seen > index:
+            break
+        if s.action == "run":
+            seen += len(s.cpus)
+        elif s.action in ("start", "irq") and s.cpu == cpu:
+            start = seen
+    return start
+
+
+def hold_range(steps: Sequence[Step], where: Where) -> tuple[int, int, int]:
+    """The ranges of :func:`hold`'s ``late`` and ``upto``: the decisions of other CPUs from
+    the first access's CPU's operation start to the start of the operation that made the
+    second access (the least ``late`` that begins inside it), and to the second access
+    (the most); the first CPU's own decisions from its operation start to its access."""
+    flat = [n for s in steps if s.action == "run" for n in s.cpus]
+    start = operation_start(steps, where.cpu, where.first)
+    other = operation_start(steps, flat[where.second], where.second) if where.second < len(flat) else 0
+    before = sum(1 for n in flat[start:max(start, other)] if n != where.cpu)
+    upto = sum(1 for n in flat[start:where.second + 1] if n != where.cpu)
+    return before, upto, flat[start:where.first + 1].count(where.cpu)
+
+
+@attrs.define
+class _Hold:
+    """:func:`hold`'s progress through the kept decisions: the held CPU runs (``run``), waits
+    for a late start (``late``), waits after its access (``hold``), or runs freely (``done``)."""
+
+    m: Machine
+    apply: Callable[[Machine, Step], object]
+    held: Cpu
+    other: Cpu
+    where: Where
+    start: int
+    need: int
+    """The held CPU's decisions from its operation's start to its access, both included."""
+    late: int | None = None
+    k: int = 0
+    ran: int = 0
+    owed: int = 0
+    waited: int = 0
+    phase: str = "run"
+
+    def decide(self, n: int) -> None:
+        """The kept example's next decision, CPU ``n``: skipped (owed) while ``n`` waits."""
+        k, self.k = self.k, self.k + 1
+        if n == self.held.n:
+            if self.phase == "run" and self.late is not None and k >= self.start:
+                self.phase = "late"
+            if self.phase in ("late", "hold"):
+                self.owed += 1
+                return
+            self._run_held()
+        else:
+            self.apply(self.m, Step("run", cpus=[n]))
+            if self.phase == "late":
+                self.waited += 1
+                if self.waited >= (self.late or 0):
+                    self.phase = "run"
+                    self.release(min(self.owed, self.need - self.ran))
+        self.check()
+
+    def _run_held(self) -> None:
+        self.apply(self.m, Step("run", cpus=[self.held.n]))
+        if self.k > self.start and self.phase == "run":
+            self.ran += 1
+            if self.ran >= self.need:
+                self.phase = "hold"  # the held CPU made its access: it waits from here
+
+    def check(self) -> None:
+        other = self.other
+        if self.phase == "hold" and self.k > self.where.second \
+                and (not other.stack or not other.runnable()):
+            self.release(self.owed)
+            self.phase = "done"
+
+    def release(self, count: int) -> None:
+        """Give the held CPU ``count`` of the decisions it is owed."""
+        self.owed -= count
+        for _ in range(count):
+            self._run_held()
 
 
 def delay(steps: Sequence[Step], where: Where) -> list[Step]:
@@ -205,7 +371,7 @@ def delay(steps: Sequence[Step], where: Where) -> list[Step]:
     return out
 
 
-def extension_prefix(kept: tuple[tuple[Step, ...], int, Where]) -> list[Step]:
+def extension_prefix(kept: Kept) -> list[Step]:
     """A kept example's steps up to just after its pair's second access: the point where two
     routines met, from which a walk goes on with fresh rules (the ``extend`` mutation).
 

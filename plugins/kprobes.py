@@ -616,8 +616,8 @@ def __unregister_kprobe_bottom(cpu: Cpu, p: Kprobe) -> Gen:
         ap.freed = True  # kfree(ap)
     else:
         return
-    if "optprobes" in cpu.m.state:
-        yield from cpu.k.free_aggr_kprobe(cpu, p)  # its optimized_kprobe, if it had one
+    if "optprobes" in cpu.m.state:  # its optimized_kprobe, if it had one
+        yield from cpu.k.free_aggr_kprobe(cpu, p if ap is None else ap)
 
 
 def arch_remove_kprobe(s: KprobesState, p: Kprobe, cpu: Cpu | None = None) -> None:
@@ -807,8 +807,10 @@ def table_matches_text(m: Machine) -> str | None:
         word = mem.get(pa)
         if opt is not None and word is not None and word >> 26 == 18:
             # An optimized probe is armed with the branch to its detour (optprobes.c:266).
+            # Only the hashed probe's own (an earlier registration's detour is not).
             op = opt.ops.get(addr)
-            if op is not None and op.optimized and word == op.branch:
+            if op is not None and op.optimized and word == op.branch and p is not None \
+                    and (op.kp is p or op.kp.parent is p):
                 word = BREAKPOINT_INSTRUCTION
         if p is None:
             if word == BREAKPOINT_INSTRUCTION:

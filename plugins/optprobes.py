@@ -248,12 +248,29 @@ def arch_prepare_optimized_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     return Optimized(kp, buff, words)
 
 
+def op_of(m: Machine, kp: Kprobe) -> Optimized | None:
+    """The ``optimized_kprobe`` that the hashed probe ``kp`` is, or None.
+
+    In the kernel the optimized probe is an aggregator of its own (``try_to_optimize_kprobe``
+    -> ``init_aggr_kprobe(ap, p)``, kernel/kprobes.c:877 v6.12), so it belongs to one
+    registration: a probe registered at the same address after the last one was unhashed
+    (``hlist_del_rcu``, :1823) is a new plain probe, not ready to optimize
+    (``kprobe_optready``, :448), however long the old one's bottom half takes to free its
+    detour. The model keeps ``ops`` by address and the optimized probe's first kprobe in
+    ``op.kp``: the entry is ``kp``'s only when ``kp`` is that kprobe or its aggregator."""
+    op = ostate(m).ops.get(kp.addr)
+    if op is None or not (op.kp is kp or op.kp.parent is kp):
+        return None
+    return op
+
+
 @routine("optimize_kprobe", KPROBES_C, inlined=True)
 def optimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``optimize_kprobe()`` (kernel/kprobes.c:678): nothing unless optimization is allowed
-    and the probe is armed; else put it on ``optimizing_list`` and kick the optimizer."""
+    """``optimize_kprobe()`` (kernel/kprobes.c:678-683 v6.12): nothing unless ``kp`` is an
+    optimized probe (``kprobe_optready``), optimization is allowed and the probe is armed;
+    else put it on ``optimizing_list`` and kick the optimizer."""
     yield from ()
-    op = ostate(cpu.m).ops.get(kp.addr)
+    op = op_of(cpu.m, kp)
     if op is None or not ostate(cpu.m).allow or not kp.armed or op.optimized:
         return
     op.queued = True
@@ -267,7 +284,7 @@ def unoptimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     the forced path, ``force_unoptimize_kprobe`` (:719) -> ``arch_unoptimize_kprobe``
     (optprobes.c:284) = ``arch_arm_kprobe``: the trap back over the branch.
     """
-    op = ostate(cpu.m).ops.get(kp.addr)
+    op = op_of(cpu.m, kp)
     if op is None:
         return
     op.queued = False
@@ -332,11 +349,17 @@ def free_aggr_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """The end of an optimized probe (``do_free_cleaned_kprobes``, kernel/kprobes.c:583 ->
     ``free_aggr_kprobe`` -> ``arch_remove_optimized_kprobe``, optprobes.c:118), which the
     kernel reaches from ``kprobe_optimizer`` after its ``synchronize_rcu_tasks()`` (:628):
-    no CPU is still inside the detour; then the slot is free for another."""
+    no CPU is still inside the detour; then the slot is free for another.
+
+    ``kp`` is the unhashed probe that ``__unregister_kprobe_bottom`` frees (kernel/kprobes.c:
+    1833-1838 v6.12): its own optimized probe, found by identity -- not whatever a later
+    registration at the same address has optimized since (``op_of``)."""
     s = ostate(cpu.m)
-    op = s.ops.pop(kp.addr, None)
+    op = next((o for o in s.by_buff.values() if o.kp is kp or o.kp.parent is kp), None)
     if op is None:
         return
+    if s.ops.get(kp.addr) is op:
+        del s.ops[kp.addr]
     yield from synchronize_rcu_tasks(cpu)
     del s.by_buff[op.buff]
     s.free.append(op.buff)

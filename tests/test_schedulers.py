@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from fuzzer import Step
+from fuzzer import KernelFailure, Step
 from fuzzer._draws import BOUNDARY, choose, simpler
 from fuzzer._engine.replay import apply_step
 from fuzzer._machine import Machine
@@ -255,3 +255,96 @@ def test_delaying_the_first_access_flips_a_pair_and_finds_the_race():
                and k[2].cpu == 1]
     _, failure = replay(model, delay(kept[0], kept[2]))
     assert failure is not None and "unexpected trap" in str(failure)
+
+
+def _hit_during_unregister(mistake):
+    """A kept example in the safe order: CPU 1 hits the probe and looks it up, then CPU 0's
+    unregister runs to its end while CPU 1 single-steps early. Its interleavings, kept."""
+    from fuzzer._interleave import Interleavings
+
+    model = make_model("v6.12", plugins=[f"fuzzer_plugins.mistakes.{mistake}"])
+    steps = [*SETUP, Step("start", cpu=0, name="kprobes.register", args={"site": 0})]
+    steps += [run_until_idle(model, steps, 0), Step("start", cpu=1, name="kprobes.hit", args={"site": 0}),
+              Step("start", cpu=0, name="kprobes.unregister", args={"site": 0}),
+              Step("run", cpus=[1, 1, 0, 0, 0, 1, 1, 1, 1] + [0] * 60)]
+    seen = Interleavings()
+    m = Machine(model)
+    seen.attach(m)
+    for step in steps:
+        apply_step(m, step, strict=False)
+    m.finish()
+    assert m.failure is None
+    seen.end_example(m)
+    return model, {kind: k for k, kind in zip(seen.kept, seen.kinds, strict=True) if k[2].cpu == 1}
+
+
+@pytest.mark.parametrize("mistake, kind", [("kprobe_trap_recheck", "text"),
+                                           ("kprobe_slot_before_rcu", "kprobe table"),
+                                           ("kprobe_irqs_on_in_handler", "kprobe table")])
+def test_holding_the_first_cpu_until_the_other_is_done_finds_what_a_flip_does_not(mistake, kind):
+    """The pause a race needs is often the rest of the other CPU's operation: CPU 1 fetched
+    the trap (or looked the probe up) and must wait out the whole unregister. Flipping the
+    pair (``delay``) releases it too soon; ``hold`` releases it when CPU 0 is idle, and the
+    replay it records fails again when replayed strictly."""
+    from fuzzer._interleave import delay, hold
+
+    model, kept = _hit_during_unregister(mistake)
+    steps, _, where = kept[kind]
+    _, flipped = replay(model, delay(steps, where))
+    assert flipped is None
+    m = Machine(model)
+    with pytest.raises(KernelFailure) as failure:
+        hold(m, steps, where, lambda m, s: apply_step(m, s, strict=False))
+        m.finish()
+    assert failure.value.cpu == 1
+    _, again = replay(model, m.steps)
+    assert again is not None and again.signature == failure.value.signature
+
+
+def test_a_pair_formed_many_times_keeps_a_sample_of_them_and_rare_pairs_are_picked_more():
+    from fuzzer._interleave import Interleavings, Where
+
+    class Log:
+        def __init__(self, pairs):
+            self.pairs = pairs
+
+    class Example:
+        def __init__(self, i, pairs):
+            self.steps = [Step("boot", seed=i)]
+            self.accesses = Log({p: (1, Where(0, 0, 1)) for p in pairs})
+
+    common, rare = ("text", "a", "r", "b", "w"), ("text", "c", "r", "d", "w")
+    seen, rng = Interleavings(per_pair=4), random.Random(1)
+    for i in range(200):
+        seen.end_example(Example(i, [common] + ([rare] if i == 0 else [])), rng)
+    assert seen.formed == {common: 200, rare: 1} and len(seen.kept) == 5
+    boots = {seen.kept[j][0][0].seed for j in seen.where[common]}
+    assert len(boots) == 4 and max(boots) >= 4  # not only the first four that formed it
+    picks = [seen.pick(rng)[0][0].seed for _ in range(400)]
+    assert picks.count(0) > 400 * 0.8  # weight 1 against 200 ** -0.5 for the common pair
+
+
+def test_a_late_start_then_a_hold_finds_a_lookup_after_the_grace_period():
+    """kprobe_rcu_too_early: the unregister's grace period comes first, so the hit must
+    begin after it and look the probe up before the unhash, then wait out the free. In the
+    kept example the hit began first (the grace period waited for it): a plain hold cannot
+    fail; a late start at some point inside the unregister does, and replays."""
+    from fuzzer._interleave import hold, hold_range
+
+    model, kept = _hit_during_unregister("kprobe_rcu_too_early")
+    steps, _, where = kept["kprobe table"]
+    outcomes = {}
+    least, most, _ = hold_range(steps, where)
+    for late in [None, *range(least, most + 1)]:
+        m = Machine(model)
+        try:
+            hold(m, steps, where, lambda m, s: apply_step(m, s, strict=False), late)
+            m.finish()
+        except KernelFailure as exc:
+            _, again = replay(model, m.steps)
+            assert again is not None and again.signature == exc.signature
+            outcomes[late] = exc.cpu
+        else:
+            outcomes[late] = None
+    assert outcomes[None] is None and outcomes[least] is None
+    assert 1 in outcomes.values()

@@ -62,10 +62,12 @@ SWARM = 0.25
 #: With guidance: the fraction of examples that start from a kept example's prefix.
 MUTATE = 0.5
 #: With interleaving feedback: the fraction of examples that replay a kept example with the
-#: stretch where two routines met rescheduled (PCT) or with the pair flipped. A half made the
-#: shallow injected mistakes need 4x the examples (median over 4 mistakes x 3 seeds: 18
-#: against 4); a quarter costs them nothing measurable (4).
-RESCHEDULE = 0.25
+#: first access's CPU held until the other is done, the pair flipped, or the stretch where two
+#: routines met rescheduled (PCT) -- :func:`fuzzer._interleave.replay_rescheduled`. A half made
+#: the shallow injected mistakes need 4x the examples (median over 4 mistakes x 3 seeds: 18
+#: against 4); a quarter cost them nothing measurable (4); a third is what the deep set got
+#: (``bench/deep.py``; the hold needs kept examples often enough).
+RESCHEDULE = 1 / 3
 #: With interleaving feedback: the fraction of examples that replay a kept example up to
 #: where its pair formed and go on from there with fresh rules (reusing its arguments).
 EXTEND = 0.25
@@ -152,7 +154,7 @@ class Walker:
             if m is not None:
                 self.scheduler.end(sum(len(s.cpus) for s in m.steps))
                 if seen is not None:
-                    seen.end_example(m)
+                    seen.end_example(m, rng)
         return m, None
 
     def _walk(self, m: Machine, rng: random.Random, prefix: Sequence[Step]) -> None:
