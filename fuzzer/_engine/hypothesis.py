@@ -339,19 +339,18 @@ def _bring_up(sm: Any, n: int) -> None:
 def _hotplug_rules(ncpus: int) -> dict[str, Any]:
     """Bring a CPU online or take one offline; the CPU then does what ``then`` draws."""
 
-    def cpu_online(self: Any, i: int, then: str) -> None:
+    def hotplug(self: Any, i: int, then: str, can: str, act: str) -> None:
         m = self.machine
-        cpus = [c for c in m.cpus if m.can_online(c)]
+        cpus = [c for c in m.cpus if getattr(m, can)(c)]
         cpu = cpus[i % len(cpus)]
-        _guard(self, lambda: m.cpu_up(cpu))
+        _guard(self, lambda: getattr(m, act)(cpu))
         _then(self, cpu, then)
 
+    def cpu_online(self: Any, i: int, then: str) -> None:
+        hotplug(self, i, then, "can_online", "cpu_up")
+
     def cpu_offline(self: Any, i: int, then: str) -> None:
-        m = self.machine
-        cpus = [c for c in m.cpus if m.can_offline(c)]
-        cpu = cpus[i % len(cpus)]
-        _guard(self, lambda: m.cpu_down(cpu))
-        _then(self, cpu, then)
+        hotplug(self, i, then, "can_offline", "cpu_down")
 
     return {
         "cpu_online": precondition(
