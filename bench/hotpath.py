@@ -11,16 +11,17 @@ Four fixed workloads (the machine is shared: process CPU time, not wall time):
   seed 2 (whose first 300 examples do not reach the mistake: no shrinking, fixed work);
 * ``c``: ``--engine hypothesis --max-examples 100``, seed 1;
 * ``raw``: bench/run.py's raw emulator, the first 100 recorded examples of the default
-  model replayed with every boot run.
+  model replayed three times, every boot run.
 
 With ``--trees``, each workload runs in a fresh process with each tree first on the path,
 alternately, ``--rounds`` times; the best CPU time of each is compared. Before timing, each
 tree's fingerprint (below) must be the same: a speed-up that changes a decision is a bug.
 
 ``--fingerprint`` prints a digest of what the searches decided: every example's recorded
-steps, emulated steps, kernel log and failure signature, for the walk on four models and
-three seeds (150 examples each), the Hypothesis engine on two seeds (40 examples each), and
-the raw emulator's replays.
+steps, emulated steps, kernel log and failure signature, and each search's routines entered
+and pairs formed, for the walk on four models and three seeds (150 examples each) and with
+``--guide`` (100), the Hypothesis engine on two seeds (40 examples each; the second with
+``--guide``), and the raw emulator's replays.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def run_one(name: str) -> dict[str, Any]:
         model = model_for()
         recorded = record_examples(model, 100)
         started = time.process_time()
-        steps = raw_once(model, recorded)
-        return {"cpu_s": time.process_time() - started, "steps": steps, "examples": len(recorded)}
+        steps = sum(raw_once(model, recorded) for _ in range(3))
+        return {"cpu_s": time.process_time() - started, "steps": steps, "examples": 3 * len(recorded)}
     from fuzzer._cli import main
     out = io.StringIO()
     started = time.process_time()
@@ -98,17 +99,19 @@ def fingerprint() -> dict[str, str]:
         o = run_campaign(model, events=Events(example_finish=finish), time_budget=0,
                          shrink=False, known=known(model), **kw)
         records.append((o.examples, o.emulated_steps, o.examples_to_first_failure,
-                        str(o.failure.signature) if o.failure else None))
+                        str(o.failure.signature) if o.failure else None, sorted(o.routines),
+                        o.stats.pairs))
         out[label] = _digest(records)
 
     for name, spec in FINGERPRINT_MODELS.items():
         model = model_for(**spec)
         for seed in (1, 2, 3):
             search(f"walk {name} seed {seed}", model, seed=seed, max_examples=150)
+        search(f"guided walk {name}", model, seed=4, max_examples=100, guide=True)
     default = model_for()
     for seed in (1, 2):
         search(f"hypothesis default seed {seed}", default, seed=seed, max_examples=40,
-               engine="hypothesis")
+               engine="hypothesis", guide=seed == 2)
     recorded = record_examples(default, 30)
     out["raw replays"] = _digest([raw_once(default, recorded, each=True)])
     return out
