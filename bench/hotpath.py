@@ -95,6 +95,7 @@ def fingerprint() -> dict[str, str]:
             records.append((None, sig) if m is None else (
                 [repr(s) for s in m.steps], m.nsteps, list(m.log), sig))
 
+        enabled = _bootcache.ENABLED
         _bootcache.clear()
         o = run_campaign(model, events=Events(example_finish=finish), time_budget=0,
                          shrink=False, known=known(model), **kw)
@@ -102,6 +103,7 @@ def fingerprint() -> dict[str, str]:
                         str(o.failure.signature) if o.failure else None, sorted(o.routines),
                         o.stats.pairs))
         out[label] = _digest(records)
+        _bootcache.ENABLED = enabled
 
     for name, spec in FINGERPRINT_MODELS.items():
         model = model_for(**spec)
@@ -155,12 +157,16 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--one", choices=[*WORKLOADS, "raw"])
     ap.add_argument("--fingerprint", action="store_true")
     ap.add_argument("--no-check", action="store_true", help="time only (no fingerprints first)")
+    ap.add_argument("--no-cache", action="store_true", help="--fingerprint with every boot run")
     ap.add_argument("--json", default=None)
     opts = ap.parse_args(argv)
     if opts.one:
         print(json.dumps(run_one(opts.one)))
         return None
     if opts.fingerprint:
+        if opts.no_cache:
+            from fuzzer import _bootcache
+            _bootcache.ENABLED = False
         print(json.dumps(fingerprint()))
         return None
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}; load {os.getloadavg()}", flush=True)
