@@ -5,10 +5,10 @@ to shared modelled objects -- kernel text and insn-slot words (every
 instruction fetch and every store), and what plugins declare with
 :meth:`Machine.note_access` (the kprobe table, static key state) -- while
 an :class:`AccessLog` is attached. Two accesses to one object by two CPUs,
-at least one a write, in the order they happened, with the operation under
-way and the modelled routine that made each (:attr:`AccessLog.operations`), form a pair::
+at least one a write, in the order they happened, with the modelled routine
+that made each, form a pair::
 
-    ("text", "kprobes.unregister/__patch_mem", "w", "kprobes.hit/op_hit", "r")
+    ("text", "__patch_mem", "w", "op_hit", "r")
 
 An example that forms a pair has reached an interleaving of two routines: the
 walk keeps the first few that form each pair, and later examples replay one
@@ -24,7 +24,7 @@ import inspect
 import random
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -45,21 +45,9 @@ DELAY = 1 / 4
 #: Of the holds, the fraction whose held CPU also starts its operation late (at a uniform
 #: point of the other CPU's operation before its access).
 LATE = 0.75
-#: Of the late starts, the fraction that start in the stretch just before one of the other
-#: CPU's accesses to shared objects, a stretch drawn uniformly, then a point in it (the rest:
-#: at a uniform decision): a race's window is often the end of one such stretch (after a
-#: grace period, before the disarm) in an operation of hundreds of decisions whose long
-#: stretches (a patch's mapping and flushes) would take most uniform draws. A point, not the
-#: access's own position: the other CPU's decisions move when the late CPU no longer makes
-#: it wait.
-AT_ACCESS = 0.5
 #: Of the holds, the fraction whose held CPU waits at a uniform point of its operation up to
 #: its access rather than just after the access.
 EARLIER = 0.5
-#: Energy: a pair's weight in :meth:`Interleavings.pick` is divided by ``(1 + m) ** ENERGY``,
-#: ``m`` the examples mutated from it since one of them last formed a new pair (AFLFast's
-#: lesson: inputs mutated often without new coverage get less of the budget).
-ENERGY = 0.5
 #: The most decisions :func:`hold` gives the other CPUs once the kept steps ran out.
 HOLD_RUN = 2000
 
@@ -94,22 +82,11 @@ class Where:
     cpu: int
     first: int
     second: int
-    marks: tuple[int, ...] = ()
-    """The scheduled steps at which the second access's CPU had accessed shared objects in
-    the example, up to the second access: the points where starting the first CPU's
-    operation late makes a difference (between two of them, any start is the same)."""
 
 
 @attrs.define
 class AccessLog:
     """One example's accesses: the last access to each object, and the pairs they made."""
-
-    operations: ClassVar[bool] = True
-    """Name each access by the operation under way (the activation's label:
-    ``kprobes.unregister``) as well as the routine: ``__patch_mem`` writes the text for an
-    arm and for a disarm alike, and a pair that cannot tell them apart keeps a sample of
-    mostly the commoner (the walk's ``kprobe_trap_recheck`` from seeds 11-15: found on
-    five seeds, median 1,017 examples, against two seeds within 3,000 before)."""
 
     m: Machine
     last: dict[Any, tuple[int, str, bool, int]] = attrs.Factory(dict)
@@ -117,30 +94,19 @@ class AccessLog:
     """Each pair, with the number of steps recorded when it first formed (the ``run`` step
     that formed it is the next one recorded, or the last one), and where its two accesses
     were among the scheduled emulated steps."""
-    marks: dict[int, list[int]] = attrs.Factory(dict)
-    """Each CPU's scheduled steps at which it accessed a shared object (each step once)."""
 
     def note(self, cpu: Cpu, key: Any, write: bool) -> None:
         """``cpu`` read (or wrote) the object ``key`` (a hashable name: ``("text", pa)``)."""
         m = self.m
         prev = self.last.get(key)
         routine = running_routine(3)
-        if self.operations and cpu.stack:
-            routine = f"{cpu.stack[-1].label}/{routine}"
         at = m.nsteps - m.boot_steps  # the scheduled step under way (0 is the first)
         if prev is not None and prev[0] != cpu.n and (write or prev[2]):
             kind = key[0] if isinstance(key, tuple) else str(key)
             pair = (kind, prev[1], "w" if prev[2] else "r", routine, "w" if write else "r")
             if pair not in self.pairs:
-                self.pairs[pair] = (len(m.steps), Where(prev[0], prev[3], at,
-                                                        tuple(self.marks.get(cpu.n, ()))))
+                self.pairs[pair] = (len(m.steps), Where(prev[0], prev[3], at))
         self.last[key] = (cpu.n, routine, write, at)
-        if m.booted:  # the boot's steps are not scheduled ones
-            marks = self.marks.get(cpu.n)
-            if marks is None:
-                self.marks[cpu.n] = [at]
-            elif marks[-1] != at:
-                marks.append(at)
 
 
 Kept = tuple[tuple[Step, ...], int, Where]
@@ -164,11 +130,6 @@ class Interleavings:
     """How many examples formed each pair."""
     where: dict[Pair, list[int]] = attrs.Factory(dict)
     """Each pair's kept examples (indices into :attr:`kept`)."""
-    picked: dict[Pair, int] = attrs.Factory(dict)
-    """How many examples each pair's kept examples were mutated into since one of them
-    formed a new pair (:data:`ENERGY`)."""
-    parent: Pair | None = None
-    """The pair whose kept example the current example mutates (None: a fresh one)."""
 
     def attach(self, m: Machine) -> AccessLog:
         log = AccessLog(m)
@@ -199,24 +160,16 @@ class Interleavings:
             self.where.setdefault(pair, []).append(len(self.kept))
             self.kept.append((steps, at, where))
             self.kinds.append(pair[0])
-        if new and self.parent is not None:
-            self.picked[self.parent] = 0  # it pays: as much energy as a pair never mutated
-        self.parent = None
         return new
 
     def pick(self, rng: random.Random) -> Kept:
         """A kept example to mutate: a kind of object first, uniformly (the few pairs on a
         kprobe table or a key are not drowned by the many on kernel text), then a pair of
         that kind, the rarer the likelier (weight ``1/sqrt(examples that formed it)``, as
-        AFL favours rare paths), the less mutated the likelier (:data:`ENERGY`), then one
-        of its examples."""
+        AFL favours rare paths), then one of its examples."""
         kind = rng.choice(sorted(set(self.kinds)))
         pairs = sorted(p for p in self.where if p[0] == kind)
-        picked = self.picked
-        pair = rng.choices(pairs, [self.formed[p] ** -0.5 * (1 + picked.get(p, 0)) ** -ENERGY
-                                   for p in pairs])[0]
-        picked[pair] = picked.get(pair, 0) + 1
-        self.parent = pair
+        pair = rng.choices(pairs, [self.formed[p] ** -0.5 for p in pairs])[0]
         return self.kept[rng.choice(self.where[pair])]
 
 
@@ -235,14 +188,8 @@ def replay_rescheduled(m: Machine, kept: Kept, rng: random.Random,
     steps, at, where = kept
     r = rng.random()
     if r < HOLD:
-        least, most, own, points = hold_range(steps, where)
-        late = None
-        if rng.random() < LATE:
-            if points and rng.random() < AT_ACCESS:
-                i = rng.randrange(len(points))  # a start in the gap before one of its accesses
-                late = rng.randint(points[i - 1] + 1 if i else least, points[i])
-            else:
-                late = rng.randint(least, most)
+        least, most, own = hold_range(steps, where)
+        late = rng.randint(least, most) if rng.random() < LATE else None
         upto = rng.randint(1, max(1, own)) if rng.random() < EARLIER else None
         hold(m, steps, where, apply, late, upto)
         return
@@ -323,26 +270,17 @@ def operation_start(steps: Sequence[Step], cpu: int, index: int) -> int:
     return start
 
 
-def hold_range(steps: Sequence[Step], where: Where) -> tuple[int, int, int, list[int]]:
+def hold_range(steps: Sequence[Step], where: Where) -> tuple[int, int, int]:
     """The ranges of :func:`hold`'s ``late`` and ``upto``: the decisions of other CPUs from
     the first access's CPU's operation start to the start of the operation that made the
     second access (the least ``late`` that begins inside it), and to the second access
-    (the most); the first CPU's own decisions from its operation start to its access; and
-    the ``late`` values in that range that start the operation just before one of the
-    second CPU's accesses (:attr:`Where.marks`)."""
+    (the most); the first CPU's own decisions from its operation start to its access."""
     flat = [n for s in steps if s.action == "run" for n in s.cpus]
     start = operation_start(steps, where.cpu, where.first)
     other = operation_start(steps, flat[where.second], where.second) if where.second < len(flat) else 0
     before = sum(1 for n in flat[start:max(start, other)] if n != where.cpu)
     upto = sum(1 for n in flat[start:where.second + 1] if n != where.cpu)
-    points = []
-    marks = set(where.marks)
-    seen = 0
-    for j in range(start, min(where.second + 1, len(flat))):
-        if j in marks and before <= seen and (not points or points[-1] < seen):
-            points.append(seen)
-        seen += flat[j] != where.cpu
-    return before, upto, flat[start:where.first + 1].count(where.cpu), points
+    return before, upto, flat[start:where.first + 1].count(where.cpu)
 
 
 @attrs.define

@@ -40,7 +40,7 @@ import functools
 import random
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 import hypothesis
@@ -270,9 +270,6 @@ class Accesses(AccessLog):
     accesses too: ``then="to next access"`` stops a CPU right after its next one."""
 
     by_cpu: dict[int, int] = attrs.Factory(dict)
-    operations: ClassVar[bool] = False
-    """Pairs of routines alone, as before the walk's pairs named the operation too: this
-    engine targets the number of pairs an example forms, tuned and measured that way."""
 
     def note(self, cpu: Cpu, key: Any, write: bool) -> None:
         self.by_cpu[cpu.n] = self.by_cpu.get(cpu.n, 0) + 1

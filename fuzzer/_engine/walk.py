@@ -123,8 +123,6 @@ class Walker:
         """
         rng = self.rng
         seen = self.interleavings
-        if seen is not None:
-            seen.parent = None
         mutate = rng.random() if not prefix and seen is not None and seen.kept else 1.0
         reschedule = mutate < RESCHEDULE
         if seen is not None and RESCHEDULE <= mutate < RESCHEDULE + EXTEND:
