@@ -649,12 +649,16 @@ class Machine:
 
     def _deadlock(self) -> None:
         waiting = self.busy()
-        lines = []
+        lines, wheres = [], []
         for c in waiting:
             w = getattr(c.wait, "__self__", c.wait)
             where = c.trace()[0].function if c.trace() else "?"
+            wheres.append(where)
             lines.append(f"CPU {c.n} in {where} waits on {w!r}")
-        self._fail(Deadlock("; ".join(lines)), waiting[0])
+        # Named by the routine most of the waiting CPUs wait in, if two or more do.
+        common = max(wheres, key=wheres.count)
+        name = common if wheres.count(common) >= 2 and common != "?" else "deadlock"
+        self._fail(Deadlock("; ".join(lines), function=name), waiting[0])
 
     def run_bytes(self, schedule: bytes) -> tuple[int, ...]:
         """Advance CPUs by a block of schedule decisions; return the CPUs advanced.

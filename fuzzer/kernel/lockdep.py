@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._errors import Frame, KernelWarning, LockdepSplat
+from fuzzer._errors import Frame, LockdepSplat
 from fuzzer._routines import FRAME_BY_ID, STEP_ENTRIES
+from fuzzer.kernel.bug import warn
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine, Task
@@ -273,9 +274,10 @@ def hardirqs_on_prepare(cpu: Cpu) -> None:
     if ld is None or cpu.irqs_enabled:
         return
     if cpu.in_interrupt():
-        ld.debug_locks = False
-        raise KernelWarning(location(cpu, "hardirq_context"), function="lockdep_hardirqs_on_prepare",
-                            detail="DEBUG_LOCKS_WARN_ON(lockdep_hardirq_context())")
+        ld.debug_locks = False  # DEBUG_LOCKS_WARN_ON: debug_locks_off, WARN, return
+        warn(cpu, location(cpu, "hardirq_context"), function="lockdep_hardirqs_on_prepare",
+             detail="DEBUG_LOCKS_WARN_ON(lockdep_hardirq_context())")
+        return
     for h in list(ld.held.get(cpu.current, ())):
         _mark(cpu, ld, h, HARDIRQ_ON_R if h.read else HARDIRQ_ON_W)
 
