@@ -43,6 +43,8 @@ def _action(action: Any) -> StepAction:
 
 
 def _freeze_args(args: Any) -> tuple[tuple[str, Any], ...]:
+    if args == ():  # most steps: nothing to freeze
+        return ()
     if isinstance(args, dict):
         return tuple(sorted(args.items()))
     return tuple(args)

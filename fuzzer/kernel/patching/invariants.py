@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING
 
 from fuzzer._mm import MM
@@ -52,6 +53,9 @@ def _patching_addrs(m: Machine) -> list[tuple[int, MM, int]]:
     return out
 
 
+_TLB = operator.attrgetter("tlb")
+
+
 def mapping_private(m: Machine) -> str | None:
     """A temporary mm's patching address is translated by its owner only.
 
@@ -60,7 +64,7 @@ def mapping_private(m: Machine) -> str | None:
     why the kernel flushes it with ``flush_tlb_kernel_range`` (global). A stale
     copy left behind is what "patching mapping removed" catches.
     """
-    holders = [c for c in m.cpus if c.tlb]
+    holders = list(filter(_TLB, m.cpus))  # the CPUs whose TLB holds anything (no Python loop)
     if len(holders) < 2:
         return None  # only the owner's own TLB can hold anything
     mmu = m.mmu
