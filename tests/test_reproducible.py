@@ -57,6 +57,13 @@ def test_a_seeded_search_gives_the_same_examples_whatever_the_process_did_before
     assert _examples("v6.12-fixed", engine, 3) == first
 
 
+@pytest.mark.parametrize("engine", ["walk", "hypothesis"])
+def test_a_smaller_budget_runs_the_first_examples_of_a_larger_one(engine):
+    """A failure found at example k is found at k with any budget of k or more (the
+    Hypothesis engine's last run was as long as the budget left, so generated otherwise)."""
+    assert _examples("v6.12-fixed", engine, 3, 12) == _examples("v6.12-fixed", engine, 3, 25)[:12]
+
+
 def test_the_walks_pool_of_a_hypothesis_strategy_is_drawn_the_same_whatever_was_imported(make_plugin):
     """An argument declared as a plain Hypothesis strategy: the walk samples a pool of values
     Hypothesis drew once, seeded."""

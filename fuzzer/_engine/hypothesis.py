@@ -550,12 +550,12 @@ class HypothesisEngine:
                                           interleave=search.interleave)
         batch = 0
         while not search.exhausted():
-            left = search.max_examples - search.stats.examples if search.max_examples else BATCH
             hypothesis.seed(_batch_seed(search.seed, batch))(machine_cls)
             try:
-                with local_constants_off():  # the examples a function of the seed alone
-                    run_state_machine_as_test(machine_cls,
-                                              settings=_settings(search, min(BATCH, left), batch))
+                # Always a whole run, stopped from inside when the budget is spent: a run's
+                # examples do not depend on how many of them the budget leaves.
+                with local_constants_off():  # nor on what the process imported before
+                    run_state_machine_as_test(machine_cls, settings=_settings(search, BATCH, batch))
             except Stop:
                 return None
             except Unsatisfiable:
