@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 
 from fuzzer._errors import UsageError
+from fuzzer._local_constants import local_constants_off
 
 #: Values Hypothesis draws from a strategy that is not one of ours (once per campaign).
 POOL_SIZE = 256
@@ -147,7 +148,8 @@ class Pool(ArgType):
         def collect(value: Any) -> None:
             values.append(value)
 
-        hypothesis.seed(seed)(collect)()
+        with local_constants_off():
+            hypothesis.seed(seed)(collect)()
         if not values:
             raise UsageError(f"cannot draw any value from the argument strategy {strategy!r}")
         # Distinct values, in the order Hypothesis found them (simplest first).

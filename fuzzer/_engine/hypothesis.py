@@ -67,6 +67,7 @@ from fuzzer._engine.store import database_key
 from fuzzer._engine.walk import SCHEDULE_BLOCK
 from fuzzer._errors import KernelFailure, ModelLimitation, PluginError, Signature, UsageError
 from fuzzer._interleave import AccessLog, Pair
+from fuzzer._local_constants import local_constants_off
 from fuzzer._machine import Cpu, Machine
 from fuzzer._model import Model
 from fuzzer._schedulers import PCT, preempting_block, run_chosen
@@ -549,10 +550,12 @@ class HypothesisEngine:
                                           interleave=search.interleave)
         batch = 0
         while not search.exhausted():
-            left = search.max_examples - search.stats.examples if search.max_examples else BATCH
             hypothesis.seed(_batch_seed(search.seed, batch))(machine_cls)
             try:
-                run_state_machine_as_test(machine_cls, settings=_settings(search, min(BATCH, left), batch))
+                # Always a whole run, stopped from inside when the budget is spent: a run's
+                # examples do not depend on how many of them the budget leaves.
+                with local_constants_off():  # nor on what the process imported before
+                    run_state_machine_as_test(machine_cls, settings=_settings(search, BATCH, batch))
             except Stop:
                 return None
             except Unsatisfiable:
