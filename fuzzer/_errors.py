@@ -171,12 +171,16 @@ class EndStateViolation(KernelFailure):
 
 
 class Deadlock(KernelFailure):
-    """Every CPU with work to do is waiting (the kernel would report a hard/soft lockup)."""
+    """Every CPU with work to do is waiting (the kernel would report a hard/soft lockup).
+
+    Its signature names the routine that most of the waiting CPUs wait in, when two or
+    more do (``DEADLOCK in smp_call_function_many_cond``), else ``deadlock``.
+    """
 
     kind = "DEADLOCK"
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"deadlock: {detail}", function="deadlock")
+    def __init__(self, detail: str, *, function: str = "deadlock") -> None:
+        super().__init__(f"deadlock: {detail}", function=function)
         self.detail = detail
 
 

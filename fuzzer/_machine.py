@@ -33,8 +33,8 @@ from fuzzer._errors import (
 )
 from fuzzer._mm import MM, PTLOCK_CLASS, Geometry, Prot, Pte, PtePage, SpinLock, Table
 from fuzzer._oops import oops_of
-from fuzzer._routines import frame_of_code
-from fuzzer._steps import Step
+from fuzzer._routines import STEP_ENTRIES, frame_of_code
+from fuzzer._steps import Step, StepAction
 
 #: ``--panic-on-warn``'s values (:meth:`Machine.warn`), the default first: known findings'
 #: WARNs do not end an example, so they cannot hide what comes after them.
@@ -649,12 +649,16 @@ class Machine:
 
     def _deadlock(self) -> None:
         waiting = self.busy()
-        lines = []
+        lines, wheres = [], []
         for c in waiting:
             w = getattr(c.wait, "__self__", c.wait)
             where = c.trace()[0].function if c.trace() else "?"
+            wheres.append(where)
             lines.append(f"CPU {c.n} in {where} waits on {w!r}")
-        self._fail(Deadlock("; ".join(lines)), waiting[0])
+        # Named by the routine most of the waiting CPUs wait in, if two or more do.
+        common = max(wheres, key=wheres.count)
+        name = common if wheres.count(common) >= 2 and common != "?" else "deadlock"
+        self._fail(Deadlock("; ".join(lines), function=name), waiting[0])
 
     def run_bytes(self, schedule: bytes) -> tuple[int, ...]:
         """Advance CPUs by a block of schedule decisions; return the CPUs advanced.
@@ -683,11 +687,13 @@ class Machine:
 
     def _record_run(self, cpus: list[int]) -> None:
         # Consecutive schedule blocks are one step: replaying them is the same.
-        if self.steps and self.steps[-1].action == "run":
-            cpus = list(self.steps[-1].cpus) + cpus
-            self.steps[-1] = Step("run", cpus=cpus)
-        elif cpus:
-            self.steps.append(Step("run", cpus=cpus))
+        if not cpus:
+            return
+        steps = self.steps
+        if steps and steps[-1].action is StepAction.RUN:
+            steps[-1] = Step(StepAction.RUN, cpus=steps[-1].cpus + tuple(cpus))
+        else:
+            steps.append(Step(StepAction.RUN, cpus=cpus))
 
     def run_cpus(self, cpus: Iterable[int]) -> None:
         """Replay a recorded schedule: advance each CPU in turn (skipping any that cannot run)."""
@@ -917,6 +923,9 @@ class Machine:
 
 #: Where :meth:`Machine.warn` stops walking the Python stack: the CPU's activations start there.
 _ADVANCE = Machine.advance.__code__
+STEP_ENTRIES.update(id(fn.__code__) for fn in (
+    Machine.advance, Machine.boot, Machine.cpu_up, Machine.cpu_down, Machine.start,
+    Machine.interrupt, Machine.speculative_fill, Machine.migrate, Machine.finish))
 
 
 def _below(cpu: Cpu) -> list[Frame]:

@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._errors import Frame, KernelWarning, LockdepSplat
-from fuzzer._routines import FRAME_BY_CODE
+from fuzzer._errors import Frame, LockdepSplat
+from fuzzer._routines import FRAME_BY_ID, STEP_ENTRIES
+from fuzzer.kernel.bug import warn
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine, Task
@@ -194,15 +195,19 @@ def frames_here() -> tuple[Frame, ...]:
     """The modelled call trace of the running routine chain, innermost first.
 
     A running generator's callers are reachable through ``f_back`` (the
-    suspended activations below it are not: an interrupt's trace is its own).
+    suspended activations below it are not: an interrupt's trace is its own). None is
+    below a step entry point (``STEP_ENTRIES``): the walk ends there.
     """
     out: list[Frame] = []
-    frames = FRAME_BY_CODE  # frame_of_code, without a call per Python frame
+    frames = FRAME_BY_ID  # frame_of_code, without a call per Python frame
     f = inspect.currentframe()
     while f is not None:
-        fr = frames.get(f.f_code)
+        key = id(f.f_code)
+        fr = frames.get(key)
         if fr is not None:
             out.append(fr)
+        elif key in STEP_ENTRIES:
+            break
         f = f.f_back
     return tuple(out)
 
@@ -269,9 +274,10 @@ def hardirqs_on_prepare(cpu: Cpu) -> None:
     if ld is None or cpu.irqs_enabled:
         return
     if cpu.in_interrupt():
-        ld.debug_locks = False
-        raise KernelWarning(location(cpu, "hardirq_context"), function="lockdep_hardirqs_on_prepare",
-                            detail="DEBUG_LOCKS_WARN_ON(lockdep_hardirq_context())")
+        ld.debug_locks = False  # DEBUG_LOCKS_WARN_ON: debug_locks_off, WARN, return
+        warn(cpu, location(cpu, "hardirq_context"), function="lockdep_hardirqs_on_prepare",
+             detail="DEBUG_LOCKS_WARN_ON(lockdep_hardirq_context())")
+        return
     for h in list(ld.held.get(cpu.current, ())):
         _mark(cpu, ld, h, HARDIRQ_ON_R if h.read else HARDIRQ_ON_W)
 

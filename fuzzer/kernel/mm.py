@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer._config import RunConfig
-from fuzzer._errors import KernelBug, KernelWarning, ModelLimitation
+from fuzzer._errors import KernelBug, ModelLimitation
 from fuzzer._mm import MM, PTLOCK_CLASS, Pte, PtePage, PtePtr, SpinLock, Table
 from fuzzer._oops import deref, kernel_struct
 from fuzzer._plugins import hookimpl
@@ -226,8 +226,8 @@ def set_pte_at(cpu: Cpu, mm: MM, addr: int, ptr: PtePtr, pte: Pte) -> Gen:
     """
     if cpu.m.config.enabled("CONFIG_DEBUG_VM") and ptr.get() is not None:
         function, n = cpu.m.version.lookup(SET_PTE_WARN, "pgtable.c line numbers")
-        raise KernelWarning(f"{PGTABLE_C}:{n}", function=function,
-                            detail=f"overwriting a valid PTE at {addr:#x}")
+        warn(cpu, f"{PGTABLE_C}:{n}", function=function, once=False,
+             detail=f"overwriting a valid PTE at {addr:#x}")
     yield from cpu.k.__set_pte_at(cpu, mm, addr, ptr, pte)
 
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._errors import KernelWarning
 from fuzzer._routines import routine
+from fuzzer.kernel.bug import warn
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine
@@ -73,8 +73,8 @@ def lockdep_assert_irqs_enabled(cpu: Cpu, at: str) -> None:
     a loaded plugin defines that option and it is set to n.
     """
     if not cpu.irqs_enabled and cpu.m.config.values.get("CONFIG_PROVE_LOCKING", True):
-        raise KernelWarning(at, function="smp_call_function_many_cond",
-                            detail="lockdep_assert_irqs_enabled: IRQs are disabled")
+        warn(cpu, at, function="smp_call_function_many_cond",
+             detail="lockdep_assert_irqs_enabled: IRQs are disabled")  # WARN_ON_ONCE
 
 
 def _line(cpu: Cpu, what: str) -> str:
@@ -113,8 +113,8 @@ def smp_call_function_many_cond(cpu: Cpu, func: Callable[[Cpu], Gen], wait: bool
     if cpu.online and m.system_state != "SYSTEM_BOOTING":
         lockdep_assert_irqs_enabled(cpu, _line(cpu, "irqs_enabled"))
     if cpu.in_interrupt():
-        raise KernelWarning(_line(cpu, "in_task"), function="smp_call_function_many_cond",
-                            detail="WARN_ON_ONCE(!in_task())")
+        warn(cpu, _line(cpu, "in_task"), function="smp_call_function_many_cond",
+             detail="WARN_ON_ONCE(!in_task())")
     csds = [Csd(func, cpu.n, t.n) for t in m.cpus if t.online and t is not cpu]
     for csd in csds:
         yield  # llist_add to the target's call_single_queue

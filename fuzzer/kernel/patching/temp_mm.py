@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fuzzer._errors import KernelWarning
 from fuzzer._mm import MM, PAGE_KERNEL, Pte
 from fuzzer._routines import routine
+from fuzzer.kernel.bug import warn
 from fuzzer.kernel.faults import warn_on_alloc_failure
 from fuzzer.kernel.locking import lockdep_assert_irqs_disabled
 from fuzzer.kernel.patching.common import (
@@ -63,8 +63,9 @@ def _setup_contexts_then_enable(cpu: Cpu) -> Gen:
         ret = yield from k.__cpuhp_setup_state(
             cpu, "powerpc/text_poke:online", k.text_area_cpu_up, k.text_area_cpu_down
         )
-    if ret < 0:
-        raise KernelWarning(line(cpu, "poking_warn"), detail=f"cpuhp_setup_state returned {ret}")
+    if ret < 0:  # WARN_ON, then return without enabling poking_init_done
+        warn(cpu, line(cpu, "poking_warn"), once=False, detail=f"cpuhp_setup_state returned {ret}")
+        return
     m.static_keys["poking_init_done"] = True
     yield
 
@@ -306,10 +307,8 @@ def start_using_temp_mm(cpu: Cpu, temp_mm: MM) -> Gen:
     lockdep_assert_irqs_disabled(cpu, line(cpu, "irqs_start"))
     yield from cpu.k.switch_mm_irqs_off(cpu, orig_mm, temp_mm)
     if temp_mm.cpumask != {cpu.n}:
-        raise KernelWarning(
-            line(cpu, "thread_local"),
-            detail=f"patching mm used by CPUs {sorted(temp_mm.cpumask)}, not thread-local",
-        )
+        warn(cpu, line(cpu, "thread_local"), once=False,
+             detail=f"patching mm used by CPUs {sorted(temp_mm.cpumask)}, not thread-local")
     yield from cpu.k.suspend_breakpoints(cpu)
     return orig_mm
 
