@@ -38,6 +38,13 @@ class Operation:
     kthread: bool = False
     """Run as a kernel thread (no mm of its own): it borrows the mm the CPU has
     loaded, as a lazy-TLB kernel thread does, instead of a user process with its own."""
+    makes: bool = False
+    """Returning success (0 or None), it makes an object its arguments name: a kprobe
+    ``register`` returns. The Hypothesis engine's ``race_*`` rules run two operations of the
+    plugin on an object made and not yet unmade (the ``Bundle`` idiom); a plugin that
+    declares none races on the arguments of any operation that succeeded."""
+    unmakes: bool = False
+    """Returning success, it ends the object its arguments name (a kprobe ``unregister``)."""
 
 
 @attrs.frozen

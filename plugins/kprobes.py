@@ -300,7 +300,7 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
     return [
         Operation("kprobes.register", op_register, {"site": sites, "probe": probe},
                   doc="register_kprobe() on a text site (armed at once; a second probe"
-                      " at one address aggregates)", comm="perf"),
+                      " at one address aggregates)", comm="perf", makes=True),
         Operation("kprobes.disable", op_disable, {"site": sites, "probe": probe},
                   doc="disable_kprobe(): disarm once no probe at the address is enabled",
                   comm="perf"),
@@ -308,7 +308,7 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
                   doc="enable_kprobe(): arm again", comm="perf"),
         Operation("kprobes.unregister", op_unregister, {"site": sites, "probe": probe},
                   doc="unregister_kprobe(): disarm, unhash, free the insn slot and the probe",
-                  comm="perf"),
+                  comm="perf", unmakes=True),
         Operation("kprobes.hit", op_hit, {"site": sites},
                   doc="a CPU executes the instruction at a site (traps into a probe if armed)",
                   comm="bash"),

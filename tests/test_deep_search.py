@@ -126,3 +126,19 @@ def test_holding_the_hitting_cpu_until_the_unregister_is_done_finds_a_freed_slot
     assert outcome.status.value == "failed", outcome
     assert outcome.failure.signature.kind == "OOPS"
     assert len(_cpus(outcome.steps)) >= 2
+
+
+def test_the_hypothesis_engine_races_two_operations_on_a_registered_probe():
+    """kprobe_trap_recheck, which the state machine missed on 3/3 seeds in 60 s with only
+    ``then`` and argument reuse: its ``race_kprobes`` rule registers a probe (``register``
+    declares ``makes``), starts a hit at that probe's site held right after the trap's
+    fetch and unregisters the probe on another CPU. Found from a seed within a fixed number
+    of examples, and shrunk to a reproduction on two CPUs."""
+    model = make_model("v6.12", plugins=["fuzzer_plugins.mistakes.kprobe_trap_recheck"])
+    outcome = search(model, seed=1, max_examples=200, time_budget=0, engine="hypothesis")
+    assert outcome.status.value == "failed", outcome
+    assert outcome.failure.signature.function == "kprobe_handler"
+    assert len(_cpus(outcome.steps)) >= 2
+    starts = [s.name for s in outcome.steps if s.action == "start"]
+    assert {"kprobes.register", "kprobes.hit", "kprobes.unregister"} <= set(starts), starts
+    assert len(outcome.steps) <= 12, [s.describe() for s in outcome.steps]

@@ -173,6 +173,7 @@ def state_machine_class(model: Model, channel: Channel | None = None, *,
         ns["irq_" + _ident(src.name)] = _irq_rule(src, model.run.cpus)
     ns.update(_hotplug_rules(model.run.cpus))
     ns.update(_schedule_rules())
+    ns.update(_race_rules(model))
     ns.update(_hidden_rules(model))
     name = f"KernelStateMachine_{database_key(model)[:16].decode()}"
     return type(name, (KernelStateMachine,), ns)
@@ -184,6 +185,8 @@ class KernelStateMachine(RuleBasedStateMachine):
     channel: Channel
     machine: Machine
     failed: bool = False
+    started: list[tuple[Operation, dict[str, Any], Any]]
+    """Every operation the example started: (operation, arguments, its task)."""
     held: list[Cpu]
     """CPUs held back: they run only when no other CPU can (``then="hold at next access"``,
     ``pause``), under ``advance``, ``advance_pct``, ``pause`` and at the end of the example."""
@@ -213,6 +216,7 @@ def _base_rules(model: Model, channel: Channel, recorder: RoutineRecorder,
         self.machine = _guard(self, lambda: Machine(model, boot_cache=True))
         self.machine.accesses = Accesses(self.machine)
         self.held = []
+        self.started = []
 
     def boot(self: Any, seed: int, draws: list[int], online: int) -> None:
         _guard(self, lambda: self.machine.boot(seed, draws))
@@ -465,6 +469,177 @@ def _hidden_rules(model: Model) -> dict[str, Any]:
     return rules
 
 
+#: Where a racing operation's CPU stops (:func:`run_to`): right after its k-th access of a
+#: shared object (what a race turns on; the first accesses likelier), after n emulated steps
+#: (a point between two accesses: after a grace period, before the store that follows), or
+#: when it blocks or is done (``end``).
+_STOP_ACCESS = st.integers(0, 7).map(lambda v: ("access", (1, 1, 1, 2, 2, 3, 4, 6)[v]))
+_STOP_STEPS = st.integers(1, 64).map(lambda n: ("steps", n))
+_STOP = st.one_of(_STOP_ACCESS, _STOP_ACCESS, _STOP_ACCESS, _STOP_STEPS)
+_END = st.just(("end", 0))
+_STOP_OR_END = st.one_of(_END, _END, _END, _STOP)
+
+
+def run_to(m: Machine, cpu: Cpu, stop: tuple[str, int], most: int = ALONE_MOST) -> None:
+    """Advance ``cpu`` alone until it blocks or is done, or earlier at ``stop``: just after
+    its k-th access of a shared object (``("access", k)``) or after n steps (``("steps", n)``).
+    Recorded as a ``run`` step."""
+    how, n = stop
+    log = m.accesses
+    start = log.by_cpu.get(cpu.n, 0) if isinstance(log, Accesses) else 0
+    done: list[int] = []
+    try:
+        while len(done) < most and cpu.runnable():
+            if how == "steps" and len(done) >= n:
+                break
+            done.append(cpu.n)
+            m.advance(cpu)
+            if how == "access" and isinstance(log, Accesses) and log.by_cpu.get(cpu.n, 0) - start >= n:
+                break
+    finally:
+        m._record_run(done)
+
+
+def _running(m: Machine, task: Any) -> bool:
+    return any(a.task is task for c in m.cpus for a in c.stack)
+
+
+def objects(sm: Any, family: list[Operation]) -> list[tuple[Operation, dict[str, Any]]]:
+    """The objects the example made with ``family``'s operations (one plugin's), the latest
+    last, each once: the arguments of each that returned success and
+    :attr:`~fuzzer.Operation.makes` (a probe registered) and no later one
+    :attr:`~fuzzer.Operation.unmakes`; if none of them makes, of every one that succeeded."""
+    makers = any(op.makes for op in family)
+    seen: dict[Any, tuple[Operation, dict[str, Any]]] = {}
+    for op, args, task in sm.started:
+        if op not in family or task.result or _running(sm.machine, task):
+            continue
+        if op.unmakes:
+            for key, (made_by, made) in list(seen.items()):
+                if _names(op, args, made_by, made):
+                    del seen[key]
+        if op.makes or not makers:
+            key = (op.name, tuple(sorted((k, repr(v)) for k, v in args.items())))
+            seen.pop(key, None)
+            seen[key] = (op, args)
+    return list(seen.values())
+
+
+def _names(op: Operation, args: dict[str, Any], made_by: Operation, made: dict[str, Any]) -> bool:
+    """``op`` with ``args`` names the object ``made_by`` made with ``made``: every argument
+    the two declare alike (the same declared type) has one value."""
+    same = {id(a): k for k, a in made_by.args.items()}
+    return all(made[same[id(a)]] == args[k] for k, a in op.args.items() if id(a) in same)
+
+
+def _plugin(op: Operation) -> str:
+    return op.name.rsplit(".", 1)[0]
+
+
+def _object_args(data: Any, sm: Any, op: Operation, obj: tuple[Operation, dict[str, Any]]) -> dict[str, Any]:
+    """``op``'s arguments on the object ``obj``: each argument ``obj``'s operation declares
+    too (the same declared type: kprobes' probe site) takes its value three times in four,
+    else any value (a second probe at the site); the rest are drawn as the operation's
+    rule draws them."""
+    made_by, made = obj
+    same = {id(a): k for k, a in made_by.args.items()}
+    args: dict[str, Any] = {}
+    for k, a in op.args.items():
+        if id(a) not in same:
+            args[k] = data.draw(_reusable(a, strategy_of(a)), label=k)
+        elif data.draw(st.integers(0, 3), label=f"fresh {k}"):
+            args[k] = made[same[id(a)]]
+        else:
+            args[k] = data.draw(strategy_of(a), label=k)
+    return args
+
+
+def _race_start(sm: Any, data: Any, family: list[Operation], obj: Any, stop: Any) -> tuple[Cpu, Any]:
+    """Start one of ``family`` on an idle CPU (on ``obj``, if given) and run it alone to ``stop``."""
+    m: Machine = sm.machine
+    op = data.draw(st.sampled_from(family), label="operation")
+    args = _object_args(data, sm, op, obj) if obj is not None else {
+        k: data.draw(strategy_of(a), label=k) for k, a in op.args.items()}
+    idle = [c for c in m.cpus if m.can_start(c)]
+    cpu = idle[data.draw(st.integers(0, m.model.run.cpus - 1), label="cpu") % len(idle)]
+    how = data.draw(stop, label="stop")
+    task = _guard(sm, lambda: m.start(cpu, op, args))
+    _remember(m, op, args)
+    sm.started.append((op, args, task))
+    _guard(sm, lambda: run_to(m, cpu, how))
+    return cpu, how
+
+
+def _drain(sm: Any) -> None:
+    """Let every held CPU go and run all CPUs in turn until none can (blocked or done)."""
+    sm.held.clear()
+    _guard(sm, lambda: _run_holding(sm, most=10 * ALONE_MOST))
+
+
+def _idle(m: Machine) -> int:
+    return sum(m.can_start(c) for c in m.cpus)
+
+
+def _race_round(sm: Any, data: Any, family: list[Operation]) -> bool:
+    """One race on an object of ``family``'s plugin (see :func:`_race_rules`); False when
+    fewer than two CPUs are free for it."""
+    m: Machine = sm.machine
+    _drain(sm)
+    if _idle(m) < 2:
+        return False
+    made = objects(sm, family)
+    if not made or data.draw(st.booleans(), label="make an object"):
+        _race_start(sm, data, [op for op in family if op.makes] or family, None, _END)
+        made = objects(sm, family)
+        if not made or _idle(m) < 2:
+            return True
+    obj = made[-1] if not data.draw(st.booleans(), label="an earlier object") \
+        else data.draw(st.sampled_from(made[::-1]), label="object")
+    first, _ = _race_start(sm, data, family, obj, _STOP)
+    if not first.stack or not _idle(m):
+        return True
+    second, how = _race_start(sm, data, family, obj, _STOP_OR_END)
+    stopped = second
+    if how[0] != "end" and second.stack:
+        _guard(sm, lambda: run_to(m, first, ("end", 0)))
+    else:
+        stopped = first
+    if stopped.stack and stopped not in sm.held:
+        sm.held.append(stopped)
+    return True
+
+
+#: The most races one ``race_*`` rule runs, one after another.
+RACE_ROUNDS = 16
+
+
+def _race_rules(model: Model) -> dict[str, Any]:
+    """One ``race_<plugin>`` rule per plugin with operations: up to :data:`RACE_ROUNDS`
+    rounds, each on a quiet machine (every CPU run until none can) and an object the
+    example made with that plugin's operations -- the arguments of one that returned
+    success, a probe ``register`` returned, or one made first -- two operations of the
+    plugin on it, on two CPUs: the first runs alone to a stop (:data:`_STOP`: after an
+    access, say its trap's fetch), the second alone to its end or a stop of its own; if it
+    stopped, the first runs alone on until it blocks or is done. The CPU left stopped is
+    held (runs only when no other can). A hit looked up before an unregister and
+    single-stepping after it; an unregister that ends its grace period, lets a hit look the
+    probe up, and frees its slot."""
+    rules: dict[str, Any] = {}
+    for plugin in dict.fromkeys(_plugin(op) for op in model.operations):
+        family = [op for op in model.operations if _plugin(op) == plugin]
+
+        def race(self: Any, data: Any, family: list[Operation] = family) -> None:
+            for _ in range(data.draw(st.integers(1, RACE_ROUNDS), label="rounds")):
+                if not _race_round(self, data, family):
+                    return
+
+        race.__name__ = "race_" + _ident(plugin)
+        rules[race.__name__] = precondition(
+            lambda self: self.machine.booted and sum(c.online for c in self.machine.cpus) >= 2)(
+                rule(data=st.data())(race))
+    return rules
+
+
 def _ident(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
 
@@ -474,8 +649,9 @@ def _op_rule(op: Operation, ncpus: int) -> Any:
         m: Machine = self.machine
         idle = [c for c in m.cpus if m.can_start(c)]
         cpu = idle[cpu_index % len(idle)]
-        _guard(self, lambda: m.start(cpu, op, args))
+        task = _guard(self, lambda: m.start(cpu, op, args))
         _remember(m, op, args)
+        self.started.append((op, args, task))
         _then(self, cpu, then)
 
     start.__name__ = "start_" + _ident(op.name)
