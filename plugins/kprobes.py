@@ -276,7 +276,7 @@ def fuzzer_initcalls(config: RunConfig) -> list[Initcall]:
 def fuzzer_routines(config: RunConfig) -> list[Any]:
     return [
         init_kprobes, arch_init_kprobes, arch_init_kprobes_612, register_kprobe,
-        register_aggr_kprobe,
+        register_aggr_kprobe, init_aggr_kprobe,
         arch_prepare_kprobe, arm_kprobe, arch_arm_kprobe, disarm_kprobe, arch_disarm_kprobe,
         __disable_kprobe, disable_kprobe, enable_kprobe, unregister_kprobe,
         __unregister_kprobe_top, __unregister_kprobe_bottom, kprobe_handler,
@@ -417,7 +417,6 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
     After unlocking, an aggregator that was disabled is armed again if ``p`` is enabled.
     """
     m = cpu.m
-    s = kstate(m)
     orig = deref(orig, "struct kprobe", member="pre_handler")
     jl = _jump_label_mutex(m)
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
@@ -427,10 +426,8 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
     ap = orig
     if orig.children is None:
         yield  # alloc_aggr_kprobe(): kzalloc(GFP_KERNEL)
-        ap = Kprobe(orig.addr, owner="aggr_kprobe", opcode=orig.opcode, insn_slot=orig.insn_slot,
-                    armed=orig.armed, disabled=orig.disabled, children=ProbeList([orig]))
-        orig.parent = ap
-        s.table[orig.addr] = ap  # hlist_replace_rcu
+        ap = Kprobe(orig.addr, owner="aggr_kprobe")
+        yield from cpu.k.init_aggr_kprobe(cpu, ap, orig)
     elif ap.disabled and not ap.children and "optprobes" in m.state:  # kprobe_unused(ap)
         ret = yield from cpu.k.reuse_unused_kprobe(cpu, ap)
         if ret:
@@ -451,6 +448,19 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
         ap.disabled = False
         yield from cpu.k.arm_kprobe(cpu, ap)
     return 0
+
+
+@routine("init_aggr_kprobe", KPROBES_C, inlined=True)
+def init_aggr_kprobe(cpu: Cpu, ap: Kprobe, p: Kprobe) -> Gen:
+    """``init_aggr_kprobe()`` (kernel/kprobes.c:1274-1291 v6.1, :1283-1300 v6.12), from
+    ``register_aggr_kprobe`` and (optprobes) ``try_to_optimize_kprobe``: the new aggregator
+    takes ``p``'s opcode and insn slot (``copy_kprobe``) and flags, lists ``p``, and only
+    then replaces it in the hash table (``hlist_replace_rcu``)."""
+    yield from ()
+    ap.opcode, ap.insn_slot, ap.armed, ap.disabled = p.opcode, p.insn_slot, p.armed, p.disabled
+    ap.children = ProbeList([p])
+    p.parent = ap
+    kstate(cpu.m).table[p.addr] = ap  # hlist_replace_rcu
 
 
 @routine("arm_kprobe", KPROBES_C, inlined=True)
@@ -823,17 +833,17 @@ def table_matches_text(m: Machine) -> str | None:
     for addr, pa in s.probed:
         p = table.get(addr)
         word = mem.get(pa)
-        if opt is not None and p is not None and opt.queued_probe(p):
+        if opt is not None and p is not None and opt.queued_probe(p) \
+                and word in (BREAKPOINT_INSTRUCTION, opt.of(p).branch):
             # Queued for the optimizer (kprobe_queued): a disabled or unused optimized
             # aggregator is still armed -- trap or branch -- until do_unoptimize_kprobes
             # disarms and unhashes it (kernel/kprobes.c:552-580).
-            if word in (BREAKPOINT_INSTRUCTION, opt.of(p).branch):
-                if p.children == [] and not p.freed:  # unused: kprobe_unused
-                    continue
-                msg = _probe_matches(p, BREAKPOINT_INSTRUCTION if not p.disabled else None)
-                if msg is not None:
-                    return f"kprobe at {addr:#x}: {msg}"
+            if p.children == [] and not p.freed:  # unused: kprobe_unused
                 continue
+            msg = _probe_matches(p, BREAKPOINT_INSTRUCTION if not p.disabled else None)
+            if msg is not None:
+                return f"kprobe at {addr:#x}: {msg}"
+            continue
         if opt is not None and word is not None and word >> 26 == 18 and p is not None:
             # An optimized probe is armed with the branch to its detour (optprobes.c:266):
             # only the hashed aggregator's own (an earlier registration's detour is not).

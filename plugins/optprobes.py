@@ -12,12 +12,24 @@ A CPU that fetches that branch runs the buffer: every word of it must be the
 finished detour (the fetch check below), and the buffer must outlive every
 CPU inside it.
 
-Simplified: the optimizer runs when the walk starts it (operation
-``optprobes.optimizer``, a kworker), not after OPTIMIZE_DELAY; disabling or
-unregistering an optimized probe takes the forced path (``force_unoptimize_kprobe``:
-branch -> trap, then ``arch_disarm_kprobe``: trap -> original) at once rather
-than queueing it for the optimizer; prefixed instructions are not optimized;
-the 64-bit immediate loads are two words, not five.
+The optimized probe is an aggregator of its own, as in the kernel: it takes the
+probe's place in the hash table (``init_aggr_kprobe``), carries ``KPROBE_FLAG_OPTIMIZED``
+and sits on one of three staging lists. Disabling or unregistering it only queues it on
+``unoptimizing_list`` (``unoptimize_kprobe(p, false)``; ``__disarm_kprobe`` leaves a queued
+probe armed): the branch stays until the optimizer's ``do_unoptimize_kprobes`` puts the trap
+back, disarms the disabled ones and unhashes the unused ones, which
+``do_free_cleaned_kprobes`` frees after ``synchronize_rcu_tasks``. Meanwhile the last
+probe's unregister leaves the aggregator hashed and unused, and a probe registered there
+rescues it (``reuse_unused_kprobe``). kernel/kprobes.c's OPTPROBES block (:395-1030) is
+line for line the same at 6.1.192 and 6.12.117; next-20221215 and v6.2 predate
+4fbd2f83fda0 (``do_unoptimize_kprobes``).
+
+Simplified: the optimizer runs when the walk starts it (operation ``optprobes.optimizer``,
+a kworker), not OPTIMIZE_DELAY after a kick; the forced path (``force_unoptimize_kprobe``)
+is modelled but none of its callers is (``kprobes_all_disarmed``, post handlers, module
+text's ``kill_optimized_kprobe``; ``get_optimized_kprobe`` finds nothing on powerpc), nor the
+``debug.kprobes-optimization`` sysctl; prefixed instructions are not optimized; the 64-bit
+immediate loads are two words, not five.
 """
 
 from __future__ import annotations
@@ -48,7 +60,7 @@ from fuzzer.kernel import (
     up_read,
     warn,
 )
-from fuzzer_plugins.kprobes import KPROBES_C, SYMBOLS, Kprobe, ProbeList, arch_remove_kprobe, kstate
+from fuzzer_plugins.kprobes import KPROBES_C, SYMBOLS, Kprobe, arch_remove_kprobe, kstate
 
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine
@@ -282,7 +294,7 @@ def try_to_optimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     ``register_kprobe`` (:1686 v6.1).
 
     Under ``cpus_read_lock``, ``jump_label_lock`` (not modelled) and ``text_mutex``:
-    ``alloc_aggr_kprobe`` (:828, kzalloc) -> ``arch_prepare_optimized_kprobe``; on failure
+    ``alloc_aggr_kprobe`` (:830, kzalloc) -> ``arch_prepare_optimized_kprobe``; on failure
     the probe stays a plain trap probe; else ``init_aggr_kprobe(ap, kp)`` (:1283-1300 v6.12:
     the aggregator takes the probe's opcode, insn slot and flags, lists it, and replaces it
     in the hash table, ``hlist_replace_rcu``) and ``optimize_kprobe(ap)``, which only queues it.
@@ -292,13 +304,9 @@ def try_to_optimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     yield from mutex_lock(cpu, m.state["text_mutex"])
     op = yield from cpu.k.arch_prepare_optimized_kprobe(cpu, kp)
     if op is not None:
-        ap = Kprobe(kp.addr, owner="optimized_kprobe", opcode=kp.opcode, insn_slot=kp.insn_slot,
-                    armed=kp.armed, disabled=kp.disabled, children=ProbeList([kp]))
-        kp.parent = ap
-        op.kp = ap
+        ap = op.kp = Kprobe(kp.addr, owner="optimized_kprobe")
         ostate(m).by_buff[op.buff] = op
-        m.note_access(cpu, ("kprobe table", kp.addr), True)
-        kstate(m).table[kp.addr] = ap  # hlist_replace_rcu(&p->hlist, &ap->hlist)
+        yield from cpu.k.init_aggr_kprobe(cpu, ap, kp)
         yield from cpu.k.optimize_kprobe(cpu, ap)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])

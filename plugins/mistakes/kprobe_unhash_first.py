@@ -37,10 +37,14 @@ def __unregister_kprobe_top(cpu: Cpu, p: Kprobe) -> Generator[Any, None, Any]:
     ap = yield from cpu.k.__disable_kprobe(cpu, p)
     if ap is None:
         return -22
-    if ap.children is not None and len(ap.children) == 1 and ap.disabled:
+    opt = cpu.m.state.get("optprobes")  # the rest as __unregister_kprobe_top has it
+    if ap.children is not None and len(ap.children) == 1 \
+            and (ap.disabled if opt is None else opt.disarmed(ap)):
         del s.table[ap.addr]
     elif ap.children is not None:
         ap.children.remove(p)
+        if not ap.disabled and opt is not None:
+            yield from cpu.k.optimize_kprobe(cpu, ap)
     return 0
 
 
