@@ -107,14 +107,11 @@ OPTIMIZING, UNOPTIMIZING, FREEING = "optimizing_list", "unoptimizing_list", "fre
 #: returns at once when ``unoptimizing_list`` is empty. v6.1 is 6.1.192, which carries it.
 BEFORE_FREEING_FIX = ("next-20221215", "v6.2")
 #: kernel/kprobes.c lines of the optimizer's WARN_ON_ONCEs: the same at 6.1.192 and 6.12.117
-#: (the OPTPROBES block, :395-1030, is line for line the same); v6.2's and next-20221215's
-#: ``do_free_cleaned_kprobes`` is two lines lower (4fbd2f83fda0's first hunk, -555,17 +555,15).
-WARN_LINES = {
-    "v6.1": {"free": 589, "optimize": 711, "reuse": 777},
-    "next-20221215": {"free": 591, "optimize": 711, "reuse": 777},
-    "v6.2": {"free": 591, "optimize": 711, "reuse": 777},
-    "v6.12": {"free": 589, "optimize": 711, "reuse": 777},
-}
+#: (the OPTPROBES block, :395-1030, is line for line the same), and at v6.2 and next-20221215:
+#: 4fbd2f83fda0's hunks there (-555,17 +555,15 and -797 +795 as applied to 6.2) sit two lines
+#: above 6.1.192's, and undoing its net -2 puts :589 back where it is.
+WARN_LINES = {v: {"free": 589, "optimize": 711, "reuse": 777}
+              for v in ("v6.1", "next-20221215", "v6.2", "v6.12")}
 
 
 @attrs.define(eq=False)

@@ -65,7 +65,7 @@ def test_a_disabled_optimized_probe_keeps_its_branch_until_the_optimizer_runs(ke
 @pytest.mark.parametrize("kernel", ["v6.1", "v6.12"])
 def test_enabling_a_probe_queued_for_unoptimizing_puts_the_trap_over_its_branch(kernel):
     """enable_kprobe -> arm_kprobe -> __arm_kprobe: arch_arm_kprobe writes the trap over the
-    branch (:982-996), then optimize_kprobe finds it flagged and only dequeues it (:694-699):
+    branch (:982-996), then optimize_kprobe finds it flagged and only dequeues it (:697-703):
     a trap probe flagged optimized, which the optimizer leaves alone -- consistent on powerpc,
     where the trap replaces the whole branch word."""
     m = _optimized(kernel)
@@ -128,8 +128,8 @@ FORCE = plugin_module("force_unopt", fuzzer_operations=lambda config: [
 def test_a_forcibly_unoptimized_probe_on_freeing_list_before_and_after_4fbd2f83fda0(kernel, fixed):
     """Before 4fbd2f83fda0 (v6.3-rc1) ``do_unoptimize_kprobes`` returns at once with
     ``unoptimizing_list`` empty: the probe the forced path put on ``freeing_list`` reaches
-    ``do_free_cleaned_kprobes`` still in use and WARNs (:589 in 6.1.192/6.12, two lines lower
-    before the fix); after it, the optimizer takes it off the list."""
+    ``do_free_cleaned_kprobes`` still in use and WARNs (:589); after it, the optimizer
+    takes it off the list."""
     model = make_model(kernel, extra=[FORCE])
     steps: list[Step] = [boot_steps()[0]]
     for n, start in [(1, Step("online", cpu=1)), (0, _op(0, "kprobes.register", site=0)),
@@ -153,4 +153,4 @@ def test_a_forcibly_unoptimized_probe_on_freeing_list_before_and_after_4fbd2f83f
         assert failure is not None
         sig = failure.signature
         assert (sig.kind, sig.function) == ("WARNING", "do_free_cleaned_kprobes")
-        assert sig.location == "kernel/kprobes.c:591"
+        assert sig.location == "kernel/kprobes.c:589"
