@@ -247,19 +247,29 @@ def raw_speed(model: Model, examples: list[list[Step]], seconds: float) -> dict[
     boot run (the boot cache off: replaying the same 100 examples would copy each boot)."""
     steps = runs = 0
     started = time.perf_counter()
+    while True:
+        steps += raw_once(model, examples)
+        runs += len(examples)
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return {"steps_per_s": steps / elapsed, "examples_per_s": runs / elapsed,
+                    "steps": steps, "examples": runs, "seconds": elapsed}
+
+
+def raw_once(model: Model, examples: list[list[Step]], each: bool = False) -> Any:
+    """Replay each recorded example once, every boot run: the emulated steps (with ``each``,
+    every replay's steps, log and outcome, for bench/hotpath.py's fingerprint)."""
+    steps, out = 0, []
     bootcache.ENABLED = False
     try:
-        while True:
-            for ex in examples:
-                machine, _ = replay(model, ex)
-                steps += machine.nsteps
-                runs += 1
-            elapsed = time.perf_counter() - started
-            if elapsed >= seconds:
-                return {"steps_per_s": steps / elapsed, "examples_per_s": runs / elapsed,
-                        "steps": steps, "examples": runs, "seconds": elapsed}
+        for ex in examples:
+            machine, caught = replay(model, ex)
+            steps += machine.nsteps
+            if each:
+                out.append((machine.nsteps, list(machine.log), repr(caught)))
     finally:
         bootcache.ENABLED = True
+    return out if each else steps
 
 
 def fuzzer_speed(model: Model, seconds: float, guide: bool, engine: str = "walk") -> dict[str, float]:

@@ -22,7 +22,9 @@ copies, with :func:`fuzzer._snapshot.snapshot`; the cache is off for a model whe
   is shared, never copied;
 * closures (the hooks plugins register in ``fuzzer_machine_setup``) are rebuilt around the
   copied objects they captured, so they act on the copy;
-* no state keys a dict by ``id()`` of a copied object (the page-table ledger keys by the mm).
+* no state keys a dict by ``id()`` of a copied object (the page-table ledger keys by the mm);
+* the CPU objects stay the fresh machine's, their state copied in: an engine that took
+  ``m.cpus[n]`` before the boot step (the interleaving feedback's holds) has the machine's CPU.
 
 Only when nothing outside the machine watches the boot: no ``observe_steps`` observer
 registered before it, and a routine recorder (``run``'s coverage statistics and guidance)
@@ -57,6 +59,9 @@ ENABLED = True
 #: Boot steps kept per model, and models kept (least recently used dropped first).
 ENTRIES = 256
 MODELS = 4
+#: Where a copy keeps its CPUs' state: each CPU object stays the fresh machine's own (what
+#: an engine took from ``m.cpus`` before the boot step still names the machine's CPU).
+_CPUS = "\0cpus"
 #: Machine attributes that are the model's, equal in every machine of it: never copied.
 STATIC = frozenset({"model", "run", "config", "version", "k", "layout", "nr_wp_slots",
                     "max_steps", "_step_checks", "_step_fns", "_end_checks"})
@@ -192,9 +197,11 @@ def _same(m: Machine, entry: Entry) -> bool:
     """A copy of ``m`` loaded into a fresh machine is ``m``, state for state."""
     other = type(m)(m.model, max_steps=m.max_steps)
     log = other.accesses = _fresh_log(m, other)
-    _load(other, entry, record=False)
     record = ("steps", "nsteps", "boot_steps", "log", "stores", "draws", "booted")
+    cpus = list(other.cpus)
+    _load(other, entry, record=False)
     return snapshot(other) == snapshot(m) and other.accesses is log and all(
+        a is b for a, b in zip(other.cpus, cpus, strict=True)) and all(
         getattr(other, f) == getattr(m, f) for f in record) and _log_state(
         other.accesses) == _log_state(m.accesses)
 
@@ -230,6 +237,8 @@ class _Pickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO, m: Machine, shared: list[Any]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.tokens: dict[int, Any] = {id(m): ("machine",)}
+        for i, cpu in enumerate(m.cpus):
+            self.tokens[id(cpu)] = ("cpu", i)
         for name in STATIC:
             self.tokens.setdefault(id(getattr(m, name)), ("static", name))
         for group in ("operations", "interrupts", "step_invariants", "end_invariants",
@@ -277,6 +286,8 @@ class _Unpickler(pickle.Unpickler):
         kind = pid[0]
         if kind == "machine":
             return self.m
+        if kind == "cpu":
+            return self.m.cpus[pid[1]]
         if kind == "static":
             return getattr(self.m, pid[1])
         if kind == "routine":
@@ -288,6 +299,7 @@ class _Unpickler(pickle.Unpickler):
 
 def _dump(m: Machine, entered: frozenset[str]) -> Entry | None:
     state = {k: v for k, v in vars(m).items() if k not in STATIC}
+    state[_CPUS] = [vars(c) for c in m.cpus]
     shared: list[Any] = []
     f = io.BytesIO()
     try:
@@ -301,6 +313,9 @@ def _load(m: Machine, entry: Entry, record: bool = True) -> None:
     """Make the fresh machine ``m`` the booted one; keep its access log object, filled."""
     log = m.accesses
     state = _Unpickler(io.BytesIO(entry.data), m, entry.shared).load()
+    for cpu, copied in zip(m.cpus, state.pop(_CPUS), strict=True):
+        vars(cpu).clear()
+        vars(cpu).update(copied)
     vars(m).update(state)
     copied = m.accesses
     if log is not None and copied is not None and copied is not log:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._routines import FRAME_BY_CODE
+from fuzzer._routines import FRAME_BY_ID, STEP_ENTRIES
 from fuzzer._steps import Step
 
 if TYPE_CHECKING:
@@ -54,17 +54,22 @@ HOLD_RUN = 2000
 
 def running_routine(depth: int = 2) -> str:
     """The modelled routine that is executing (the innermost on the Python stack); else the
-    innermost generator (an operation's entry point, ``op_hit``); else ``?``."""
+    innermost generator (an operation's entry point, ``op_hit``); else ``?``. No modelled
+    routine is below a step entry point (``STEP_ENTRIES``): the walk ends at one once it
+    has its generator."""
     f: Any = sys._getframe(depth)
     fallback = "?"
-    frames = FRAME_BY_CODE  # frame_of_code, without a call per Python frame
+    frames = FRAME_BY_ID  # frame_of_code, without a call per Python frame
     while f is not None:
         code = f.f_code
-        frame = frames.get(code)
+        frame = frames.get(id(code))
         if frame is not None:
             return frame.function
-        if fallback == "?" and code.co_flags & inspect.CO_GENERATOR:
-            fallback = code.co_name
+        if fallback == "?":
+            if code.co_flags & inspect.CO_GENERATOR:
+                fallback = code.co_name
+        elif id(code) in STEP_ENTRIES:
+            return fallback
         f = f.f_back
     return fallback
 

@@ -33,8 +33,8 @@ from fuzzer._errors import (
 )
 from fuzzer._mm import MM, PTLOCK_CLASS, Geometry, Prot, Pte, PtePage, SpinLock, Table
 from fuzzer._oops import oops_of
-from fuzzer._routines import frame_of_code
-from fuzzer._steps import Step
+from fuzzer._routines import STEP_ENTRIES, frame_of_code
+from fuzzer._steps import Step, StepAction
 
 #: ``--panic-on-warn``'s values (:meth:`Machine.warn`), the default first: known findings'
 #: WARNs do not end an example, so they cannot hide what comes after them.
@@ -687,11 +687,13 @@ class Machine:
 
     def _record_run(self, cpus: list[int]) -> None:
         # Consecutive schedule blocks are one step: replaying them is the same.
-        if self.steps and self.steps[-1].action == "run":
-            cpus = list(self.steps[-1].cpus) + cpus
-            self.steps[-1] = Step("run", cpus=cpus)
-        elif cpus:
-            self.steps.append(Step("run", cpus=cpus))
+        if not cpus:
+            return
+        steps = self.steps
+        if steps and steps[-1].action is StepAction.RUN:
+            steps[-1] = Step(StepAction.RUN, cpus=steps[-1].cpus + tuple(cpus))
+        else:
+            steps.append(Step(StepAction.RUN, cpus=cpus))
 
     def run_cpus(self, cpus: Iterable[int]) -> None:
         """Replay a recorded schedule: advance each CPU in turn (skipping any that cannot run)."""
@@ -921,6 +923,9 @@ class Machine:
 
 #: Where :meth:`Machine.warn` stops walking the Python stack: the CPU's activations start there.
 _ADVANCE = Machine.advance.__code__
+STEP_ENTRIES.update(id(fn.__code__) for fn in (
+    Machine.advance, Machine.boot, Machine.cpu_up, Machine.cpu_down, Machine.start,
+    Machine.interrupt, Machine.speculative_fill, Machine.migrate, Machine.finish))
 
 
 def _below(cpu: Cpu) -> list[Frame]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fuzzer._mm import Geometry, Prot, Pte, PtePtr
 from fuzzer._specs import BOOK3S64
@@ -108,8 +108,19 @@ class Mmu:
         cpu.tlb.clear()
 
     def translations_of(self, cpu: Cpu, mm: MM, va: int) -> bool:
-        """Whether ``cpu``'s TLB holds a translation of ``va`` in ``mm``."""
-        raise NotImplementedError
+        """Whether ``cpu``'s TLB holds a translation of ``va`` in ``mm``: by default, whether
+        it holds :meth:`tlb_key`'s key (an MMU whose TLB is not keyed so overrides this)."""
+        key = self.tlb_key(mm, va)
+        if key is None:
+            raise NotImplementedError
+        return key in cpu.tlb
+
+    def tlb_key(self, mm: MM, va: int) -> Any:
+        """The key under which any CPU's TLB (``cpu.tlb``) holds a translation of ``va`` in
+        ``mm``, or None (the default) when the key depends on the CPU. An MMU that gives one
+        and keeps :meth:`translations_of` lets a check of every CPU's TLB at every step
+        compute it once for all CPUs (``patching mapping private``)."""
+        return None
 
 
 def check_access(pte: Pte, write: bool) -> bool:

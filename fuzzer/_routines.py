@@ -44,6 +44,16 @@ _BY_CODE: dict[CodeType, RoutineInfo] = {}
 #: code object -> its call-trace frame, made once (a Frame is immutable): the lockdep and
 #: interleaving notes look frames up at every lock and shared access.
 FRAME_BY_CODE: dict[CodeType, Frame] = {}
+#: The same by ``id(code)``, for the walks of the Python stack (the interleaving notes, lockdep,
+#: call traces): hashing a code object hashes its constants at every lookup, an id is an int.
+#: :data:`_CODES` keeps every registered code object alive, so no other one takes its id.
+FRAME_BY_ID: dict[int, Frame] = {}
+_CODES: list[CodeType] = []
+#: ``id`` of the code of the machine's step entry points (``Machine.advance``, ``.interrupt``,
+#: ...; filled in by :mod:`fuzzer._machine`): the engines call them, modelled code never does
+#: (routines yield; none steps a CPU or takes a step), so no modelled routine's frame is below
+#: one and a walk of the stack for modelled frames may end there.
+STEP_ENTRIES: set[int] = set()
 
 
 def routine(
@@ -75,7 +85,9 @@ def routine(
         )
         fn.__fuzzer_routine__ = info  # type: ignore[attr-defined]
         _BY_CODE[fn.__code__] = info
-        FRAME_BY_CODE[fn.__code__] = Frame(info.symbol, info.file, info.inlined)
+        FRAME_BY_CODE[fn.__code__] = FRAME_BY_ID[id(fn.__code__)] = Frame(
+            info.symbol, info.file, info.inlined)
+        _CODES.append(fn.__code__)
         return fn
 
     return mark
@@ -89,7 +101,7 @@ def info_of(fn: RoutineFn) -> RoutineInfo:
 
 
 def frame_of_code(code: CodeType) -> Frame | None:
-    return FRAME_BY_CODE.get(code)
+    return FRAME_BY_ID.get(id(code))
 
 
 class RoutineTable:

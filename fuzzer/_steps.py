@@ -36,6 +36,12 @@ class StepAction(enum.StrEnum):
 ACTIONS = tuple(a.value for a in StepAction)
 
 
+def _action(action: Any) -> StepAction:
+    # StepAction(a) is a itself for a member; the enum's lookup is skipped then (every
+    # emulated step's run step is made anew: the converter is on the hot path).
+    return action if type(action) is StepAction else StepAction(action)
+
+
 def _freeze_args(args: Any) -> tuple[tuple[str, Any], ...]:
     if isinstance(args, dict):
         return tuple(sorted(args.items()))
@@ -50,7 +56,7 @@ class Step:
     same steps on a machine of the same configuration gives the same outcome.
     """
 
-    action: StepAction = attrs.field(converter=StepAction)
+    action: StepAction = attrs.field(converter=_action)
     """What the step does."""
     cpu: int | None = None
     """The CPU the step concerns (``online``, ``offline``, ``start``, ``irq``, ``fill``,

@@ -178,8 +178,8 @@ class HashMmu(Mmu):
     def translate_vmalloc(self, cpu: Cpu, va: int, write: bool) -> int | None:
         return self._translate(cpu, self.machine.init_mm, va, write, False)
 
-    def translations_of(self, cpu: Cpu, mm: MM, va: int) -> bool:
-        return (self.vsid(mm, va >> SID_SHIFT), va >> self.shift) in cpu.tlb
+    def tlb_key(self, mm: MM, va: int) -> Any:
+        return (self.vsid(mm, va >> SID_SHIFT), va >> self.shift)  # translations_of's key
 
     def speculative_fill(self, cpu: Cpu, mm: MM, va: int) -> None:
         """Load a TLB entry from an HPTE already in the hashed page table.

@@ -180,8 +180,8 @@ class RadixMmu(Mmu):
             for key in [k for k in c.tlb if k[0] == pid]:
                 del c.tlb[key]
 
-    def translations_of(self, cpu: Cpu, mm: MM, va: int) -> bool:
-        return (mm.context_id, va >> self.shift) in cpu.tlb
+    def tlb_key(self, mm: MM, va: int) -> Any:
+        return (mm.context_id, va >> self.shift)  # what translations_of looks for in cpu.tlb
 
     def speculative_fill(self, cpu: Cpu, mm: MM, va: int) -> None:
         """A table walk nobody asked for: load the PTE the walk sees into the TLB.

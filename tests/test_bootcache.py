@@ -134,3 +134,32 @@ def test_a_campaign_is_the_same_with_and_without_the_cache(guide):
     assert outs[0] == outs[1]
     kept = [e for mc in _bootcache._MODELS.values() for e in mc.entries.values() if e is not None]
     assert kept  # the campaign with the cache on copied boots
+
+
+def test_a_copied_boot_keeps_the_machines_own_cpus():
+    """What an engine took from ``m.cpus`` before the boot step (the interleaving feedback's
+    hold takes the held CPU and the other one) is still the machine's CPU after a copied boot:
+    the copy's state goes into the fresh machine's CPU objects."""
+    model = make_model("v6.12")
+    for _ in range(2):
+        booted(model, 3)
+    m = Machine(model, boot_cache=True)
+    cpus = list(m.cpus)
+    m.boot(3)
+    assert m.boot_steps and all(a is b for a, b in zip(m.cpus, cpus, strict=True))
+    assert all(c.m is m and c.online == (c.n == 0) for c in m.cpus)
+    same_machine(m, booted(model, 3, cache=False))
+
+
+def test_a_campaign_with_holds_is_the_same_with_and_without_the_cache():
+    # Seed 1's example 38 replays a kept example holding CPU 2 until CPU 1 is done: with the
+    # boot copied into new CPU objects, the hold watched a CPU that never ran and let go at once.
+    model = make_model("v6.12")
+    outs = []
+    for on in (False, True):
+        _bootcache.ENABLED = on
+        _bootcache.clear()
+        out = run_campaign(model, seed=1, max_examples=45, time_budget=0, shrink=False,
+                           known=[k.signature for k in model.known])
+        outs.append((out.examples, out.emulated_steps, out.stats.pairs))
+    assert outs[0] == outs[1]

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer._errors import Frame, LockdepSplat
-from fuzzer._routines import FRAME_BY_CODE
+from fuzzer._routines import FRAME_BY_ID, STEP_ENTRIES
 from fuzzer.kernel.bug import warn
 
 if TYPE_CHECKING:
@@ -195,15 +195,19 @@ def frames_here() -> tuple[Frame, ...]:
     """The modelled call trace of the running routine chain, innermost first.
 
     A running generator's callers are reachable through ``f_back`` (the
-    suspended activations below it are not: an interrupt's trace is its own).
+    suspended activations below it are not: an interrupt's trace is its own). None is
+    below a step entry point (``STEP_ENTRIES``): the walk ends there.
     """
     out: list[Frame] = []
-    frames = FRAME_BY_CODE  # frame_of_code, without a call per Python frame
+    frames = FRAME_BY_ID  # frame_of_code, without a call per Python frame
     f = inspect.currentframe()
     while f is not None:
-        fr = frames.get(f.f_code)
+        key = id(f.f_code)
+        fr = frames.get(key)
         if fr is not None:
             out.append(fr)
+        elif key in STEP_ENTRIES:
+            break
         f = f.f_back
     return tuple(out)
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fuzzer._mm import MM
+from fuzzer._mmu import Mmu
 from fuzzer.kernel.patching.common import PatchingContext, default_map_window
 
 if TYPE_CHECKING:
     from fuzzer._machine import Machine
 
 
-def _owner_of(m: Machine) -> dict[int, int]:
-    """id(patching mm) -> owning CPU number."""
-    out = {}
+def _owner_of(m: Machine, mm: MM) -> int | None:
+    """The CPU whose patching context holds ``mm`` (the last one, should several)."""
+    owner = None
     for c in m.cpus:
         ctx = c.state.get("cpu_patching_context")
-        if ctx is not None and ctx.mm is not None:
-            out[id(ctx.mm)] = c.n
-    return out
+        if ctx is not None and ctx.mm is mm:
+            owner = c.n
+    return owner
 
 
 def patch_window(m: Machine) -> str | None:
@@ -26,8 +27,7 @@ def patch_window(m: Machine) -> str | None:
         mm = c.loaded_mm
         if mm is None or not mm.is_patching:
             continue
-        owners = _owner_of(m)
-        owner = owners.get(id(mm))
+        owner = _owner_of(m, mm)
         if owner is not None and owner != c.n:
             return f"CPU {c.n} has loaded {mm.name}, the patching mm of CPU {owner}"
         if c.irqs_enabled:
@@ -63,7 +63,10 @@ def mapping_private(m: Machine) -> str | None:
     holders = [c for c in m.cpus if c.tlb]
     if len(holders) < 2:
         return None  # only the owner's own TLB can hold anything
-    translations_of = m.mmu.translations_of
+    mmu = m.mmu
+    translations_of = mmu.translations_of
+    # One key for every CPU's TLB when the MMU's translations_of is the key lookup.
+    keyed = type(mmu).translations_of is Mmu.translations_of
     # _patching_addrs without the init_mm ones (the alias), inlined: a check of every step.
     for owner in m.cpus:
         ctx = owner.state.get("cpu_patching_context")
@@ -73,8 +76,9 @@ def mapping_private(m: Machine) -> str | None:
         if mm is None or mm.is_init or (mm.freed and (area is None or area.freed)):
             continue
         addr = ctx.addr
+        key = mmu.tlb_key(mm, addr) if keyed else None
         for c in holders:
-            if c is not owner and translations_of(c, mm, addr):
+            if c is not owner and (key in c.tlb if key is not None else translations_of(c, mm, addr)):
                 return f"CPU {c.n} holds a translation of CPU {owner.n}'s patching address {addr:#x}"
     return None
 
