@@ -276,7 +276,7 @@ def fuzzer_initcalls(config: RunConfig) -> list[Initcall]:
 def fuzzer_routines(config: RunConfig) -> list[Any]:
     return [
         init_kprobes, arch_init_kprobes, arch_init_kprobes_612, register_kprobe,
-        register_aggr_kprobe,
+        register_aggr_kprobe, init_aggr_kprobe,
         arch_prepare_kprobe, arm_kprobe, arch_arm_kprobe, disarm_kprobe, arch_disarm_kprobe,
         __disable_kprobe, disable_kprobe, enable_kprobe, unregister_kprobe,
         __unregister_kprobe_top, __unregister_kprobe_bottom, kprobe_handler,
@@ -410,12 +410,13 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
     ``jump_label_lock`` and ``text_mutex``: if the hashed probe is not an
     aggregator yet, ``alloc_aggr_kprobe`` and
     ``init_aggr_kprobe`` (the aggregator copies its opcode and insn slot,
-    takes its flags, lists it, and replaces it in the hash table); then
-    ``copy_kprobe(ap, p)`` and ``add_new_kprobe``. After unlocking, an
-    aggregator that was disabled is armed again if ``p`` is enabled.
+    takes its flags, lists it, and replaces it in the hash table); an unused one
+    (``kprobe_unused``: an optimized aggregator whose last probe was unregistered
+    while it waited for the optimizer, :1315-1319 v6.1) is rescued by
+    ``reuse_unused_kprobe``; then ``copy_kprobe(ap, p)`` and ``add_new_kprobe``.
+    After unlocking, an aggregator that was disabled is armed again if ``p`` is enabled.
     """
     m = cpu.m
-    s = kstate(m)
     orig = deref(orig, "struct kprobe", member="pre_handler")
     jl = _jump_label_mutex(m)
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
@@ -425,10 +426,16 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
     ap = orig
     if orig.children is None:
         yield  # alloc_aggr_kprobe(): kzalloc(GFP_KERNEL)
-        ap = Kprobe(orig.addr, owner="aggr_kprobe", opcode=orig.opcode, insn_slot=orig.insn_slot,
-                    armed=orig.armed, disabled=orig.disabled, children=ProbeList([orig]))
-        orig.parent = ap
-        s.table[orig.addr] = ap  # hlist_replace_rcu
+        ap = Kprobe(orig.addr, owner="aggr_kprobe")
+        yield from cpu.k.init_aggr_kprobe(cpu, ap, orig)
+    elif ap.disabled and not ap.children and "optprobes" in m.state:  # kprobe_unused(ap)
+        ret = yield from cpu.k.reuse_unused_kprobe(cpu, ap)
+        if ret:
+            yield from mutex_unlock(cpu, m.state["text_mutex"])
+            if jl is not None:
+                yield from mutex_unlock(cpu, jl)
+            yield from up_read(cpu, m.state["cpu_hotplug_lock"])
+            return ret
     p.opcode, p.insn_slot = ap.opcode, ap.insn_slot  # copy_kprobe(ap, p)
     assert ap.children is not None
     ap.children.append(p)  # add_new_kprobe: list_add_rcu(&p->list, &ap->list)
@@ -441,6 +448,19 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
         ap.disabled = False
         yield from cpu.k.arm_kprobe(cpu, ap)
     return 0
+
+
+@routine("init_aggr_kprobe", KPROBES_C, inlined=True)
+def init_aggr_kprobe(cpu: Cpu, ap: Kprobe, p: Kprobe) -> Gen:
+    """``init_aggr_kprobe()`` (kernel/kprobes.c:1274-1291 v6.1, :1283-1300 v6.12), from
+    ``register_aggr_kprobe`` and (optprobes) ``try_to_optimize_kprobe``: the new aggregator
+    takes ``p``'s opcode and insn slot (``copy_kprobe``) and flags, lists ``p``, and only
+    then replaces it in the hash table (``hlist_replace_rcu``)."""
+    yield from ()
+    ap.opcode, ap.insn_slot, ap.armed, ap.disabled = p.opcode, p.insn_slot, p.armed, p.disabled
+    ap.children = ProbeList([p])
+    p.parent = ap
+    kstate(cpu.m).table[p.addr] = ap  # hlist_replace_rcu
 
 
 @routine("arm_kprobe", KPROBES_C, inlined=True)
@@ -460,14 +480,18 @@ def arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 
 @routine("disarm_kprobe", KPROBES_C, inlined=True)
 def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``disarm_kprobe()`` (kernel/kprobes.c): as arm_kprobe, with ``__disarm_kprobe``:
-    ``unoptimize_kprobe`` (the branch back to a trap), then arch_disarm_kprobe."""
+    """``disarm_kprobe()`` (kernel/kprobes.c): as arm_kprobe, with ``__disarm_kprobe``
+    (:999-1021 v6.1 and v6.12): ``unoptimize_kprobe(p, kprobes_all_disarmed)`` -- an
+    optimized probe is queued for the optimizer -- then ``arch_disarm_kprobe`` unless the
+    probe is queued (``kprobe_queued``): the optimizer disarms it after unoptimizing."""
     m = cpu.m
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, m.state["text_mutex"])
-    if "optprobes" in m.state:
+    opt = m.state.get("optprobes")
+    if opt is not None:
         yield from cpu.k.unoptimize_kprobe(cpu, kp)
-    yield from cpu.k.arch_disarm_kprobe(cpu, kp)
+    if opt is None or not opt.queued_probe(kp):
+        yield from cpu.k.arch_disarm_kprobe(cpu, kp)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     return 0
@@ -575,8 +599,11 @@ def __unregister_kprobe_top(cpu: Cpu, p: Kprobe) -> Gen:
     """``__unregister_kprobe_top()`` (kernel/kprobes.c:1757 v6.1, :1767 v6.12).
 
     ``__disable_kprobe`` (disarming if needed); a plain probe, or the last
-    one on a disarmed aggregator, takes the hashed probe out of the table
-    (``hlist_del_rcu``); any other child is only unlisted (``list_del_rcu``).
+    one on a disarmed aggregator (``kprobe_disarmed``: not queued for the optimizer either),
+    takes the hashed probe out of the table (``hlist_del_rcu``); any other child is only
+    unlisted (``list_del_rcu``) and an enabled aggregator re-optimized (:1808 v6.1, :1818
+    v6.12) -- the last one of an optimized probe still being unoptimized too: the aggregator
+    stays hashed, unused, for the optimizer to unhash and free.
     """
     s = kstate(cpu.m)
     ap = yield from cpu.k.__disable_kprobe(cpu, p)
@@ -590,10 +617,13 @@ def __unregister_kprobe_top(cpu: Cpu, p: Kprobe) -> Gen:
         at = f"{KPROBES_C}:{1784 if cpu.m.version.is_('v6.12') else 1774}"
         raise KernelWarning(at, function="__unregister_kprobe_top",
                             detail="WARN_ON(!kprobe_aggrprobe(ap))")
-    if len(ap.children) == 1 and ap.disabled:
+    opt = cpu.m.state.get("optprobes")
+    if len(ap.children) == 1 and (ap.disabled if opt is None else opt.disarmed(ap)):
         del s.table[ap.addr]  # p stays listed: the bottom half frees the aggregator
     else:
         ap.children.remove(p)
+        if not ap.disabled and opt is not None:
+            yield from cpu.k.optimize_kprobe(cpu, ap)
     return 0
 
 
@@ -614,10 +644,8 @@ def __unregister_kprobe_bottom(cpu: Cpu, p: Kprobe) -> Gen:
         ap.children.clear()
         arch_remove_kprobe(s, ap, cpu)
         ap.freed = True  # kfree(ap)
-    else:
-        return
-    if "optprobes" in cpu.m.state:  # its optimized_kprobe, if it had one
-        yield from cpu.k.free_aggr_kprobe(cpu, p if ap is None else ap)
+        if "optprobes" in cpu.m.state:  # its optimized_kprobe, if it is one
+            yield from cpu.k.free_aggr_kprobe(cpu, ap)
 
 
 def arch_remove_kprobe(s: KprobesState, p: Kprobe, cpu: Cpu | None = None) -> None:
@@ -805,12 +833,22 @@ def table_matches_text(m: Machine) -> str | None:
     for addr, pa in s.probed:
         p = table.get(addr)
         word = mem.get(pa)
-        if opt is not None and word is not None and word >> 26 == 18:
-            # An optimized probe is armed with the branch to its detour (optprobes.c:266).
-            # Only the hashed probe's own (an earlier registration's detour is not).
-            op = opt.ops.get(addr)
-            if op is not None and op.optimized and word == op.branch and p is not None \
-                    and (op.kp is p or op.kp.parent is p):
+        if opt is not None and p is not None and opt.queued_probe(p) \
+                and word in (BREAKPOINT_INSTRUCTION, opt.of(p).branch):
+            # Queued for the optimizer (kprobe_queued): a disabled or unused optimized
+            # aggregator is still armed -- trap or branch -- until do_unoptimize_kprobes
+            # disarms and unhashes it (kernel/kprobes.c:552-580).
+            if p.children == [] and not p.freed:  # unused: kprobe_unused
+                continue
+            msg = _probe_matches(p, BREAKPOINT_INSTRUCTION if not p.disabled else None)
+            if msg is not None:
+                return f"kprobe at {addr:#x}: {msg}"
+            continue
+        if opt is not None and word is not None and word >> 26 == 18 and p is not None:
+            # An optimized probe is armed with the branch to its detour (optprobes.c:266):
+            # only the hashed aggregator's own (an earlier registration's detour is not).
+            op = opt.of(p)
+            if op is not None and op.in_text and word == op.branch:
                 word = BREAKPOINT_INSTRUCTION
         if p is None:
             if word == BREAKPOINT_INSTRUCTION:

@@ -12,12 +12,24 @@ A CPU that fetches that branch runs the buffer: every word of it must be the
 finished detour (the fetch check below), and the buffer must outlive every
 CPU inside it.
 
-Simplified: the optimizer runs when the walk starts it (operation
-``optprobes.optimizer``, a kworker), not after OPTIMIZE_DELAY; disabling or
-unregistering an optimized probe takes the forced path (``force_unoptimize_kprobe``:
-branch -> trap, then ``arch_disarm_kprobe``: trap -> original) at once rather
-than queueing it for the optimizer; prefixed instructions are not optimized;
-the 64-bit immediate loads are two words, not five.
+The optimized probe is an aggregator of its own, as in the kernel: it takes the
+probe's place in the hash table (``init_aggr_kprobe``), carries ``KPROBE_FLAG_OPTIMIZED``
+and sits on one of three staging lists. Disabling or unregistering it only queues it on
+``unoptimizing_list`` (``unoptimize_kprobe(p, false)``; ``__disarm_kprobe`` leaves a queued
+probe armed): the branch stays until the optimizer's ``do_unoptimize_kprobes`` puts the trap
+back, disarms the disabled ones and unhashes the unused ones, which
+``do_free_cleaned_kprobes`` frees after ``synchronize_rcu_tasks``. Meanwhile the last
+probe's unregister leaves the aggregator hashed and unused, and a probe registered there
+rescues it (``reuse_unused_kprobe``). kernel/kprobes.c's OPTPROBES block (:395-1030) is
+line for line the same at 6.1.192 and 6.12.117; next-20221215 and v6.2 predate
+4fbd2f83fda0 (``do_unoptimize_kprobes``).
+
+Simplified: the optimizer runs when the walk starts it (operation ``optprobes.optimizer``,
+a kworker), not OPTIMIZE_DELAY after a kick; the forced path (``force_unoptimize_kprobe``)
+is modelled but none of its callers is (``kprobes_all_disarmed``, post handlers, module
+text's ``kill_optimized_kprobe``; ``get_optimized_kprobe`` finds nothing on powerpc), nor the
+``debug.kprobes-optimization`` sysctl; prefixed instructions are not optimized; the 64-bit
+immediate loads are two words, not five.
 """
 
 from __future__ import annotations
@@ -39,8 +51,16 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer.kernel import down_read, synchronize_rcu_tasks, tasks_rcu_enter, tasks_rcu_exit, up_read
-from fuzzer_plugins.kprobes import KPROBES_C, SYMBOLS, Kprobe, kstate
+from fuzzer.kernel import (
+    EINVAL,
+    down_read,
+    synchronize_rcu_tasks,
+    tasks_rcu_enter,
+    tasks_rcu_exit,
+    up_read,
+    warn,
+)
+from fuzzer_plugins.kprobes import KPROBES_C, SYMBOLS, Kprobe, arch_remove_kprobe, kstate
 
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine
@@ -80,18 +100,49 @@ def branch_target(at: int, word: int) -> int | None:
     return at + off
 
 
+#: ``op->list``: the staging list an optimized probe is on (kernel/kprobes.c:513-515).
+OPTIMIZING, UNOPTIMIZING, FREEING = "optimizing_list", "unoptimizing_list", "freeing_list"
+#: Versions whose kernel/kprobes.c predates 4fbd2f83fda0 ("kprobes: Fix to handle forcibly
+#: unoptimized kprobes on freeing_list", v6.3-rc1, Cc stable): ``do_unoptimize_kprobes``
+#: returns at once when ``unoptimizing_list`` is empty. v6.1 is 6.1.192, which carries it.
+BEFORE_FREEING_FIX = ("next-20221215", "v6.2")
+#: kernel/kprobes.c lines of the optimizer's WARN_ON_ONCEs: the same at 6.1.192 and 6.12.117
+#: (the OPTPROBES block, :395-1030, is line for line the same), and at v6.2 and next-20221215:
+#: 4fbd2f83fda0's hunks there (-555,17 +555,15 and -797 +795 as applied to 6.2) sit two lines
+#: above 6.1.192's, and undoing its net -2 puts :589 back where it is.
+WARN_LINES = {v: {"free": 589, "optimize": 711, "reuse": 777}
+              for v in ("v6.1", "next-20221215", "v6.2", "v6.12")}
+
+
 @attrs.define(eq=False)
 class Optimized:
-    """A ``struct optimized_kprobe``: its detour buffer and where it stands."""
+    """A ``struct optimized_kprobe``: its aggregator, its detour buffer, where it stands.
+
+    ``kp`` is the aggregator ``try_to_optimize_kprobe`` made for it (``op->kp``): the kernel's
+    optimized probe is always an aggregator of its own, hashed in place of the probe it was
+    made for (``init_aggr_kprobe``, kernel/kprobes.c:1283-1300 v6.12)."""
 
     kp: Kprobe
     buff: int
     words: tuple[int, ...]
     """The finished detour, as ``arch_prepare_optimized_kprobe`` leaves it."""
-    queued: bool = False
-    """On ``optimizing_list`` (KPROBE_FLAG_OPTIMIZED set, branch not yet in place)."""
-    optimized: bool = False
-    """The branch is in the text."""
+    flag: bool = False
+    """``KPROBE_FLAG_OPTIMIZED``: set when queued for optimizing, kept while queued for
+    unoptimizing, cleared once the branch is gone (or the optimizing is cancelled)."""
+    lst: str | None = None
+    """``op->list``: which staging list it is on (``OPTIMIZING`` ...), None when empty."""
+    in_text: bool = False
+    """The branch to the detour is in the text (the model's record, as ``Kprobe.armed``)."""
+
+    @property
+    def queued(self) -> bool:
+        """On ``optimizing_list``: flagged, the branch not yet in place."""
+        return self.lst == OPTIMIZING
+
+    @property
+    def optimized(self) -> bool:
+        """The branch is in the text."""
+        return self.in_text
 
     @property
     def branch(self) -> int:
@@ -102,11 +153,34 @@ class Optimized:
 @attrs.define(eq=False)
 class OptState:
     free: list[int] = attrs.Factory(list)
-    ops: dict[int, Optimized] = attrs.Factory(dict)
-    """By probe address."""
     by_buff: dict[int, Optimized] = attrs.Factory(dict)
+    """Every optimized probe not yet freed (``free_aggr_kprobe``), by its detour buffer."""
+    lists: dict[str, list[Optimized]] = attrs.Factory(
+        lambda: {OPTIMIZING: [], UNOPTIMIZING: [], FREEING: []})
+    """The staging lists, head first (``list_add`` puts an entry at the head)."""
     allow: bool = False
     """``kprobes_allow_optimization``: set by init_optprobes (subsys_initcall)."""
+
+    def move(self, op: Optimized, to: str | None) -> None:
+        """``list_del_init`` (``to`` None), ``list_add`` or ``list_move`` of ``op->list``."""
+        if op.lst is not None:
+            self.lists[op.lst].remove(op)
+        op.lst = to
+        if to is not None:
+            self.lists[to].insert(0, op)
+
+    def of(self, p: Kprobe) -> Optimized | None:
+        """The ``optimized_kprobe`` whose aggregator ``p`` is (``kprobe_optready``), or None."""
+        return next((op for op in self.by_buff.values() if op.kp is p), None)
+
+    def queued_probe(self, p: Kprobe) -> bool:
+        """``kprobe_queued()`` (kernel/kprobes.c:475): an aggregator on a staging list."""
+        op = self.of(p)
+        return op is not None and op.lst is not None
+
+    def disarmed(self, p: Kprobe) -> bool:
+        """``kprobe_disarmed()`` (kernel/kprobes.c:461): disabled and on no staging list."""
+        return p.disabled and not self.queued_probe(p)
 
 
 def ostate(m: Machine) -> OptState:
@@ -138,8 +212,9 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
     if not enabled(config):
         return []
     return [try_to_optimize_kprobe, arch_prepare_optimized_kprobe, optimize_kprobe,
-            unoptimize_kprobe, kprobe_optimizer, arch_optimize_kprobes, optimize_all_kprobes,
-            optimized_callback, free_aggr_kprobe]
+            force_unoptimize_kprobe, unoptimize_kprobe, reuse_unused_kprobe, kprobe_optimizer,
+            do_unoptimize_kprobes, arch_unoptimize_kprobes, arch_optimize_kprobes,
+            do_free_cleaned_kprobes, optimize_all_kprobes, optimized_callback, free_aggr_kprobe]
 
 
 @hookimpl
@@ -200,23 +275,36 @@ def detour(buff: int, kp: Kprobe, nip: int) -> tuple[int, ...]:
     return tuple(words)
 
 
+def op_at(m: Machine, addr: int) -> Optimized | None:
+    """The optimized probe hashed at ``addr``, or None (what tests and the table check read)."""
+    p = kstate(m).table.get(addr)
+    return ostate(m).of(p) if p is not None else None
+
+
+def _warn_at(cpu: Cpu, which: str) -> str:
+    return f"{KPROBES_C}:{cpu.m.version.lookup(WARN_LINES, 'kprobes.c optimizer lines')[which]}"
+
+
 @routine("try_to_optimize_kprobe", KPROBES_C)
 def try_to_optimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``try_to_optimize_kprobe()`` (kernel/kprobes.c:851, v6.1 and v6.12), at the end of
+    """``try_to_optimize_kprobe()`` (kernel/kprobes.c:851-879, v6.1 and v6.12), at the end of
     ``register_kprobe`` (:1686 v6.1).
 
     Under ``cpus_read_lock``, ``jump_label_lock`` (not modelled) and ``text_mutex``:
-    ``alloc_aggr_kprobe`` -> ``arch_prepare_optimized_kprobe``; on success
-    ``optimize_kprobe`` (which only queues it, and only once optimization is allowed).
+    ``alloc_aggr_kprobe`` (:830, kzalloc) -> ``arch_prepare_optimized_kprobe``; on failure
+    the probe stays a plain trap probe; else ``init_aggr_kprobe(ap, kp)`` (:1283-1300 v6.12:
+    the aggregator takes the probe's opcode, insn slot and flags, lists it, and replaces it
+    in the hash table, ``hlist_replace_rcu``) and ``optimize_kprobe(ap)``, which only queues it.
     """
     m = cpu.m
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, m.state["text_mutex"])
     op = yield from cpu.k.arch_prepare_optimized_kprobe(cpu, kp)
     if op is not None:
-        ostate(m).ops[kp.addr] = op
+        ap = op.kp = Kprobe(kp.addr, owner="optimized_kprobe")
         ostate(m).by_buff[op.buff] = op
-        yield from cpu.k.optimize_kprobe(cpu, kp)
+        yield from cpu.k.init_aggr_kprobe(cpu, ap, kp)
+        yield from cpu.k.optimize_kprobe(cpu, ap)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
 
@@ -229,7 +317,8 @@ def arch_prepare_optimized_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     (-ENOMEM); then, one ``patch_instruction`` each, the template (:191-196), the
     probe's address (:202), the calls to ``optimized_callback`` and
     ``emulate_step`` (:223-224), the probed instruction (:230) and the branch
-    back to the NIP (``patch_branch``, :235); ``flush_icache_range``.
+    back to the NIP (``patch_branch``, :235); ``flush_icache_range``. Returns the
+    ``optimized_kprobe`` (its ``kp`` is the caller's to set), or None.
     """
     m = cpu.m
     s = ostate(m)
@@ -248,68 +337,111 @@ def arch_prepare_optimized_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     return Optimized(kp, buff, words)
 
 
-def op_of(m: Machine, kp: Kprobe) -> Optimized | None:
-    """The ``optimized_kprobe`` that the hashed probe ``kp`` is, or None.
-
-    In the kernel the optimized probe is an aggregator of its own (``try_to_optimize_kprobe``
-    -> ``init_aggr_kprobe(ap, p)``, kernel/kprobes.c:877 v6.12), so it belongs to one
-    registration: a probe registered at the same address after the last one was unhashed
-    (``hlist_del_rcu``, :1823) is a new plain probe, not ready to optimize
-    (``kprobe_optready``, :448), however long the old one's bottom half takes to free its
-    detour. The model keeps ``ops`` by address and the optimized probe's first kprobe in
-    ``op.kp``: the entry is ``kp``'s only when ``kp`` is that kprobe or its aggregator."""
-    op = ostate(m).ops.get(kp.addr)
-    if op is None or not (op.kp is kp or op.kp.parent is kp):
-        return None
-    return op
-
-
 @routine("optimize_kprobe", KPROBES_C, inlined=True)
-def optimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``optimize_kprobe()`` (kernel/kprobes.c:678-683 v6.12): nothing unless ``kp`` is an
-    optimized probe (``kprobe_optready``), optimization is allowed and the probe is armed;
-    else put it on ``optimizing_list`` and kick the optimizer."""
+def optimize_kprobe(cpu: Cpu, p: Kprobe) -> Gen:
+    """``optimize_kprobe()`` (kernel/kprobes.c:678-716, v6.1 and v6.12; e4add247789e, v5.6).
+
+    Nothing unless ``p`` is an optimized probe (``kprobe_optready``), optimization is allowed
+    and ``p`` is enabled (no post handlers in the model; ``arch_check_optimized_kprobe`` is 0
+    on powerpc). Already flagged: if it is queued for unoptimizing, dequeue it -- the branch
+    is still in the text -- and stop. Else flag it, and (``WARN_ON_ONCE`` if it is on a list
+    already, :711) put it on ``optimizing_list`` and kick the optimizer."""
     yield from ()
-    op = op_of(cpu.m, kp)
-    if op is None or not ostate(cpu.m).allow or not kp.armed or op.optimized:
+    s = ostate(cpu.m)
+    op = s.of(p)
+    if op is None or not s.allow or p.disabled:
         return
-    op.queued = True
+    if op.flag:
+        if op.lst == UNOPTIMIZING:  # optprobe_queued_unopt(op)
+            s.move(op, None)
+        return
+    op.flag = True
+    if op.lst is not None:
+        warn(cpu, _warn_at(cpu, "optimize"), function="optimize_kprobe",
+             detail="WARN_ON_ONCE(!list_empty(&op->list))")
+        return
+    s.move(op, OPTIMIZING)
+
+
+@routine("force_unoptimize_kprobe", KPROBES_C, inlined=True)
+def force_unoptimize_kprobe(cpu: Cpu, op: Optimized) -> Gen:
+    """``force_unoptimize_kprobe()`` (kernel/kprobes.c:719-724): ``arch_unoptimize_kprobe``
+    (optprobes.c:284, ``arch_arm_kprobe``: the trap over the branch), clear the flag."""
+    yield from cpu.k.arch_arm_kprobe(cpu, op.kp)
+    op.in_text = False
+    op.flag = False
 
 
 @routine("unoptimize_kprobe", KPROBES_C, inlined=True)
-def unoptimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """``unoptimize_kprobe()`` (kernel/kprobes.c:727) for a probe about to be disarmed.
+def unoptimize_kprobe(cpu: Cpu, p: Kprobe, force: bool = False) -> Gen:
+    """``unoptimize_kprobe()`` (kernel/kprobes.c:727-765, v6.1 and v6.12).
 
-    Only queued: take it off ``optimizing_list``. Branch in place: the model takes
-    the forced path, ``force_unoptimize_kprobe`` (:719) -> ``arch_unoptimize_kprobe``
-    (optprobes.c:284) = ``arch_arm_kprobe``: the trap back over the branch.
-    """
-    op = op_of(cpu.m, kp)
-    if op is None:
+    Nothing for a probe that is no optimized probe, already disarmed (``kprobe_disarmed``)
+    or not flagged. Queued: for unoptimizing, only ``force`` acts (``force_unoptimize_kprobe``
+    and ``list_move`` to ``freeing_list``, :746-747 since 4fbd2f83fda0's parent e4add247789e);
+    for optimizing, dequeue it and clear the flag (the branch was never written). Optimized:
+    ``force`` unoptimizes at once; else it goes on ``unoptimizing_list`` for the optimizer --
+    the branch stays in the text until ``kprobe_optimizer`` runs. The model's callers pass
+    ``force`` False: ``kprobes_all_disarmed``, post handlers and ``get_optimized_kprobe``'s
+    overlaps (none on powerpc, whose MAX_OPTIMIZED_LENGTH is one word) are not modelled."""
+    s = ostate(cpu.m)
+    op = s.of(p)
+    if op is None or s.disarmed(p) or not op.flag:
         return
-    op.queued = False
-    if op.optimized:
-        yield from cpu.k.arch_arm_kprobe(cpu, kp)
-        op.optimized = False
+    if op.lst is not None:
+        if op.lst == UNOPTIMIZING:
+            if force:
+                yield from cpu.k.force_unoptimize_kprobe(cpu, op)
+                s.move(op, FREEING)
+        else:
+            s.move(op, None)
+            op.flag = False
+        return
+    if force:
+        yield from cpu.k.force_unoptimize_kprobe(cpu, op)
+    else:
+        s.move(op, UNOPTIMIZING)
+
+
+@routine("reuse_unused_kprobe", KPROBES_C, inlined=True)
+def reuse_unused_kprobe(cpu: Cpu, ap: Kprobe) -> Gen:
+    """``reuse_unused_kprobe()`` (kernel/kprobes.c:768-786), from ``register_aggr_kprobe`` when
+    the hashed aggregator is unused (disabled, its list empty: the last probe unregistered
+    while the optimizer had yet to unoptimize it). ``WARN_ON_ONCE`` unless it is on a
+    staging list (:777); enable it and ``optimize_kprobe`` it again, which takes it off
+    ``unoptimizing_list`` with its branch still in place. -EINVAL if not optready."""
+    s = ostate(cpu.m)
+    op = s.of(ap)
+    if op is None or op.lst is None:
+        warn(cpu, _warn_at(cpu, "reuse"), function="reuse_unused_kprobe",
+             detail="WARN_ON_ONCE(list_empty(&op->list))")
+    ap.disabled = False
+    if op is None:
+        return -EINVAL
+    yield from cpu.k.optimize_kprobe(cpu, ap)
+    return 0
 
 
 @routine("optimize_all_kprobes", KPROBES_C)
 def optimize_all_kprobes(cpu: Cpu) -> Gen:
-    """``optimize_all_kprobes()`` (kernel/kprobes.c:886): under ``kprobe_mutex`` and
-    ``cpus_read_lock``, allow optimization and ``optimize_kprobe`` every probe."""
+    """``optimize_all_kprobes()`` (kernel/kprobes.c:886-909): under ``kprobe_mutex`` (nothing
+    if already allowed) and ``cpus_read_lock``, allow optimization and ``optimize_kprobe``
+    every enabled hashed probe."""
     m = cpu.m
     yield from mutex_lock(cpu, kstate(m).kprobe_mutex)
-    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
-    ostate(m).allow = True
-    for p in list(kstate(m).table.values()):
-        yield from cpu.k.optimize_kprobe(cpu, p)
-    yield from up_read(cpu, m.state["cpu_hotplug_lock"])
+    if not ostate(m).allow:
+        yield from down_read(cpu, m.state["cpu_hotplug_lock"])
+        ostate(m).allow = True
+        for p in list(kstate(m).table.values()):
+            if not p.disabled:
+                yield from cpu.k.optimize_kprobe(cpu, p)
+        yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_unlock(cpu, kstate(m).kprobe_mutex)
     return 0
 
 
 # ---------------------------------------------------------------------------
-# The optimizer: trap -> branch
+# The optimizer: unoptimize, wait, optimize, free
 # ---------------------------------------------------------------------------
 
 
@@ -317,50 +449,121 @@ def optimize_all_kprobes(cpu: Cpu) -> Gen:
 def kprobe_optimizer(cpu: Cpu) -> Gen:
     """``kprobe_optimizer()`` (kernel/kprobes.c:607-643, v6.1 and v6.12), the delayed work.
 
-    Under ``kprobe_mutex``, ``cpus_read_lock`` and ``text_mutex``: unoptimize what
-    is queued for it (nothing, in the model), ``synchronize_rcu_tasks()`` (:628),
-    ``do_optimize_kprobes`` -> ``arch_optimize_kprobes`` for ``optimizing_list``.
+    Under ``kprobe_mutex``, ``cpus_read_lock`` and ``text_mutex``: ``do_unoptimize_kprobes``
+    (branches back to traps, disabled ones disarmed, unused ones unhashed),
+    ``synchronize_rcu_tasks()`` (:628: no CPU is still in a detour, nor in a trap handler
+    of an unhashed probe), ``do_optimize_kprobes``, ``do_free_cleaned_kprobes``. Step 5's
+    re-kick is the walk's to start again (``optprobes.optimizer``).
     """
     m = cpu.m
     yield from mutex_lock(cpu, kstate(m).kprobe_mutex)
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, m.state["text_mutex"])
+    yield from cpu.k.do_unoptimize_kprobes(cpu)
     yield from synchronize_rcu_tasks(cpu)
-    queued = [op for op in ostate(m).ops.values() if op.queued]
-    if queued:
-        yield from cpu.k.arch_optimize_kprobes(cpu, queued)
+    s = ostate(m)
+    if s.allow and s.lists[OPTIMIZING]:  # do_optimize_kprobes (:525-545)
+        yield from cpu.k.arch_optimize_kprobes(cpu, list(s.lists[OPTIMIZING]))
+    yield from cpu.k.do_free_cleaned_kprobes(cpu)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_unlock(cpu, kstate(m).kprobe_mutex)
 
 
+def kprobe_unused(p: Kprobe) -> bool:
+    """``kprobe_unused()`` (kernel/kprobes.c:401): an aggregator, disabled, its list empty."""
+    return p.children is not None and p.disabled and not p.children
+
+
+@routine("do_unoptimize_kprobes", KPROBES_C, inlined=True)
+def do_unoptimize_kprobes(cpu: Cpu) -> Gen:
+    """``do_unoptimize_kprobes()`` (kernel/kprobes.c:552-580, 6.1.192 and 6.12).
+
+    ``arch_unoptimize_kprobes`` moves ``unoptimizing_list`` to ``freeing_list``, each
+    branch back to the trap; then for each probe on ``freeing_list``: clear the flag,
+    ``arch_disarm_kprobe`` a disabled one (trap -> original), and unhash an unused one
+    (``hlist_del_rcu``: it stays on ``freeing_list`` to be freed after the grace period)
+    or take any other off the list. Before 4fbd2f83fda0 (v6.3-rc1; next-20221215, v6.2):
+    nothing at all when ``unoptimizing_list`` is empty, so a probe the forced path put on
+    ``freeing_list`` directly is never disarmed nor unhashed (unreachable in the model:
+    no forced path runs, see ``unoptimize_kprobe``)."""
+    m = cpu.m
+    s = ostate(m)
+    if not s.lists[UNOPTIMIZING] and cpu.m.version.is_(*BEFORE_FREEING_FIX):
+        return
+    if s.lists[UNOPTIMIZING]:
+        yield from cpu.k.arch_unoptimize_kprobes(cpu)
+    for op in list(s.lists[FREEING]):
+        op.flag = False
+        if op.kp.disabled:
+            yield from cpu.k.arch_disarm_kprobe(cpu, op.kp)
+        if kprobe_unused(op.kp):
+            m.note_access(cpu, ("kprobe table", op.kp.addr), True)
+            if kstate(m).table.get(op.kp.addr) is op.kp:
+                del kstate(m).table[op.kp.addr]
+        else:
+            s.move(op, None)
+
+
+@routine("arch_unoptimize_kprobes", OPTPROBES_C)
+def arch_unoptimize_kprobes(cpu: Cpu) -> Gen:
+    """``arch_unoptimize_kprobes()`` (optprobes.c:289-298): each probe on ``unoptimizing_list``
+    gets its trap back over the branch (``arch_unoptimize_kprobe`` = ``arch_arm_kprobe``,
+    :284-287) and moves to ``freeing_list`` (``list_move``, to its head)."""
+    s = ostate(cpu.m)
+    for op in list(s.lists[UNOPTIMIZING]):
+        yield from cpu.k.arch_arm_kprobe(cpu, op.kp)
+        op.in_text = False
+        s.move(op, FREEING)
+
+
 @routine("arch_optimize_kprobes", OPTPROBES_C)
 def arch_optimize_kprobes(cpu: Cpu, oplist: list[Optimized]) -> Gen:
-    """``arch_optimize_kprobes()`` (optprobes.c:266-281): for each, back up the probed
-    word, ``create_branch(addr -> buffer)`` and ``patch_instruction`` it over the trap."""
+    """``arch_optimize_kprobes()`` (optprobes.c:266-282): for each, back up the probed
+    word, ``create_branch(addr -> buffer)``, ``patch_instruction`` it over the trap (its
+    error ignored) and ``list_del_init``."""
+    s = ostate(cpu.m)
     for op in oplist:
         err = yield from cpu.k.patch_instruction(cpu, op.kp.addr, branch(op.kp.addr, op.buff))
-        op.queued = False
-        op.optimized = not err
+        op.in_text = op.in_text or not err
+        s.move(op, None)
+
+
+@routine("do_free_cleaned_kprobes", KPROBES_C, inlined=True)
+def do_free_cleaned_kprobes(cpu: Cpu) -> Gen:
+    """``do_free_cleaned_kprobes()`` (kernel/kprobes.c:583-598 v6.1/v6.12): after the grace
+    period, each probe on ``freeing_list`` leaves it and, if unused, is freed
+    (``free_aggr_kprobe``: its detour, its insn slot, the aggregator); one still in use
+    is kept hashed, with a ``WARN_ON_ONCE`` (:589)."""
+    m = cpu.m
+    s = ostate(m)
+    for op in list(s.lists[FREEING]):
+        s.move(op, None)
+        if not kprobe_unused(op.kp):
+            warn(cpu, _warn_at(cpu, "free"), function="do_free_cleaned_kprobes",
+                 detail="WARN_ON_ONCE(!kprobe_unused(&op->kp))")
+            continue
+        arch_remove_kprobe(kstate(m), op.kp, cpu)
+        op.kp.freed = True  # kfree(op)
+        yield from cpu.k.free_aggr_kprobe(cpu, op.kp)
 
 
 @routine("free_aggr_kprobe", KPROBES_C)
 def free_aggr_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
-    """The end of an optimized probe (``do_free_cleaned_kprobes``, kernel/kprobes.c:583 ->
-    ``free_aggr_kprobe`` -> ``arch_remove_optimized_kprobe``, optprobes.c:118), which the
-    kernel reaches from ``kprobe_optimizer`` after its ``synchronize_rcu_tasks()`` (:628):
-    no CPU is still inside the detour; then the slot is free for another.
+    """``free_aggr_kprobe()`` (kernel/kprobes.c:437-445)'s ``arch_remove_optimized_kprobe``
+    (optprobes.c:119-125): the detour slot is free for another probe (``arch_remove_kprobe``
+    and ``kfree`` are the caller's in the model).
 
-    ``kp`` is the unhashed probe that ``__unregister_kprobe_bottom`` frees (kernel/kprobes.c:
-    1833-1838 v6.12): its own optimized probe, found by identity -- not whatever a later
-    registration at the same address has optimized since (``op_of``)."""
+    Called from ``do_free_cleaned_kprobes`` after the optimizer's ``synchronize_rcu_tasks()``,
+    or from ``__unregister_kprobe_bottom`` (kernel/kprobes.c:1833-1838 v6.12) for an
+    aggregator unhashed disarmed -- never optimized since the optimizer last ran, whose
+    grace period followed the last unoptimizing: no CPU is inside the detour either way.
+    ``kp`` is found by identity, not by address (a later registration there has its own)."""
+    yield from ()
     s = ostate(cpu.m)
-    op = next((o for o in s.by_buff.values() if o.kp is kp or o.kp.parent is kp), None)
+    op = s.of(kp)
     if op is None:
         return
-    if s.ops.get(kp.addr) is op:
-        del s.ops[kp.addr]
-    yield from synchronize_rcu_tasks(cpu)
     del s.by_buff[op.buff]
     s.free.append(op.buff)
     s.free.sort()
@@ -374,11 +577,13 @@ def free_aggr_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 @routine("optimized_callback", OPTPROBES_C)
 def optimized_callback(cpu: Cpu, addr: int, word: int) -> Gen:
     """A CPU executes ``b buffer`` at a probe: the detour (optprobe_template_entry ..
-    ``optimized_callback``, optprobes.c:96, then ``emulate_step`` and the branch back).
+    ``optimized_callback``, optprobes.c:96-116, then ``emulate_step`` and the branch back).
 
     Every word it fetches must be the finished detour of a live optimized probe:
     the branch may only go in once the buffer is complete, and the buffer may
     only be freed or reused once no CPU can be inside it (a tasks-RCU read side).
+    The callback returns at once for a disabled aggregator (:100, "under delayed
+    unoptimizing"); else ``opt_pre_handler`` runs each enabled probe on its list.
     """
     m = cpu.m
     buff = branch_target(addr, word)
@@ -393,9 +598,8 @@ def optimized_callback(cpu: Cpu, addr: int, word: int) -> Gen:
                 f"CPU {cpu.n} branched from {addr:#x} into {buff:#x} and fetched {got:#010x}"
                 f" at word {i}: not the finished detour of the probe there",
             )
-        if i == CALL_IDX:  # optimized_callback -> opt_pre_handler: each enabled probe's handler
-            p = kstate(m).table.get(addr)
-            for q in (p.children if p.children is not None else (p,)) if p is not None else ():
+        if i == CALL_IDX and not op.kp.disabled:  # opt_pre_handler(&op->kp, regs)
+            for q in op.kp.children or ():
                 if not q.disabled:
                     q.hits += 1
     tasks_rcu_exit(cpu)

@@ -127,7 +127,7 @@ def test_unregistering_both_frees_the_aggregator_and_the_slot():
 def test_table_check_flags_a_stray_trap_and_a_trap_opcode():
     m, failure = replay(make_model("v6.2"), [*boot_steps(), *_op("kprobes.register", site=3)])
     assert failure is None and table_matches_text(m) is None
-    kp = kstate(m).user[(3, 0)]
+    kp = kstate(m).table[site_addr(3)]  # the hashed probe: its optimized aggregator (optprobes)
     kp.opcode = BREAKPOINT_INSTRUCTION
     assert "its saved opcode is the trap itself" in (table_matches_text(m) or "")
     m, _ = replay(make_model("v6.2"), boot_steps())

@@ -26,7 +26,11 @@ def disarm_kprobe(cpu: Cpu, kp: Any) -> Generator[Any, None, Any]:
     m = cpu.m
     yield from mutex_lock(cpu, m.state["text_mutex"])
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
-    yield from cpu.k.arch_disarm_kprobe(cpu, kp)
+    opt = m.state.get("optprobes")  # __disarm_kprobe as the kernel has it
+    if opt is not None:
+        yield from cpu.k.unoptimize_kprobe(cpu, kp)
+    if opt is None or not opt.queued_probe(kp):
+        yield from cpu.k.arch_disarm_kprobe(cpu, kp)
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_unlock(cpu, m.state["text_mutex"])
     return 0

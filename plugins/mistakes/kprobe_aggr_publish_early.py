@@ -1,7 +1,8 @@
 """init_aggr_kprobe publishes the aggregator before filling it in.
 
 When a second kprobe is registered at an address, ``register_aggr_kprobe()``
-(kernel/kprobes.c:1305-1381, v6.12) allocates an aggregator with
+(kernel/kprobes.c:1305-1381, v6.12) -- and, for a probe it can optimize,
+``try_to_optimize_kprobe()`` (:851-879) -- allocates an aggregator with
 ``alloc_aggr_kprobe()`` (kzalloc: every field zero) and ``init_aggr_kprobe()``
 (kernel/kprobes.c:1283-1300) fills it in -- ``copy_kprobe(p, ap)`` (the
 original's insn slot and opcode), its flags and handlers, the probe list --
@@ -32,48 +33,23 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from fuzzer import Cpu, RunConfig, hookimpl, mutex_lock, mutex_unlock, routine
-from fuzzer.kernel import deref, down_read, up_read
+from fuzzer import Cpu, RunConfig, hookimpl, routine
 
-from ..kprobes import KPROBES_C, Kprobe, ProbeList, _jump_label_mutex, kstate
+from ..kprobes import KPROBES_C, Kprobe, ProbeList, kstate
 
 
-@routine("register_aggr_kprobe", KPROBES_C, override=True)
-def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Generator[Any, None, Any]:
-    """register_aggr_kprobe with init_aggr_kprobe's hlist_replace_rcu moved to its top."""
+@routine("init_aggr_kprobe", KPROBES_C, override=True, inlined=True)
+def init_aggr_kprobe(cpu: Cpu, ap: Kprobe, p: Kprobe) -> Generator[Any, None, Any]:
+    """init_aggr_kprobe with its hlist_replace_rcu moved to its top."""
     m = cpu.m
-    s = kstate(m)
-    orig = deref(orig, "struct kprobe", member="pre_handler")
-    jl = _jump_label_mutex(m)
-    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
-    if jl is not None:
-        yield from mutex_lock(cpu, jl)
-    yield from mutex_lock(cpu, m.state["text_mutex"])
-    ap = orig
-    if orig.children is None:
-        yield  # alloc_aggr_kprobe(): kzalloc(GFP_KERNEL)
-        ap = Kprobe(orig.addr, owner="aggr_kprobe")  # zeroed: no insn slot, handler or list yet
-        m.note_access(cpu, ("kprobe table", orig.addr), True)
-        s.table[orig.addr] = ap  # hlist_replace_rcu, moved above the rest of init_aggr_kprobe
-        yield  # copy_kprobe(p, ap): the original's ainsn and opcode
-        ap.opcode, ap.insn_slot, ap.armed, ap.disabled = orig.opcode, orig.insn_slot, orig.armed, \
-            orig.disabled
-        ap.children = ProbeList([orig])  # INIT_LIST_HEAD, list_add_rcu
-        orig.parent = ap
-    p.opcode, p.insn_slot = ap.opcode, ap.insn_slot  # copy_kprobe(ap, p)
-    assert ap.children is not None
-    ap.children.append(p)  # add_new_kprobe: list_add_rcu(&p->list, &ap->list)
+    m.note_access(cpu, ("kprobe table", p.addr), True)
+    kstate(m).table[p.addr] = ap  # hlist_replace_rcu, moved above the rest: ap still zeroed
+    yield  # copy_kprobe(p, ap): the original's ainsn and opcode
+    ap.opcode, ap.insn_slot, ap.armed, ap.disabled = p.opcode, p.insn_slot, p.armed, p.disabled
+    ap.children = ProbeList([p])  # INIT_LIST_HEAD, list_add_rcu
     p.parent = ap
-    yield from mutex_unlock(cpu, m.state["text_mutex"])
-    if jl is not None:
-        yield from mutex_unlock(cpu, jl)
-    yield from up_read(cpu, m.state["cpu_hotplug_lock"])
-    if ap.disabled and not p.disabled:
-        ap.disabled = False
-        yield from cpu.k.arm_kprobe(cpu, ap)
-    return 0
 
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    return [register_aggr_kprobe]
+    return [init_aggr_kprobe]

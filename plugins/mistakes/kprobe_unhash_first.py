@@ -5,6 +5,10 @@ probe first (``__disable_kprobe``, which patches the original instruction
 back) and only then ``hlist_del_rcu``: while the probe is hashed, a CPU that
 hits its trap finds it. The variant unhashes first and disarms after.
 
+The variant unhashes the last probe at an address -- a plain one, or the only
+one on an aggregator (with optprobes every probe it optimizes is one) --
+first.
+
 The bad interleaving: CPU A unhashes the probe; CPU B executes the probed
 instruction, still the trap, and looks it up -- nothing there, and the text
 still holds the breakpoint, so it is not a removed probe either: the program
@@ -25,22 +29,31 @@ from ..kprobes import KPROBES_C, Kprobe, get_valid_kprobe, kstate
 
 @routine("__unregister_kprobe_top", KPROBES_C, override=True, inlined=True)
 def __unregister_kprobe_top(cpu: Cpu, p: Kprobe) -> Generator[Any, None, Any]:
-    """__unregister_kprobe_top unhashing a plain probe before disabling (disarming) it."""
+    """__unregister_kprobe_top unhashing the last probe at an address (a plain probe, or the
+    only one on an aggregator -- an optimized probe is one) before disabling (disarming) it."""
     s = kstate(cpu.m)
-    if get_valid_kprobe(cpu.m, p) is p:
+    orig = get_valid_kprobe(cpu.m, p)
+    if orig is not None and (orig is p or orig.children == [p]):
         cpu.m.note_access(cpu, ("kprobe table", p.addr), True)
         del s.table[p.addr]  # hlist_del_rcu, moved above the disarm
-        if not p.disabled:
-            yield from cpu.k.disarm_kprobe(cpu, p)
-            p.disabled = True
+        if not p.disabled:  # then __disable_kprobe's work
+            if orig is not p:
+                p.disabled = True
+            if not orig.disabled:
+                yield from cpu.k.disarm_kprobe(cpu, orig)
+            orig.disabled = True
         return 0
     ap = yield from cpu.k.__disable_kprobe(cpu, p)
     if ap is None:
         return -22
-    if ap.children is not None and len(ap.children) == 1 and ap.disabled:
+    opt = cpu.m.state.get("optprobes")  # the rest as __unregister_kprobe_top has it
+    if ap.children is not None and len(ap.children) == 1 \
+            and (ap.disabled if opt is None else opt.disarmed(ap)):
         del s.table[ap.addr]
     elif ap.children is not None:
         ap.children.remove(p)
+        if not ap.disabled and opt is not None:
+            yield from cpu.k.optimize_kprobe(cpu, ap)
     return 0
 
 

@@ -42,8 +42,8 @@ def arch_prepare_optimized_kprobe(cpu: Cpu, kp: Kprobe) -> Generator[Any, None, 
         return None
     buff = s.free.pop(0)
     words = detour(buff, kp, nip)
-    op = Optimized(kp, buff, words, optimized=True)
-    s.ops[kp.addr], s.by_buff[buff] = op, op
+    op = Optimized(kp, buff, words, in_text=True)
+    s.by_buff[buff] = op
     yield from cpu.k.patch_instruction(cpu, kp.addr, branch(kp.addr, buff))
     fixups = (OP_IDX, OP_IDX + 1, CALL_IDX, EMU_IDX, INSN_IDX, INSN_IDX + 1, RET_IDX)
     for i, w in [*enumerate(TEMPLATE), *((i, words[i]) for i in fixups)]:
