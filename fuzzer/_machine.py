@@ -649,14 +649,17 @@ class Machine:
 
     def _deadlock(self) -> None:
         waiting = self.busy()
-        lines, wheres = [], []
+        lines, wheres, on_locks = [], [], set()
         for c in waiting:
             w = getattr(c.wait, "__self__", c.wait)
             where = c.trace()[0].function if c.trace() else "?"
             wheres.append(where)
+            if hasattr(w, "owner") or hasattr(w, "readers"):  # a lock: queued behind the cycle
+                on_locks.add(where)
             lines.append(f"CPU {c.n} in {where} waits on {w!r}")
-        # Named by the routine most of the waiting CPUs wait in, if two or more do.
-        common = max(wheres, key=wheres.count)
+        # Named by the routine most of the waiting CPUs wait in, if two or more do; on a
+        # tie, one whose CPUs wait on something other than a lock (the cycle, not its queue).
+        common = max(dict.fromkeys(wheres), key=lambda r: (wheres.count(r), r not in on_locks))
         name = common if wheres.count(common) >= 2 and common != "?" else "deadlock"
         self._fail(Deadlock("; ".join(lines), function=name), waiting[0])
 

@@ -106,3 +106,4 @@ def test_the_hypothesis_engine_ignores_the_callers_hypothesis_profile():
     finally:
         settings.load_profile(current)
     assert again == first
+

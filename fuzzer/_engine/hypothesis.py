@@ -733,7 +733,10 @@ class HypothesisEngine:
                 with local_constants_off():  # nor on what the process imported before
                     run_state_machine_as_test(machine_cls, settings=_settings(search, BATCH, batch))
             except Stop:
-                return None
+                # Spent while Hypothesis shrank a failure it had found: that failure, unshrunk
+                # (the step shrinker and the replay check still run on it), never lost.
+                first = search.stats.first_failure
+                return first if isinstance(first, Finding) else None
             except Unsatisfiable:
                 pass  # every example of the run met a known finding: search on
             except (KernelFailure, PluginError, ModelLimitation) as exc:
