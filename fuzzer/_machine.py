@@ -31,7 +31,7 @@ from fuzzer._errors import (
     PluginError,
     Signature,
 )
-from fuzzer._mm import MM, PTLOCK_CLASS, Geometry, Prot, Pte, PtePage, SpinLock, Table
+from fuzzer._mm import MM, PTLOCK_CLASS, Geometry, Lock, Prot, Pte, PtePage, SpinLock, Table
 from fuzzer._oops import oops_of
 from fuzzer._routines import STEP_ENTRIES, frame_of_code
 from fuzzer._steps import Step, StepAction
@@ -654,7 +654,7 @@ class Machine:
             w = getattr(c.wait, "__self__", c.wait)
             where = c.trace()[0].function if c.trace() else "?"
             wheres.append(where)
-            if hasattr(w, "owner") or hasattr(w, "readers"):  # a lock: queued behind the cycle
+            if isinstance(w, Lock):  # a lock: queued behind the cycle
                 on_locks.add(where)
             lines.append(f"CPU {c.n} in {where} waits on {w!r}")
         # Named by the routine most of the waiting CPUs wait in, if two or more do; on a

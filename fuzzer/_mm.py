@@ -74,7 +74,15 @@ class Geometry:
 PTLOCK_CLASS = "ptlock_ptr(page)"
 
 
-class SpinLock:
+class Lock:
+    """What every lock of the model is (a marker): a CPU that waits on one (``yield lock.busy``)
+    is queued behind its holder, which :meth:`fuzzer._machine.Machine._deadlock` tells from
+    the wait a cycle is made of (an IPI, a hotplug handshake)."""
+
+    __slots__ = ()
+
+
+class SpinLock(Lock):
     """A spinlock (``spinlock_t``): owner CPU or None. Split PTE locks are these.
 
     ``key`` is its lockdep class when many locks share one (the split PTE

@@ -16,6 +16,7 @@ from fuzzer import (
     hookimpl,
     mutex_lock,
     mutex_unlock,
+    routine,
     spin_lock,
     spin_unlock,
 )
@@ -183,3 +184,45 @@ def test_schedule_blocks_merge_into_one_step():
 def test_operation_argument_types_are_declared_per_plugin():
     op = make_model().operation("kprobes.register")
     assert isinstance(op.args["site"], ArgType)  # the fuzzer's own: fuzzer.Choice
+
+
+class _Handshake:
+    """A wait that is no lock though it has an ``owner`` field (a struct naming whose it is)."""
+
+    def __init__(self) -> None:
+        self.owner = "cpuhp/1"
+
+    def pending(self) -> bool:
+        return True
+
+
+@routine("wait_for_lock", "test.c")
+def _wait_for_lock(cpu, lock):
+    while True:
+        yield lock.busy
+
+
+@routine("wait_for_handshake", "test.c")
+def _wait_for_handshake(cpu, handshake):
+    while True:
+        yield handshake.pending
+
+
+def test_a_deadlock_is_named_by_the_wait_of_the_cycle_not_by_a_lock_queued_behind_it():
+    """Two CPUs queued on a held lock, two in the cycle: the routine the cycle's CPUs wait in
+    names the deadlock on the tie. A lock is told by its class (:class:`fuzzer.Lock`), not by
+    an ``owner`` field, which a wait that is no lock may have too."""
+    m = Machine(make_model(cpus=4, plugins=QUIET))
+    mutex = Mutex("held")
+    mutex.owner = m.cpus[0].idle_task
+    handshake = _Handshake()
+    for c in m.cpus[:2]:
+        m.push(c, _wait_for_lock(c, mutex), c.idle_task)
+    for c in m.cpus[2:]:
+        m.push(c, _wait_for_handshake(c, handshake), c.idle_task)
+    try:
+        m.run_to_completion()
+    except Deadlock as dead:
+        assert dead.signature.function == "wait_for_handshake", dead
+    else:
+        raise AssertionError("no deadlock")

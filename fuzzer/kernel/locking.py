@@ -11,7 +11,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from fuzzer._errors import KernelWarning, LockdepSplat
-from fuzzer._mm import SpinLock
+from fuzzer._mm import Lock, SpinLock
 from fuzzer._routines import routine
 from fuzzer.kernel.bug import warn
 from fuzzer.kernel.lockdep import debug_locks_on, lock_acquire, lock_release, state
@@ -97,7 +97,7 @@ def lockdep_assert_irqs_disabled(cpu: Cpu, at: str) -> None:
         warn(cpu, at, detail="lockdep_assert_irqs_disabled: IRQs are enabled")
 
 
-class Mutex:
+class Mutex(Lock):
     """A sleeping lock owned by a task (``struct mutex``)."""
 
     __slots__ = ("name", "owner")
@@ -151,7 +151,7 @@ def mutex_unlock(cpu: Cpu, lock: Mutex) -> Gen:
     yield
 
 
-class RwSem:
+class RwSem(Lock):
     """A reader-writer semaphore such as ``cpu_hotplug_lock`` (percpu_rw_semaphore)."""
 
     __slots__ = ("name", "readers", "writer")
