@@ -408,7 +408,9 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
 
     The second or later probe at an address. Under ``cpus_read_lock``,
     ``jump_label_lock`` and ``text_mutex``: if the hashed probe is not an
-    aggregator yet, ``alloc_aggr_kprobe`` and
+    aggregator yet, ``alloc_aggr_kprobe`` (with optprobes, an ``optimized_kprobe`` whose
+    detour ``arch_prepare_optimized_kprobe`` tries to build: ready, it is optimized at the
+    next ``optimize_kprobe`` -- enable, re-arm, another probe's unregister) and
     ``init_aggr_kprobe`` (the aggregator copies its opcode and insn slot,
     takes its flags, lists it, and replaces it in the hash table); an unused one
     (``kprobe_unused``: an optimized aggregator whose last probe was unregistered
@@ -427,6 +429,12 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
     if orig.children is None:
         yield  # alloc_aggr_kprobe(): kzalloc(GFP_KERNEL)
         ap = Kprobe(orig.addr, owner="aggr_kprobe")
+        opt = m.state.get("optprobes")
+        if opt is not None:  # optprobes' alloc_aggr_kprobe prepares a detour (:830-843 v6.1)
+            op = yield from cpu.k.arch_prepare_optimized_kprobe(cpu, orig)
+            if op is not None:  # orig got none at its registration (no slot was free then)
+                op.kp = ap
+                opt.by_buff[op.buff] = op
         yield from cpu.k.init_aggr_kprobe(cpu, ap, orig)
     elif ap.disabled and not ap.children and "optprobes" in m.state:  # kprobe_unused(ap)
         ret = yield from cpu.k.reuse_unused_kprobe(cpu, ap)
@@ -481,7 +489,7 @@ def arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 @routine("disarm_kprobe", KPROBES_C, inlined=True)
 def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """``disarm_kprobe()`` (kernel/kprobes.c): as arm_kprobe, with ``__disarm_kprobe``
-    (:999-1021 v6.1 and v6.12): ``unoptimize_kprobe(p, kprobes_all_disarmed)`` -- an
+    (:1000-1022 v6.1, :999-1021 v6.12): ``unoptimize_kprobe(p, kprobes_all_disarmed)`` -- an
     optimized probe is queued for the optimizer -- then ``arch_disarm_kprobe`` unless the
     probe is queued (``kprobe_queued``): the optimizer disarms it after unoptimizing."""
     m = cpu.m

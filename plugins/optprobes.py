@@ -290,14 +290,18 @@ def try_to_optimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """``try_to_optimize_kprobe()`` (kernel/kprobes.c:851-879, v6.1 and v6.12), at the end of
     ``register_kprobe`` (:1686 v6.1).
 
-    Under ``cpus_read_lock``, ``jump_label_lock`` (not modelled) and ``text_mutex``:
+    Under ``cpus_read_lock``, ``jump_label_lock`` (when the jump_label plugin models it) and
+    ``text_mutex``:
     ``alloc_aggr_kprobe`` (:830, kzalloc) -> ``arch_prepare_optimized_kprobe``; on failure
     the probe stays a plain trap probe; else ``init_aggr_kprobe(ap, kp)`` (:1283-1300 v6.12:
     the aggregator takes the probe's opcode, insn slot and flags, lists it, and replaces it
     in the hash table, ``hlist_replace_rcu``) and ``optimize_kprobe(ap)``, which only queues it.
     """
     m = cpu.m
+    jl = getattr(m.state.get("jump_label"), "mutex", None)  # jump_label_lock()'s mutex
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
+    if jl is not None:
+        yield from mutex_lock(cpu, jl)
     yield from mutex_lock(cpu, m.state["text_mutex"])
     op = yield from cpu.k.arch_prepare_optimized_kprobe(cpu, kp)
     if op is not None:
@@ -306,6 +310,8 @@ def try_to_optimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         yield from cpu.k.init_aggr_kprobe(cpu, ap, kp)
         yield from cpu.k.optimize_kprobe(cpu, ap)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
+    if jl is not None:
+        yield from mutex_unlock(cpu, jl)
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
 
 
@@ -314,11 +320,13 @@ def arch_prepare_optimized_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """``arch_prepare_optimized_kprobe()`` (optprobes.c:154-249, v6.1 and v6.12).
 
     ``can_optimize`` (-EILSEQ: stays a trap probe); a slot of ``optinsn_slot``
-    (-ENOMEM); then, one ``patch_instruction`` each, the template (:191-196), the
-    probe's address (:202), the calls to ``optimized_callback`` and
-    ``emulate_step`` (:223-224), the probed instruction (:230) and the branch
-    back to the NIP (``patch_branch``, :235); ``flush_icache_range``. Returns the
-    ``optimized_kprobe`` (its ``kp`` is the caller's to set), or None.
+    (-ENOMEM); then, one ``patch_instruction`` each, the template (:191-196: an error
+    frees the slot, -ERANGE), the probe's address (:202), the calls to
+    ``optimized_callback`` and ``emulate_step`` (:223-224), the probed instruction (:230)
+    and the branch back to the NIP (``patch_branch``, :235) -- the fixups' errors are
+    ignored, the detour is ready all the same; ``flush_icache_range``. Returns the
+    ``optimized_kprobe`` (its ``kp`` is the caller's to set), or None. Called by
+    ``alloc_aggr_kprobe`` (``try_to_optimize_kprobe``, ``register_aggr_kprobe``).
     """
     m = cpu.m
     s = ostate(m)
@@ -328,12 +336,13 @@ def arch_prepare_optimized_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         return None
     buff = s.free.pop(0)
     words = detour(buff, kp, nip)
-    fixups = (OP_IDX, OP_IDX + 1, CALL_IDX, EMU_IDX, INSN_IDX, INSN_IDX + 1, RET_IDX)
-    for i, w in [*enumerate(TEMPLATE), *((i, words[i]) for i in fixups)]:
+    for i, w in enumerate(TEMPLATE):
         err = yield from cpu.k.patch_instruction(cpu, buff + 4 * i, w)
         if err:
             s.free.insert(0, buff)
             return None
+    for i in (OP_IDX, OP_IDX + 1, CALL_IDX, EMU_IDX, INSN_IDX, INSN_IDX + 1, RET_IDX):
+        yield from cpu.k.patch_instruction(cpu, buff + 4 * i, words[i])  # errors ignored
     return Optimized(kp, buff, words)
 
 
