@@ -12,8 +12,16 @@ from fuzzer import Step
 from fuzzer._engine import apply_step
 from fuzzer._machine import Machine
 from fuzzer_plugins.kprobes import Kprobe, kstate, site_addr
-from fuzzer_plugins.optprobes import (BL_CALLBACK, CALL_IDX, OPTINSN_SLOT, SLOT_WORDS, SLOTS, branch, op_at,
-                                      ostate)
+from fuzzer_plugins.optprobes import (
+    BL_CALLBACK,
+    CALL_IDX,
+    OPTINSN_SLOT,
+    SLOT_WORDS,
+    SLOTS,
+    branch,
+    op_at,
+    ostate,
+)
 
 from modelkit import boot_steps, make_model
 
