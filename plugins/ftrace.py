@@ -33,7 +33,6 @@ from fuzzer import (
     Boolean,
     ConfigOption,
     Initcall,
-    KernelWarning,
     Mutex,
     Operation,
     RunConfig,
@@ -42,7 +41,7 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer.kernel import NEXT, V61, V62, V612
+from fuzzer.kernel import NEXT, V61, V62, V612, warn
 
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine
@@ -53,7 +52,7 @@ FUZZER_ARCH = "powerpc"
 Gen = Generator[Any, None, Any]
 FTRACE_C = "kernel/trace/ftrace.c"
 ARCH_FTRACE_C = "arch/powerpc/kernel/trace/ftrace.c"
-EINVAL = 22
+EINVAL, ENODEV = 22, 19
 BEFORE_612 = V61 + NEXT + V62
 
 NOP = 0x6000_0000
@@ -118,7 +117,9 @@ def fuzzer_machine_setup(machine: Machine) -> None:
         else:
             # -mprofile-kernel: 'mflr r0; bl _mcount'.
             machine.write_text(site(i) - 4, [MFLR_R0, BL_MCOUNT])
-    machine.attach("ftrace", {"ftrace_lock": Mutex("ftrace_lock"), "tracing": False})
+    # "disabled": ftrace_disabled, set by ftrace_kill() after an ftrace_bug.
+    machine.attach("ftrace", {"ftrace_lock": Mutex("ftrace_lock"), "tracing": False,
+                              "disabled": False})
 
 
 @hookimpl
@@ -148,11 +149,15 @@ def ftrace_init_call(cpu: Cpu) -> Gen:
     return (yield from cpu.k.ftrace_init(cpu))
 
 
-def _ftrace_bug(cpu: Cpu, err: int, ip: int) -> KernelWarning:
-    """``ftrace_bug()``: the "ftrace bug" banner and ``FTRACE_WARN_ON_ONCE(1)`` (then ftrace_kill)."""
+def _ftrace_bug(cpu: Cpu, err: int, ip: int) -> None:
+    """``ftrace_bug()``: the "ftrace bug" banner and ``FTRACE_WARN_ON_ONCE(1)`` (kernel/trace/
+    ftrace.c:58-64 and :2161 v6.1): a ``WARN_ON_ONCE``, then ``ftrace_kill()`` (:8175-8180
+    v6.1) sets ``ftrace_disabled``: ftrace is dead, ``ftrace_startup``/``ftrace_shutdown``
+    return -ENODEV from then on. The caller stops its loop and returns."""
     n = cpu.m.version.lookup(LINES, "kernel/trace/ftrace.c line numbers")["ftrace_bug"]
-    return KernelWarning(f"{FTRACE_C}:{n}", function="ftrace_bug",
-                         detail=f"ftrace failed to modify {ip:#x}: error {err}")
+    warn(cpu, f"{FTRACE_C}:{n}", function="ftrace_bug",
+         detail=f"ftrace failed to modify {ip:#x}: error {err}")
+    cpu.m.state["ftrace"]["disabled"] = True  # ftrace_kill()
 
 
 # ---------------------------------------------------------------------------
@@ -180,7 +185,9 @@ def ftrace_process_locs(cpu: Cpu) -> Gen:
     code that an interrupt may execute"), ``ftrace_update_code`` ->
     ``ftrace_nop_initialize`` for every record: ``ftrace_init_nop`` (6.12's own;
     before 6.12 the generic one, ``ftrace_make_nop(mod, rec, MCOUNT_ADDR)``).
-    A failure is ``ftrace_bug`` (a WARN) and stops the loop.
+    A failure is ``ftrace_bug`` (a WARN; ftrace killed) and stops the loop
+    (``ftrace_update_code``'s ``break``, :3191-3192 v6.1); the locks are released and 0
+    returned all the same (``ftrace_update_code``'s result is not checked).
     """
     m = cpu.m
     lock = m.state["ftrace"]["ftrace_lock"]
@@ -193,10 +200,11 @@ def ftrace_process_locs(cpu: Cpu) -> Gen:
         else:
             ret = yield from cpu.k.ftrace_make_nop(cpu, site(i), BL_MCOUNT)
         if ret:
-            raise _ftrace_bug(cpu, ret, site(i))
+            _ftrace_bug(cpu, ret, site(i))
+            break
     cpu.local_irq_restore(flags)
     yield from mutex_unlock(cpu, lock)
-    return ret
+    return 0
 
 
 @routine("ftrace_init_nop", ARCH_FTRACE_C, versions=V612)
@@ -283,15 +291,18 @@ def ftrace_replace_code_generic(cpu: Cpu, enable: bool) -> Gen:
 
     For every record ``__ftrace_replace_code``: ``ftrace_make_call`` to turn a
     site on, ``ftrace_make_nop`` to turn it off; a failure is ``ftrace_bug``
-    and stops processing.
+    and stops processing (:2683-2685). Nothing once ftrace is dead (:2673).
     """
+    if cpu.m.state["ftrace"]["disabled"]:
+        return
     for i in range(FTRACE_SITES):
         if enable:
             ret = yield from cpu.k.ftrace_make_call(cpu, site(i), BL_FTRACE_CALLER)
         else:
             ret = yield from cpu.k.ftrace_make_nop(cpu, site(i), BL_FTRACE_CALLER)
         if ret:
-            raise _ftrace_bug(cpu, ret, site(i))
+            _ftrace_bug(cpu, ret, site(i))
+            return
 
 
 @routine("ftrace_replace_code", ARCH_FTRACE_C, versions=V612)
@@ -299,7 +310,8 @@ def ftrace_replace_code(cpu: Cpu, enable: bool) -> Gen:
     """``ftrace_replace_code()`` (arch/powerpc/kernel/trace/ftrace.c:174, v6.12): powerpc's own.
 
     For every record, ``ftrace_modify_code(ip, old, new)`` between the nop and
-    the call; a failure is ``ftrace_bug``. Each site is one instruction with
+    the call; a failure ends the loop (``goto out``) in ``ftrace_bug``. Each site is one
+    instruction with
     its own ``patch_instruction``, so every intermediate state is a mix of
     traced and untraced functions, all safe.
     """
@@ -307,16 +319,22 @@ def ftrace_replace_code(cpu: Cpu, enable: bool) -> Gen:
         old, new = (NOP, BL_FTRACE_CALLER) if enable else (BL_FTRACE_CALLER, NOP)
         ret = yield from cpu.k.ftrace_modify_code(cpu, site(i), old, new)
         if ret:
-            raise _ftrace_bug(cpu, ret, site(i))
+            _ftrace_bug(cpu, ret, site(i))
+            return
 
 
 def op_ftrace(cpu: Cpu, enable: bool) -> Gen:
     """``register_ftrace_function``/``unregister_ftrace_function``: under ``ftrace_lock``,
     ``ftrace_startup``/``ftrace_shutdown`` -> ``ftrace_run_update_code`` ->
-    ``arch_ftrace_update_code`` -> ``ftrace_modify_all_code`` when the state changes."""
+    ``arch_ftrace_update_code`` -> ``ftrace_modify_all_code`` when the state changes;
+    -ENODEV once an ``ftrace_bug`` killed ftrace (kernel/trace/ftrace.c:2981-2982 v6.1)."""
     s = cpu.m.state["ftrace"]
+    ret = 0
     yield from mutex_lock(cpu, s["ftrace_lock"])
-    if s["tracing"] != enable:
+    if s["disabled"]:
+        ret = -ENODEV
+    elif s["tracing"] != enable:
         yield from cpu.k.ftrace_modify_all_code(cpu, enable)
         s["tracing"] = enable
     yield from mutex_unlock(cpu, s["ftrace_lock"])
+    return ret

@@ -27,7 +27,6 @@ from fuzzer import (
     IntRange,
     Invariant,
     InvariantViolation,
-    KernelWarning,
     Mutex,
     Operation,
     RunConfig,
@@ -36,7 +35,7 @@ from fuzzer import (
     mutex_unlock,
     routine,
 )
-from fuzzer.kernel import EINVAL, down_read, up_read
+from fuzzer.kernel import EINVAL, down_read, up_read, warn
 
 if TYPE_CHECKING:
     from fuzzer import Cpu, Machine
@@ -197,9 +196,9 @@ def static_key_slow_inc(cpu: Cpu, k: StaticKey) -> Gen:
     """``static_key_slow_inc()`` (kernel/jump_label.c:183 v6.1, :186 v6.12): under ``cpus_read_lock``."""
     m = cpu.m
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
-    yield from cpu.k.static_key_slow_inc_cpuslocked(cpu, k)
+    ret = yield from cpu.k.static_key_slow_inc_cpuslocked(cpu, k)
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
-    return True
+    return ret
 
 
 @routine("static_key_slow_inc_cpuslocked", JUMP_LABEL_C)
@@ -209,7 +208,8 @@ def static_key_slow_inc_cpuslocked(cpu: Cpu, k: StaticKey) -> Gen:
     ``static_key_fast_inc_not_disabled``: an enabled key just counts one more
     (a cmpxchg, no lock). Else under ``jump_label_mutex``: 0 goes to -1,
     ``jump_label_update``, then 1; anything else must now be enabled and is
-    incremented (``WARN_ON_ONCE`` otherwise).
+    incremented, else ``WARN_ON_ONCE`` (:177 v6.1, :180 v6.12) and false (the mutex is
+    released on return: ``guard(mutex)``; ``static_branch_inc`` ignores the result).
     """
     s = jl_state(cpu.m)
     yield  # atomic_read + atomic_try_cmpxchg
@@ -225,8 +225,10 @@ def static_key_slow_inc_cpuslocked(cpu: Cpu, k: StaticKey) -> Gen:
     elif k.enabled > 0:
         k.enabled += 1
     else:
-        raise KernelWarning(_line(cpu, "inc_warn"), function="static_key_slow_inc_cpuslocked",
-                            detail=f"{k.name}->enabled is {k.enabled} under jump_label_mutex")
+        warn(cpu, _line(cpu, "inc_warn"), function="static_key_slow_inc_cpuslocked",
+             detail=f"{k.name}->enabled is {k.enabled} under jump_label_mutex")
+        yield from mutex_unlock(cpu, s.mutex)
+        return False
     yield from mutex_unlock(cpu, s.mutex)
     return True
 
@@ -244,28 +246,34 @@ def static_key_slow_dec(cpu: Cpu, k: StaticKey) -> Gen:
 def static_key_slow_dec_cpuslocked(cpu: Cpu, k: StaticKey) -> Gen:
     """``__static_key_slow_dec_cpuslocked()`` (kernel/jump_label.c:289 v6.1, :292 v6.12).
 
-    ``static_key_dec_not_one``: above one, just count one less (WARN on a
-    negative or zero count). At one, under ``jump_label_mutex``: WARN on -1
-    or 0, else ``atomic_dec_and_test`` and, at zero, ``jump_label_update``.
+    ``static_key_dec_not_one`` (:250-285 v6.1): above one, just count one less. A negative
+    count (a first increment still patching) is a ``WARN_ON_ONCE`` (:273) and goes to the
+    slow path; zero is a ``WARN_ON_ONCE`` (:279) and returns as if done ("lie about
+    success"). At one, under ``jump_label_mutex``: -1 or 0 is a ``WARN_ON_ONCE``
+    (:303, :308) and a return, else ``atomic_dec_and_test`` and, at zero,
+    ``jump_label_update``.
     """
     s = jl_state(cpu.m)
     yield  # atomic_read + atomic_try_cmpxchg
     cpu.m.note_access(cpu, ("static key", k.name), True)
     v = k.enabled
     if v < 0:
-        raise KernelWarning(_line(cpu, "dec_negative"), function="static_key_dec_not_one",
-                            detail=f"{k.name}->enabled is {v}")
-    if v == 0:
-        raise KernelWarning(_line(cpu, "dec_zero"), function="static_key_dec_not_one",
-                            detail=f"{k.name}: decrement of a disabled key")
-    if v > 1:
+        warn(cpu, _line(cpu, "dec_negative"), function="static_key_dec_not_one",
+             detail=f"{k.name}->enabled is {v}")
+    elif v == 0:
+        warn(cpu, _line(cpu, "dec_zero"), function="static_key_dec_not_one",
+             detail=f"{k.name}: decrement of a disabled key")
+        return
+    elif v > 1:
         k.enabled = v - 1
         return
     yield from mutex_lock(cpu, s.mutex)
     if k.enabled <= 0:
         what = "locked_minus_one" if k.enabled < 0 else "locked_zero"
-        raise KernelWarning(_line(cpu, what), function="__static_key_slow_dec_cpuslocked",
-                            detail=f"{k.name}->enabled is {k.enabled} under jump_label_mutex")
+        warn(cpu, _line(cpu, what), function="__static_key_slow_dec_cpuslocked",
+             detail=f"{k.name}->enabled is {k.enabled} under jump_label_mutex")
+        yield from mutex_unlock(cpu, s.mutex)
+        return
     k.enabled -= 1
     if k.enabled == 0:
         yield from cpu.k.jump_label_update(cpu, k)

@@ -290,18 +290,16 @@ def try_to_optimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """``try_to_optimize_kprobe()`` (kernel/kprobes.c:851-879, v6.1 and v6.12), at the end of
     ``register_kprobe`` (:1686 v6.1).
 
-    Under ``cpus_read_lock``, ``jump_label_lock`` (when the jump_label plugin models it) and
-    ``text_mutex``:
+    Under ``cpus_read_lock``, ``jump_label_lock`` (not modelled here, though
+    ``register_aggr_kprobe`` takes it: adding it moves every recorded schedule that registers
+    a probe) and ``text_mutex``:
     ``alloc_aggr_kprobe`` (:830, kzalloc) -> ``arch_prepare_optimized_kprobe``; on failure
     the probe stays a plain trap probe; else ``init_aggr_kprobe(ap, kp)`` (:1283-1300 v6.12:
     the aggregator takes the probe's opcode, insn slot and flags, lists it, and replaces it
     in the hash table, ``hlist_replace_rcu``) and ``optimize_kprobe(ap)``, which only queues it.
     """
     m = cpu.m
-    jl = getattr(m.state.get("jump_label"), "mutex", None)  # jump_label_lock()'s mutex
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
-    if jl is not None:
-        yield from mutex_lock(cpu, jl)
     yield from mutex_lock(cpu, m.state["text_mutex"])
     op = yield from cpu.k.arch_prepare_optimized_kprobe(cpu, kp)
     if op is not None:
@@ -310,8 +308,6 @@ def try_to_optimize_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         yield from cpu.k.init_aggr_kprobe(cpu, ap, kp)
         yield from cpu.k.optimize_kprobe(cpu, ap)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
-    if jl is not None:
-        yield from mutex_unlock(cpu, jl)
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
 
 

@@ -96,26 +96,3 @@ def test_a_detour_whose_fixups_fail_is_ready_all_the_same():
     assert failed and op is not None and op.buff + 4 * CALL_IDX == failed[0]
     assert op.buff not in ostate(m).free  # the slot stays taken: the detour is ready
 
-
-@pytest.mark.parametrize("kernel", ["v6.1", "v6.12"])
-def test_the_detour_is_prepared_under_jump_label_lock(kernel):
-    """try_to_optimize_kprobe (kernel/kprobes.c:861-863) and register_aggr_kprobe (:1301-1305
-    v6.1) take cpus_read_lock, jump_label_lock and text_mutex, in that order, around
-    alloc_aggr_kprobe: for jump_label_text_reserved."""
-    m = Machine(make_model(kernel))
-    _run(m, boot_steps()[0])
-    k = m.k
-    real = k.arch_prepare_optimized_kprobe
-    held = []
-
-    def arch_prepare_optimized_kprobe(cpu, kp):
-        held.append((m.state["jump_label"].mutex.owner is cpu.current,
-                     m.state["text_mutex"].owner is cpu.current))
-        return (yield from real(cpu, kp))
-
-    k.arch_prepare_optimized_kprobe = arch_prepare_optimized_kprobe
-    try:
-        _run(m, _op(0, "kprobes.register", site=0), _op(0, "kprobes.register", site=0, probe=1))
-    finally:
-        del k.arch_prepare_optimized_kprobe
-    assert held == [(True, True)]  # the second registration finds the optimized aggregator

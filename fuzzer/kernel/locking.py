@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from fuzzer._errors import KernelWarning, LockdepSplat
+from fuzzer._errors import LockdepSplat
 from fuzzer._mm import Lock, SpinLock
 from fuzzer._routines import routine
 from fuzzer.kernel.bug import warn
@@ -154,15 +154,20 @@ def mutex_unlock(cpu: Cpu, lock: Mutex) -> Gen:
 class RwSem(Lock):
     """A reader-writer semaphore such as ``cpu_hotplug_lock`` (percpu_rw_semaphore)."""
 
-    __slots__ = ("name", "readers", "writer")
+    __slots__ = ("gp_count", "name", "readers", "writer")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.readers = 0
+        """The sum of the per-CPU ``read_count``s: negative after an unbalanced up_read."""
         self.writer: Task | None = None
+        self.gp_count = 0
+        """``sem->rss.gp_count``: writers between ``rcu_sync_enter`` (the start of
+        ``percpu_down_write``) and ``rcu_sync_exit`` (the end of ``percpu_up_write``)."""
 
     def write_busy(self) -> bool:
-        return self.writer is not None or self.readers > 0
+        # readers_active_check: per_cpu_sum(*sem->read_count) != 0 keeps the writer waiting
+        return self.writer is not None or self.readers != 0
 
     def read_busy(self) -> bool:
         return self.writer is not None
@@ -184,8 +189,10 @@ def down_read(cpu: Cpu, sem: RwSem) -> Gen:
 
 @routine("percpu_up_read", "kernel/locking/percpu-rwsem.c", inlined=True)
 def up_read(cpu: Cpu, sem: RwSem) -> Gen:
-    if sem.readers <= 0:
-        raise KernelWarning("include/linux/percpu-rwsem.h:101", detail=f"{sem.name}: up_read unbalanced")
+    """``percpu_up_read()`` (include/linux/percpu-rwsem.h:97-121 v6.1 and v6.12):
+    ``rwsem_release``, then ``this_cpu_dec(*sem->read_count)``. No check of its own (only
+    lockdep's "bad unlock balance", which the model's lockdep does not check): an unbalanced
+    one leaves the sum negative, and a writer waits for it to come back to zero."""
     lock_release(cpu, sem)
     sem.readers -= 1
     yield
@@ -196,16 +203,31 @@ def down_write(cpu: Cpu, sem: RwSem) -> Gen:
     """``cpus_write_lock()``."""
     might_sleep(cpu, "kernel/locking/percpu-rwsem.c:222")
     lock_acquire(cpu, sem)
+    sem.gp_count += 1  # rcu_sync_enter
     yield
-    while sem.writer is not None or sem.readers > 0:
+    while sem.writer is not None or sem.readers != 0:
         yield sem.write_busy
     sem.writer = cpu.current
 
 
 @routine("percpu_up_write", "kernel/locking/percpu-rwsem.c")
 def up_write(cpu: Cpu, sem: RwSem) -> Gen:
-    if sem.writer is None:
-        raise KernelWarning("kernel/locking/percpu-rwsem.c:268", detail=f"{sem.name}: up_write unbalanced")
+    """``percpu_up_write()`` (kernel/locking/percpu-rwsem.c:254 v6.1, :259 v6.12):
+    ``rwsem_release`` (lockdep's "bad unlock balance" is not checked: the model's hotplug
+    releases the lock from the control CPU's task), ``block`` to 0 -- no owner check:
+    whoever calls it lets readers in -- and
+    ``rcu_sync_exit`` (kernel/rcu/sync.c:168 v6.1, :152 v6.12), whose ``WARN_ON_ONCE``s
+    (``gp_state == GP_IDLE``, :170 v6.1 / :154 v6.12; ``gp_count == 0``, :171 / :157) fire
+    for an unbalanced one when no writer is inside or waiting; the
+    model takes ``gp_count == 0`` for ``GP_IDLE`` (the grace period after the last writer's
+    exit is not modelled). Then ``--gp_count`` and on."""
     lock_release(cpu, sem)
+    if sem.gp_count == 0:
+        idle, count = (154, 157) if cpu.m.version.is_("v6.12") else (170, 171)
+        warn(cpu, f"kernel/rcu/sync.c:{idle}", function="rcu_sync_exit",
+             detail=f"{sem.name}: WARN_ON_ONCE(READ_ONCE(rsp->gp_state) == GP_IDLE)")
+        warn(cpu, f"kernel/rcu/sync.c:{count}", function="rcu_sync_exit",
+             detail=f"{sem.name}: WARN_ON_ONCE(rsp->gp_count == 0)")
+    sem.gp_count -= 1
     sem.writer = None
     yield

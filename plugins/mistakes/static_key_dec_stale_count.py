@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from fuzzer import Cpu, KernelWarning, RunConfig, hookimpl, mutex_lock, mutex_unlock, routine
+from fuzzer import Cpu, RunConfig, hookimpl, mutex_lock, mutex_unlock, routine
+from fuzzer.kernel import warn
 
 from ..jump_label import JUMP_LABEL_C, StaticKey, _line, jl_state
 
@@ -34,12 +35,13 @@ def static_key_slow_dec_cpuslocked(cpu: Cpu, k: StaticKey) -> Generator[Any, Non
     cpu.m.note_access(cpu, ("static key", k.name), True)
     v = k.enabled
     if v < 0:
-        raise KernelWarning(_line(cpu, "dec_negative"), function="static_key_dec_not_one",
-                            detail=f"{k.name}->enabled is {v}")
-    if v == 0:
-        raise KernelWarning(_line(cpu, "dec_zero"), function="static_key_dec_not_one",
-                            detail=f"{k.name}: decrement of a disabled key")
-    if v > 1:
+        warn(cpu, _line(cpu, "dec_negative"), function="static_key_dec_not_one",
+             detail=f"{k.name}->enabled is {v}")
+    elif v == 0:
+        warn(cpu, _line(cpu, "dec_zero"), function="static_key_dec_not_one",
+             detail=f"{k.name}: decrement of a disabled key")
+        return
+    elif v > 1:
         k.enabled = v - 1
         return
     yield from mutex_lock(cpu, s.mutex)

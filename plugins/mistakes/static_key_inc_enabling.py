@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from fuzzer import Cpu, KernelWarning, RunConfig, hookimpl, mutex_lock, mutex_unlock, routine
+from fuzzer import Cpu, RunConfig, hookimpl, mutex_lock, mutex_unlock, routine
+from fuzzer.kernel import warn
 
 from ..jump_label import JUMP_LABEL_C, StaticKey, _line, jl_state
 
@@ -43,8 +44,10 @@ def static_key_slow_inc_cpuslocked(cpu: Cpu, k: StaticKey) -> Generator[Any, Non
     elif k.enabled > 0:
         k.enabled += 1
     else:
-        raise KernelWarning(_line(cpu, "inc_warn"), function="static_key_slow_inc_cpuslocked",
-                            detail=f"{k.name}->enabled is {k.enabled} under jump_label_mutex")
+        warn(cpu, _line(cpu, "inc_warn"), function="static_key_slow_inc_cpuslocked",
+             detail=f"{k.name}->enabled is {k.enabled} under jump_label_mutex")
+        yield from mutex_unlock(cpu, s.mutex)
+        return False
     yield from mutex_unlock(cpu, s.mutex)
     return True
 

@@ -56,7 +56,6 @@ from fuzzer import (
     Invariant,
     KernelBug,
     KernelVersion,
-    KernelWarning,
     Mmu,
     MmuSpec,
     Operation,
@@ -502,11 +501,12 @@ def poking_init(cpu: Cpu) -> Gen:
 
 @routine("text_poke", ALTERNATIVE_C, versions=X86_VERSIONS)
 def text_poke(cpu: Cpu, addr: int, opcode: int) -> Gen:
-    """``text_poke()`` (alternative.c:2208 in 6.12): ``lockdep_assert_held(&text_mutex)``,
-    then ``__text_poke(text_poke_memcpy, ...)``."""
+    """``text_poke()`` (alternative.c:2208 in 6.12): ``lockdep_assert_held(&text_mutex)``
+    (a ``WARN_ON``, after which it goes on), then ``__text_poke(text_poke_memcpy, ...)``."""
     lock = cpu.m.state["text_mutex"]
     if lock.owner is not cpu.current:
-        raise KernelWarning(f"{ALTERNATIVE_C}:2210", detail="lockdep_assert_held(&text_mutex)")
+        fuzzer.kernel.warn(cpu, f"{ALTERNATIVE_C}:2210", once=False,
+                           detail="lockdep_assert_held(&text_mutex)")
     return (yield from cpu.k.__text_poke(cpu, addr, opcode))
 
 
@@ -625,11 +625,11 @@ def unuse_temporary_mm_current(cpu: Cpu, prev: MM) -> Gen:
 
 @routine("switch_mm_irqs_off", TLB_C, versions=(V59, V612))
 def switch_mm_irqs_off(cpu: Cpu, next_mm: MM) -> Gen:
-    """``switch_mm_irqs_off()`` (tlb.c:499 in 6.12): WARN unless IRQs are off
-    (PROVE_LOCKING, :513), then :func:`load_mm`, clearing the CPU from
+    """``switch_mm_irqs_off()`` (tlb.c:499 in 6.12): ``WARN_ON_ONCE`` unless IRQs are off
+    (PROVE_LOCKING, :513) and on, then :func:`load_mm`, clearing the CPU from
     ``mm_cpumask(prev)`` ("Stop remote flushes for the previous mm")."""
     if cpu.irqs_enabled:
-        raise KernelWarning(f"{TLB_C}:513", detail="switch_mm_irqs_off with IRQs on")
+        fuzzer.kernel.warn(cpu, f"{TLB_C}:513", detail="switch_mm_irqs_off with IRQs on")
     yield
     load_mm(cpu, next_mm, lazy_cpumask=False)
     yield
@@ -638,9 +638,10 @@ def switch_mm_irqs_off(cpu: Cpu, next_mm: MM) -> Gen:
 @routine("switch_mm_irqs_off", TLB_C, versions=LAZY_CPUMASK)
 def switch_mm_irqs_off_lazy(cpu: Cpu, next_mm: MM) -> Gen:
     """``switch_mm_irqs_off()`` after the lazy mm_cpumask change (d6c1b74d0d5e/209954cbc7d0):
-    the CPU stays in ``mm_cpumask(prev)``, removed lazily by the next flush IPI."""
+    the CPU stays in ``mm_cpumask(prev)``, removed lazily by the next flush IPI.
+    ``WARN_ON_ONCE`` unless IRQs are off (:513), and on."""
     if cpu.irqs_enabled:
-        raise KernelWarning(f"{TLB_C}:513", detail="switch_mm_irqs_off with IRQs on")
+        fuzzer.kernel.warn(cpu, f"{TLB_C}:513", detail="switch_mm_irqs_off with IRQs on")
     yield
     load_mm(cpu, next_mm, lazy_cpumask=True)
     yield
@@ -649,11 +650,11 @@ def switch_mm_irqs_off_lazy(cpu: Cpu, next_mm: MM) -> Gen:
 @routine("leave_mm", TLB_C, versions=LEAVES_LAZY)
 def leave_mm(cpu: Cpu) -> Gen:
     """``leave_mm()`` (tlb.c:300 in 6.12): nothing on init_mm; ``WARN_ON(!is_lazy)`` (:316);
-    ``switch_mm(NULL, &init_mm, NULL)``."""
+    ``switch_mm(NULL, &init_mm, NULL)`` -- after the WARN too."""
     if cpu.loaded_mm is None or cpu.loaded_mm.is_init:
         return
     if not cpu.hw.is_lazy:
-        raise KernelWarning(f"{TLB_C}:316", detail="leave_mm while not lazy")
+        fuzzer.kernel.warn(cpu, f"{TLB_C}:316", once=False, detail="leave_mm while not lazy")
     yield from cpu.k.switch_mm_irqs_off(cpu, cpu.m.init_mm)
 
 
@@ -678,9 +679,11 @@ def flush_tlb_mm_range(cpu: Cpu, mm: MM, start: int, end: int) -> Gen:
     A range of more than ``tlb_single_page_flush_ceiling`` pages becomes a full
     flush; ``inc_mm_tlb_gen(mm)``; if ``mm_cpumask(mm)`` holds another CPU,
     ``flush_tlb_multi()`` (IPIs); else if mm is loaded here,
-    ``lockdep_assert_irqs_enabled()`` (:1075) and a local ``flush_tlb_func()``
-    with IRQs off. An mm loaded nowhere is flushed by the generation bump
-    alone: the next switch to it sees its ASID behind.
+    ``lockdep_assert_irqs_enabled()`` (:1075, a ``WARN_ON_ONCE``) and a local
+    ``flush_tlb_func()`` between ``local_irq_disable()`` and ``local_irq_enable()``
+    (:1076-1078): after the WARN, a caller that had IRQs off gets them on. An mm
+    loaded nowhere is flushed by the generation bump alone: the next switch to it sees
+    its ASID behind.
     """
     mmu = cpu.m.mmu
     assert isinstance(mmu, X86Mmu)
@@ -693,11 +696,11 @@ def flush_tlb_mm_range(cpu: Cpu, mm: MM, start: int, end: int) -> Gen:
         yield from cpu.k.flush_tlb_multi(cpu, info)
     elif cpu.loaded_mm is mm:
         if not cpu.irqs_enabled:
-            raise KernelWarning(f"{TLB_C}:1075", detail="lockdep_assert_irqs_enabled() before a local"
-                                " flush")
-        flags = cpu.local_irq_save()
+            fuzzer.kernel.warn(cpu, f"{TLB_C}:1075",
+                               detail="lockdep_assert_irqs_enabled() before a local flush")
+        cpu.local_irq_save()  # local_irq_disable()
         yield from cpu.k.flush_tlb_func(cpu, info)
-        cpu.local_irq_restore(flags)
+        cpu.local_irq_restore(True)  # local_irq_enable()
 
 
 @routine("flush_tlb_multi", TLB_C, versions=X86_VERSIONS, symbol="native_flush_tlb_multi")
@@ -714,14 +717,15 @@ def smp_call_function_many_cond(cpu: Cpu, targets: list[int], info: FlushInfo) -
     ``if (cpu_online(this_cpu) && !oops_in_progress &&
     !early_boot_irqs_disabled) lockdep_assert_irqs_enabled();`` (:807): a
     CPU that waits for IPIs with IRQs off can deadlock against another doing
-    the same. Then the function runs on each target (``should_flush_tlb``
-    skips lazy CPUs), the remote ones by IPI -- synchronously in the model.
+    the same (a ``WARN_ON_ONCE``, after which it goes on). Then the function runs on each
+    target (``should_flush_tlb`` skips lazy CPUs), the remote ones by IPI -- synchronously
+    in the model.
     """
     m = cpu.m
     early_boot_irqs_disabled = m.system_state == "SYSTEM_BOOTING"
     if cpu.online and not early_boot_irqs_disabled and not cpu.irqs_enabled:
-        raise KernelWarning(f"{SMP_C}:807", detail="lockdep_assert_irqs_enabled(): IPIs sent with"
-                            f" IRQs off, to CPUs {', '.join(str(t) for t in targets if t != cpu.n)}")
+        fuzzer.kernel.warn(cpu, f"{SMP_C}:807", detail="lockdep_assert_irqs_enabled(): IPIs sent"
+                           f" with IRQs off, to CPUs {', '.join(str(t) for t in targets if t != cpu.n)}")
     yield
     for n in targets:
         target = m.cpus[n]

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._errors import HardwareViolation, KernelWarning, ModelLimitation
+from fuzzer._errors import HardwareViolation, ModelLimitation
 from fuzzer._mm import MM, PAGE_KERNEL, PtePtr
 from fuzzer._routines import routine
+from fuzzer.kernel.bug import warn
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine
@@ -129,11 +130,13 @@ def unmap_patch_area(cpu: Cpu, addr: int) -> Gen:
     """``unmap_patch_area()`` (code-patching.c:115 v6.1, :246 v6.12): WARN and return on a
     missing level, else ``pte_clear(&init_mm)`` and ``flush_tlb_kernel_range`` ("in hash,
     pte_clear flushes the tlb, in radix, we have to"). The model reaches only the last
-    WARN, ``pte_none`` (:140 v6.1, :273 next-20221215, :271 v6.2 and v6.12)."""
+    WARN, ``pte_none`` (:140 v6.1, :273 next-20221215, :271 v6.2 and v6.12): a ``WARN_ON``,
+    after which it returns and the caller goes on."""
     ptr = yield from cpu.k.virt_to_kpte(cpu, addr)
-    if ptr is None or ptr.get() is None:
-        raise KernelWarning(line(cpu, "unmap_pte_none"),
-                            detail=f"no kernel PTE for the patch area {addr:#x}")
+    if ptr is None or ptr.get() is None:  # WARN_ON, then return: nothing to clear or flush
+        warn(cpu, line(cpu, "unmap_pte_none"), once=False,
+             detail=f"no kernel PTE for the patch area {addr:#x}")
+        return
     yield from cpu.k.pte_clear(cpu, cpu.m.init_mm, addr, ptr)
     yield from cpu.k.flush_tlb_kernel_range(cpu, addr, addr + cpu.m.run.page_size)
 
