@@ -429,7 +429,9 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
         yield  # alloc_aggr_kprobe(): kzalloc(GFP_KERNEL)
         ap = Kprobe(orig.addr, owner="aggr_kprobe")
         opt = m.state.get("optprobes")
-        if opt is not None:  # optprobes' alloc_aggr_kprobe prepares a detour (:830-843 v6.1)
+        # optprobes' alloc_aggr_kprobe prepares a detour (:830-843 v6.1); it returns at once
+        # (-EILSEQ, -ENOMEM) for an instruction it cannot emulate or with no slot free.
+        if opt is not None and opt.free and _can_optimize(m, orig):
             op = yield from cpu.k.arch_prepare_optimized_kprobe(cpu, orig)
             if op is not None:  # orig got none at its registration (no slot was free then)
                 op.kp = ap
@@ -502,6 +504,12 @@ def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     yield from mutex_unlock(cpu, m.state["text_mutex"])
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     return 0
+
+
+def _can_optimize(m: Machine, p: Kprobe) -> bool:
+    from fuzzer_plugins.optprobes import can_optimize  # optprobes imports this module
+
+    return bool(can_optimize(m, p))
 
 
 def get_valid_kprobe(m: Machine, p: Kprobe) -> Kprobe | None:
