@@ -173,6 +173,8 @@ class OptState:
     """``kprobes_allow_optimization``: set by init_optprobes (subsys_initcall)."""
     sysctl_mutex: Mutex = attrs.Factory(lambda: Mutex("kprobe_sysctl_mutex"))
     """``kprobe_sysctl_mutex`` (kernel/kprobes.c:942): serializes the sysctl's writers."""
+    stuck: set[int] = attrs.Factory(set)
+    """CPUs sleeping in ``wait_for_kprobe_optimizer`` on an optimizer that cannot end it."""
 
     def move(self, op: Optimized, to: str | None) -> None:
         """``list_del_init`` (``to`` None), ``list_add`` or ``list_move`` of ``op->list``."""
@@ -595,19 +597,21 @@ def wait_for_kprobe_optimizer(cpu: Cpu) -> Gen:
     ``cpu_relax()``, take the mutex again. Nothing else ends the loop: if the optimizer can
     never empty the lists (``optimizer_stuck``), each flush runs a pass that changes nothing;
     the model sleeps instead, until another CPU changes that (writes ``kprobes/enabled`` = 1
-    or the sysctl) or no other CPU is busy, and then reports the endless loop as the broken
+    or the sysctl) or no CPU but those sleeping so is busy, and then reports the endless loop as the broken
     invariant "kprobe optimizer wait ends"."""
     m = cpu.m
     k, s = kstate(m), ostate(m)
 
     def others_may_unstick() -> bool:
-        return optimizer_stuck(m) and any(c is not cpu for c in m.busy())
+        return optimizer_stuck(m) and any(c.n not in s.stuck for c in m.busy())
 
     yield from mutex_lock(cpu, k.kprobe_mutex)
     while s.lists[OPTIMIZING] or s.lists[UNOPTIMIZING]:
         yield from mutex_unlock(cpu, k.kprobe_mutex)
         if optimizer_stuck(m):
+            s.stuck.add(cpu.n)
             yield others_may_unstick  # flush_delayed_work: passes that change nothing
+            s.stuck.discard(cpu.n)
             if optimizer_stuck(m):
                 queued = ", ".join(f"{op.kp.addr:#x}" for op in s.lists[OPTIMIZING])
                 raise InvariantViolation(
