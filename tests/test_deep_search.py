@@ -20,9 +20,12 @@ FOUND_BY = [
     ("static_key_inc_enabling", "uniform", 1),
     ("static_key_inc_enabling", "bounded", 1),
     ("static_key_inc_enabling", "mixed", 1),
-    # Seeds 1 and 2 miss in 3,000 examples since the CPU-offline control side runs as its own
-    # activation (a different walk); over seeds 1-6 it is found as often as before (4 vs 5).
-    ("static_key_dec_stale_count", "mixed", 4),
+    # Re-seeded by search when kprobes/enabled and the kprobes-optimization sysctl became
+    # operations: seed 4 now ends at a WARNING in static_key_dec_not_one (example 583, the
+    # same mistake seen another way), seed 1 finds the broken invariant at example 1,769.
+    # (Before: seeds 1 and 2 missed in 3,000 once the CPU-offline control side ran as its own
+    # activation.)
+    ("static_key_dec_stale_count", "mixed", 1),
 ]
 
 
