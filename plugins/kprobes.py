@@ -24,11 +24,13 @@ from fuzzer import (
     InvariantViolation,
     KernelFailure,
     KernelOops,
+    KnownFinding,
     Mutex,
     Operation,
     Prot,
     Pte,
     RunConfig,
+    Signature,
     UsageError,
     hookimpl,
     mutex_lock,
@@ -188,6 +190,9 @@ class Kprobe:
     """The aggregator whose list this probe joined (``register_aggr_kprobe``)."""
     freed: bool = False
     """kfree()d: by its owner after unregistering it, or ``free_aggr_kprobe``."""
+    enabled_disarmed: bool = False
+    """Enabled by ``enable_kprobe`` while kprobes were globally disarmed, its aggregator left
+    disabled (the model's record, for :func:`enables_reach_the_aggregator`)."""
 
 
 @attrs.define(eq=False)
@@ -205,6 +210,11 @@ class KprobesState:
     """(address, physical address) of every place a probe can be: what the table check reads."""
     checked: tuple[int, int] = (-1, -1)
     """(``Machine.stores``, ``CHANGES``) when the table check last found everything consistent."""
+    all_disarmed: bool = False
+    """``kprobes_all_disarmed`` (kernel/kprobes.c:64): debugfs ``kprobes/enabled`` is 0."""
+    enabled_disarmed: int = 0
+    """How many times ``enable_kprobe`` enabled a child under a disabled aggregator while
+    kprobes were globally disarmed (0: :func:`enables_reach_the_aggregator` has nothing to do)."""
 
 
 def kstate(m: Machine) -> KprobesState:
@@ -279,6 +289,7 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
         arch_prepare_kprobe, arm_kprobe, arch_arm_kprobe, disarm_kprobe, arch_disarm_kprobe,
         __disable_kprobe, disable_kprobe, enable_kprobe, unregister_kprobe,
         __unregister_kprobe_top, __unregister_kprobe_bottom, kprobe_handler,
+        write_enabled_file_bool, arm_all_kprobes, disarm_all_kprobes,
     ]
 
 
@@ -286,10 +297,46 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 def fuzzer_invariants(config: RunConfig) -> list[Invariant]:
     return [
         Invariant("kprobes match the text", table_matches_text,
-                  doc="kprobe_mutex free: every enabled hashed probe's address holds the trap,"
-                      " no other probe site does, no saved opcode is the trap, an aggregator"
-                      " is disabled exactly when all its probes are"),
+                  doc="kprobe_mutex free: every enabled hashed probe's address holds the trap"
+                      " (while kprobes are globally disarmed: see the next), no other probe"
+                      " site does, no saved opcode is the trap, an aggregator is disabled"
+                      " exactly when all its probes are"),
+        Invariant("kprobe enable reaches its aggregator", enables_reach_the_aggregator,
+                  doc="kprobe_mutex free: no aggregator stays disabled under a probe"
+                      " enable_kprobe enabled while kprobes were globally disarmed"),
+        Invariant("kprobes globally disarmed", all_disarmed_matches_text,
+                  doc="kprobe_mutex free while debugfs kprobes/enabled is 0: no enabled probe"
+                      " but the kretprobe trampoline's holds its trap or branch in the text"),
     ]
+
+
+@hookimpl
+def fuzzer_known_findings(config: RunConfig) -> list[KnownFinding]:
+    """``enable_kprobe()`` of an aggregated probe while kprobes are globally disarmed (every
+    version: kernel/kprobes.c:2428-2463 v6.1, :2424-2459 v6.12).
+
+    It clears the probe's ``KPROBE_FLAG_DISABLED`` (:2449 v6.1, :2445 v6.12) but enables and
+    arms the disabled aggregator only ``if (!kprobes_all_disarmed && kprobe_disabled(p))``
+    (:2451, :2447); ``arm_all_kprobes`` (:2902, :2910) later arms only enabled hashed probes,
+    so the probe reads enabled and never fires -- until it is disabled and enabled again or
+    another probe registers at its address. Every optimizable probe is aggregated (its
+    ``optimized_kprobe``), so with optprobes any enable of one while ``kprobes/enabled`` is 0
+    is lost so. (A plain probe's enable is ignored outright there: it stays disabled.)
+    """
+    fields: dict[str, Any] = {"kernels": ("v6.1", "next-20221215", "v6.2", "v6.12")}
+    return [KnownFinding(
+        signature=Signature("INVARIANT", "kprobe enable reaches its aggregator", ""),
+        title=("enable_kprobe() of an aggregated probe while kprobes/enabled is 0 enables the"
+               " probe but leaves its aggregator disabled (kernel/kprobes.c:2447 in v6.12,"
+               " :2451 in v6.1), and arm_all_kprobes arms only enabled hashed probes: the"
+               " probe reads enabled and never fires, even after kprobes/enabled=1"),
+        fix=("none upstream that we know of; e.g. enable_kprobe clears the aggregator's"
+             " KPROBE_FLAG_DISABLED whatever kprobes_all_disarmed, and arms it only if not"
+             " kprobes_all_disarmed (as register_aggr_kprobe does, :1358-1362 v6.1)"),
+        reference="kernel/kprobes.c of linux-source-6.1 (6.1.192) and linux-source-6.12"
+                  " (6.12.118), read line by line; not seen on a real boot",
+        **fields,
+    )]
 
 
 @hookimpl
@@ -308,6 +355,9 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
         Operation("kprobes.unregister", op_unregister, {"site": sites, "probe": probe},
                   doc="unregister_kprobe(): disarm, unhash, free the insn slot and the probe",
                   comm="perf", unmakes=True),
+        Operation("kprobes.enabled", op_enabled, {"on": IntRange(0, 1)},
+                  doc="write debugfs kprobes/enabled: arm_all_kprobes() or disarm_all_kprobes()",
+                  comm="sh"),
         Operation("kprobes.hit", op_hit, {"site": sites},
                   doc="a CPU executes the instruction at a site (traps into a probe if armed)",
                   comm="bash"),
@@ -374,7 +424,8 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     ``register_aggr_kprobe`` (no patching of the text); else under
     ``cpus_read_lock`` and ``text_mutex`` ``prepare_kprobe`` ->
     ``arch_prepare_kprobe``; add it to the hash table; arm it unless disabled
-    (``arm_kprobe``), unhashing it again if that fails.
+    (``arm_kprobe``) unless kprobes are globally disarmed (:1676 v6.1, :1686 v6.12),
+    unhashing it again if that fails; then ``try_to_optimize_kprobe``.
     """
     m = cpu.m
     s = kstate(m)
@@ -391,7 +442,7 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         if ret == 0:
             m.note_access(cpu, ("kprobe table", kp.addr), True)
             s.table[kp.addr] = kp
-            if not kp.disabled:
+            if not s.all_disarmed and not kp.disabled:
                 ret = yield from cpu.k.arm_kprobe(cpu, kp)
                 if ret:
                     del s.table[kp.addr]
@@ -415,7 +466,8 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
     (``kprobe_unused``: an optimized aggregator whose last probe was unregistered
     while it waited for the optimizer, :1315-1319 v6.1) is rescued by
     ``reuse_unused_kprobe``; then ``copy_kprobe(ap, p)`` and ``add_new_kprobe``.
-    After unlocking, an aggregator that was disabled is armed again if ``p`` is enabled.
+    After unlocking, an aggregator that was disabled is enabled if ``p`` is, and armed again
+    unless kprobes are globally disarmed (:1358-1362 v6.1, :1367-1371 v6.12).
     """
     m = cpu.m
     orig = deref(orig, "struct kprobe", member="pre_handler")
@@ -455,7 +507,8 @@ def register_aggr_kprobe(cpu: Cpu, orig: Kprobe, p: Kprobe) -> Gen:
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])
     if ap.disabled and not p.disabled:
         ap.disabled = False
-        yield from cpu.k.arm_kprobe(cpu, ap)
+        if not kstate(m).all_disarmed:
+            yield from cpu.k.arm_kprobe(cpu, ap)
     return 0
 
 
@@ -490,15 +543,17 @@ def arm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 @routine("disarm_kprobe", KPROBES_C, inlined=True)
 def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """``disarm_kprobe()`` (kernel/kprobes.c): as arm_kprobe, with ``__disarm_kprobe``
-    (:1000-1022 v6.1, :999-1021 v6.12): ``unoptimize_kprobe(p, kprobes_all_disarmed)`` -- an
-    optimized probe is queued for the optimizer -- then ``arch_disarm_kprobe`` unless the
-    probe is queued (``kprobe_queued``): the optimizer disarms it after unoptimizing."""
+    (:1000-1022 v6.1, :999-1021 v6.12): ``unoptimize_kprobe(p, kprobes_all_disarmed)`` (:1007 v6.1,
+    :1006 v6.12) -- an optimized probe is queued for the optimizer, or, from
+    ``disarm_all_kprobes``, unoptimized at once -- then ``arch_disarm_kprobe`` unless the
+    probe is queued (``kprobe_queued``, :1009 v6.1, :1008 v6.12): the optimizer disarms a
+    disabled one after unoptimizing."""
     m = cpu.m
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     yield from mutex_lock(cpu, m.state["text_mutex"])
     opt = m.state.get("optprobes")
     if opt is not None:
-        yield from cpu.k.unoptimize_kprobe(cpu, kp)
+        yield from cpu.k.unoptimize_kprobe(cpu, kp, kstate(m).all_disarmed)
     if opt is None or not opt.queued_probe(kp):
         yield from cpu.k.arch_disarm_kprobe(cpu, kp)
     yield from mutex_unlock(cpu, m.state["text_mutex"])
@@ -529,8 +584,9 @@ def __disable_kprobe(cpu: Cpu, p: Kprobe) -> Gen:
 
     A child of an aggregator is marked disabled; the hashed probe is disarmed
     and disabled only when it is ``p`` itself or when every probe on its list
-    is disabled (``aggr_kprobe_disabled``). Returns the hashed probe, or None
-    (-EINVAL) when ``p`` is not registered.
+    is disabled (``aggr_kprobe_disabled``) -- disarmed only if kprobes are not globally
+    disarmed (:1740 v6.1, :1750 v6.12). Returns the hashed probe, or None (-EINVAL) when
+    ``p`` is not registered.
     """
     orig = get_valid_kprobe(cpu.m, p)
     if orig is None:
@@ -538,8 +594,9 @@ def __disable_kprobe(cpu: Cpu, p: Kprobe) -> Gen:
     if not p.disabled:
         if p is not orig:
             p.disabled = True
+            p.enabled_disarmed = False
         if p is orig or aggr_kprobe_disabled(orig):
-            if not orig.disabled:
+            if not kstate(cpu.m).all_disarmed and not orig.disabled:
                 yield from cpu.k.disarm_kprobe(cpu, orig)
             orig.disabled = True
     return orig
@@ -567,8 +624,10 @@ def disable_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 def enable_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
     """``enable_kprobe()`` (kernel/kprobes.c:2428 v6.1, :2424 v6.12).
 
-    Under ``kprobe_mutex``: -EINVAL unless registered; a child is enabled;
-    a disabled hashed probe is enabled and armed.
+    Under ``kprobe_mutex``: -EINVAL unless registered; a child is enabled; a disabled hashed
+    probe is enabled and armed unless kprobes are globally disarmed (:2451 v6.1, :2447 v6.12:
+    then it stays disabled -- an aggregator too, though the child is enabled, and
+    ``arm_all_kprobes`` arms only enabled hashed probes).
     """
     s = kstate(cpu.m)
     yield from mutex_lock(cpu, s.kprobe_mutex)
@@ -578,7 +637,10 @@ def enable_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
         ret = 0
         if p is not kp:
             kp.disabled = False
-        if p.disabled:
+            if s.all_disarmed and p.disabled:
+                kp.enabled_disarmed = True
+                s.enabled_disarmed += 1
+        if not s.all_disarmed and p.disabled:
             p.disabled = False
             ret = yield from cpu.k.arm_kprobe(cpu, p)
     yield from mutex_unlock(cpu, s.kprobe_mutex)
@@ -644,7 +706,7 @@ def __unregister_kprobe_top(cpu: Cpu, p: Kprobe) -> Gen:
         del s.table[ap.addr]  # p stays listed: the bottom half frees the aggregator
     else:
         ap.children.remove(p)
-        if not ap.disabled and opt is not None:
+        if not ap.disabled and not s.all_disarmed and opt is not None:
             yield from cpu.k.optimize_kprobe(cpu, ap)
     return 0
 
@@ -668,6 +730,68 @@ def __unregister_kprobe_bottom(cpu: Cpu, p: Kprobe) -> Gen:
         ap.freed = True  # kfree(ap)
         if "optprobes" in cpu.m.state:  # its optimized_kprobe, if it is one
             yield from cpu.k.free_aggr_kprobe(cpu, ap)
+
+
+def arch_trampoline_kprobe(p: Kprobe) -> bool:
+    """``arch_trampoline_kprobe()`` (arch/powerpc/kernel/kprobes.c:569 v6.1, :489 v6.12): the
+    probe on ``__kretprobe_trampoline`` (``arch_rethook_trampoline`` in 6.12, same place)."""
+    return p.addr == PAGE_OFFSET + SYMBOLS["__kretprobe_trampoline"].offset
+
+
+@routine("write_enabled_file_bool", KPROBES_C)
+def write_enabled_file_bool(cpu: Cpu, enable: bool) -> Gen:
+    """``write_enabled_file_bool()`` (kernel/kprobes.c:3013 v6.1, :3021 v6.12): a write to
+    debugfs ``kprobes/enabled`` calls ``arm_all_kprobes`` or ``disarm_all_kprobes``."""
+    if enable:
+        return (yield from cpu.k.arm_all_kprobes(cpu))
+    return (yield from cpu.k.disarm_all_kprobes(cpu))
+
+
+@routine("arm_all_kprobes", KPROBES_C)
+def arm_all_kprobes(cpu: Cpu) -> Gen:
+    """``arm_all_kprobes()`` (kernel/kprobes.c:2902 v6.1, :2910 v6.12).
+
+    Under ``kprobe_mutex``, nothing if kprobes are not globally disarmed; else clear
+    ``kprobes_all_disarmed`` first (``optimize_kprobe``, from ``arm_kprobe``, reads it) and
+    ``arm_kprobe`` every enabled hashed probe (best effort; ``arm_kprobe`` cannot fail here).
+    """
+    m = cpu.m
+    s = kstate(m)
+    yield from mutex_lock(cpu, s.kprobe_mutex)
+    if s.all_disarmed:
+        s.all_disarmed = False
+        for p in list(s.table.values()):
+            if not p.disabled:
+                yield from cpu.k.arm_kprobe(cpu, p)
+    yield from mutex_unlock(cpu, s.kprobe_mutex)
+    return 0
+
+
+@routine("disarm_all_kprobes", KPROBES_C)
+def disarm_all_kprobes(cpu: Cpu) -> Gen:
+    """``disarm_all_kprobes()`` (kernel/kprobes.c:2948-2998 v6.1, :2956-3000 v6.12).
+
+    Under ``kprobe_mutex``, nothing if already disarmed; else set ``kprobes_all_disarmed``
+    and ``disarm_kprobe(p, false)`` every enabled hashed probe but the kretprobe trampoline's
+    (``arch_trampoline_kprobe``) -- ``__disarm_kprobe`` then takes ``unoptimize_kprobe``'s
+    forced path (``force`` is ``kprobes_all_disarmed``) and leaves a probe still queued
+    (``kprobe_queued``) to the optimizer. The probes keep their flags: none is marked
+    disabled. Then, without the mutex, ``wait_for_kprobe_optimizer()`` (OPTPROBES only).
+    """
+    m = cpu.m
+    s = kstate(m)
+    yield from mutex_lock(cpu, s.kprobe_mutex)
+    if s.all_disarmed:
+        yield from mutex_unlock(cpu, s.kprobe_mutex)
+        return 0
+    s.all_disarmed = True
+    for p in list(s.table.values()):
+        if not arch_trampoline_kprobe(p) and not p.disabled:
+            yield from cpu.k.disarm_kprobe(cpu, p)
+    yield from mutex_unlock(cpu, s.kprobe_mutex)
+    if "optprobes" in m.state:
+        yield from cpu.k.wait_for_kprobe_optimizer(cpu)
+    return 0
 
 
 def arch_remove_kprobe(s: KprobesState, p: Kprobe, cpu: Cpu | None = None) -> None:
@@ -842,7 +966,9 @@ def table_matches_text(m: Machine) -> str | None:
     a disabled one's does not; its saved opcode is never the trap; an
     aggregator is disabled exactly when every probe on its list is (what
     ``__disable_kprobe`` and ``enable_kprobe`` keep). And every trap at a
-    probe site belongs to a hashed probe.
+    probe site belongs to a hashed probe. While kprobes are globally disarmed an enabled
+    probe other than the kretprobe trampoline's is not armed: that, and its opposite, are
+    :func:`all_disarmed_matches_text`'s to judge.
     """
     s = m.state.get("kprobes")
     if s is None or s.kprobe_mutex.owner is not None:
@@ -862,7 +988,10 @@ def table_matches_text(m: Machine) -> str | None:
             # disarms and unhashes it (kernel/kprobes.c:552-580).
             if p.children == [] and not p.freed:  # unused: kprobe_unused
                 continue
-            msg = _probe_matches(p, BREAKPOINT_INSTRUCTION if not p.disabled else None)
+            if not p.disabled and s.all_disarmed and not arch_trampoline_kprobe(p):
+                continue  # all_disarmed_matches_text's to judge
+            msg = _probe_matches(p, BREAKPOINT_INSTRUCTION if not p.disabled else None,
+                                 not p.disabled)
             if msg is not None:
                 return f"kprobe at {addr:#x}: {msg}"
             continue
@@ -875,28 +1004,94 @@ def table_matches_text(m: Machine) -> str | None:
         if p is None:
             if word == BREAKPOINT_INSTRUCTION:
                 return f"{addr:#x} holds a kprobe trap but no kprobe is registered there"
-        elif p.disabled == (word == BREAKPOINT_INSTRUCTION) or p.children is not None \
+            continue
+        armed = not p.disabled
+        if armed and s.all_disarmed and not arch_trampoline_kprobe(p):
+            armed = word == BREAKPOINT_INSTRUCTION  # all_disarmed_matches_text's to judge
+        if armed != (word == BREAKPOINT_INSTRUCTION) or p.children is not None \
                 or p.freed or p.opcode == BREAKPOINT_INSTRUCTION:
-            msg = _probe_matches(p, word)
+            msg = _probe_matches(p, word, armed)
             if msg is not None:
                 return f"kprobe at {addr:#x}: {msg}"
     s.checked = seen
     return None
 
 
-def _probe_matches(p: Kprobe, word: int | None) -> str | None:
+def all_disarmed_matches_text(m: Machine) -> str | None:
+    """Whenever ``kprobe_mutex`` is free while kprobes are globally disarmed
+    (``kprobes_all_disarmed``: debugfs ``kprobes/enabled`` written 0), no enabled probe but
+    the kretprobe trampoline's holds its trap, or the branch to its detour, in the text.
+
+    ``disarm_all_kprobes`` disarms each under the mutex (``__disarm_kprobe``), unoptimizing an
+    optimized one at once (``unoptimize_kprobe(p, true)``); the optimizer it then waits for
+    disarms only the disabled probes it unoptimizes (``do_unoptimize_kprobes``,
+    kernel/kprobes.c:568), so an enabled probe still armed once the mutex is free stays armed:
+    its handlers run while kprobes are "globally disabled", and an unregister then unhashes
+    and frees it without disarming it (``__disable_kprobe`` does not disarm while
+    ``kprobes_all_disarmed``, :1740 v6.1, :1750 v6.12), leaving a trap no kprobe owns.
+    """
+    s = m.state.get("kprobes")
+    if s is None or not s.all_disarmed or s.kprobe_mutex.owner is not None:
+        return None
+    opt = m.state.get("optprobes")
+    for addr, pa in s.probed:
+        p = s.table.get(addr)
+        if p is None or p.disabled or arch_trampoline_kprobe(p):
+            continue
+        word = m.mem.get(pa)
+        op = opt.of(p) if opt is not None else None
+        if word == BREAKPOINT_INSTRUCTION or (op is not None and word == op.branch):
+            where = f" (on {op.lst})" if op is not None and op.lst else ""
+            what = "trap" if word == BREAKPOINT_INSTRUCTION else "branch to its detour"
+            return (f"kprobe at {addr:#x}: kprobes are globally disarmed but this enabled"
+                    f" probe{where} still holds its {what} in the text")
+    return None
+
+
+def lost_enable(ap: Kprobe) -> bool:
+    """A disabled aggregator whose enabled probes were all enabled while kprobes were
+    globally disarmed (``enable_kprobe``, :2451 v6.1, :2447 v6.12)."""
+    enabled = [c for c in ap.children or () if not c.disabled]
+    return ap.disabled and bool(enabled) and all(c.enabled_disarmed for c in enabled)
+
+
+def enables_reach_the_aggregator(m: Machine) -> str | None:
+    """Whenever ``kprobe_mutex`` is free, no hashed aggregator is disabled while a probe on
+    its list is enabled because that probe was enabled while kprobes were globally disarmed.
+
+    ``enable_kprobe`` clears the child's ``KPROBE_FLAG_DISABLED`` but enables and arms the
+    aggregator only if ``!kprobes_all_disarmed`` (:2451 v6.1, :2447 v6.12), and
+    ``arm_all_kprobes`` arms only enabled hashed probes: the probe reads enabled and never
+    fires, even after ``kprobes/enabled`` = 1.
+    """
+    s = m.state.get("kprobes")
+    if s is None or not s.enabled_disarmed or s.kprobe_mutex.owner is not None:
+        return None
+    for addr, p in s.table.items():
+        if p.children is not None and lost_enable(p):
+            return (f"kprobe at {addr:#x}: the aggregator stays disabled (not armed) though"
+                    " a probe on its list is enabled: enable_kprobe enabled it while kprobes"
+                    " were globally disarmed")
+    return None
+
+
+def _probe_matches(p: Kprobe, word: int | None, armed: bool) -> str | None:
+    """What is wrong with hashed probe ``p`` whose address holds ``word`` (``armed``: it
+    should hold the trap), or None."""
     if p.freed:
         return "the hash table holds a freed kprobe"
     trap = word == BREAKPOINT_INSTRUCTION
-    if not p.disabled and not trap:
+    if armed and not trap:
         return f"enabled but not armed: the text holds {word or 0:#010x}, not the trap"
-    if p.disabled and trap:
+    if not armed and trap:
         return "disabled but the text still holds the trap"
     if p.opcode == BREAKPOINT_INSTRUCTION:
         return "its saved opcode is the trap itself"
     if p.children is not None:
         if not p.children:
             return "an aggregator with no probe on its list"
+        if lost_enable(p):
+            return None  # enables_reach_the_aggregator's to judge
         if p.disabled != aggr_kprobe_disabled(p):
             state = "disabled" if p.disabled else "enabled"
             return (f"the aggregator is {state} while the probes on its list are"
@@ -960,6 +1155,12 @@ def op_enable(cpu: Cpu, site: int, probe: int = 0) -> Gen:
     ret = yield from cpu.k.enable_kprobe(cpu, kp)
     kp.busy = False
     return ret
+
+
+def op_enabled(cpu: Cpu, on: int) -> Gen:
+    """``echo on > /sys/kernel/debug/kprobes/enabled``."""
+    return (yield from cpu.k.write_enabled_file_bool(cpu, bool(on)))
+
 
 def op_hit(cpu: Cpu, site: int) -> Gen:
     """Execute the instruction at a site: the old instruction or the trap, never anything else."""

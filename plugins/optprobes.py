@@ -24,12 +24,19 @@ rescues it (``reuse_unused_kprobe``). kernel/kprobes.c's OPTPROBES block (:395-1
 line for line the same at 6.1.192 and 6.12.117; next-20221215 and v6.2 predate
 4fbd2f83fda0 (``do_unoptimize_kprobes``).
 
+The ``debug.kprobes-optimization`` sysctl (operation ``optprobes.sysctl``) allows or
+forbids optimizing (``kprobes_allow_optimization``): ``unoptimize_all_kprobes`` queues every
+enabled optimized probe for unoptimizing and waits for the optimizer
+(``wait_for_kprobe_optimizer``, which drops ``kprobe_mutex`` while the work runs), as does
+debugfs ``kprobes/enabled`` = 0 (the kprobes plugin's ``disarm_all_kprobes``), whose
+``kprobes_all_disarmed`` takes ``unoptimize_kprobe``'s forced path.
+
 Simplified: the optimizer runs when the walk starts it (operation ``optprobes.optimizer``,
-a kworker), not OPTIMIZE_DELAY after a kick; the forced path (``force_unoptimize_kprobe``)
-is modelled but none of its callers is (``kprobes_all_disarmed``, post handlers, module
-text's ``kill_optimized_kprobe``; ``get_optimized_kprobe`` finds nothing on powerpc), nor the
-``debug.kprobes-optimization`` sysctl; prefixed instructions are not optimized; the 64-bit
-immediate loads are two words, not five.
+a kworker), not OPTIMIZE_DELAY after a kick, and ``flush_delayed_work`` runs it on the
+waiting CPU; of the forced path's callers only ``kprobes_all_disarmed`` is modelled (not
+post handlers, nor module text's ``kill_optimized_kprobe``; ``get_optimized_kprobe`` finds
+nothing on powerpc); prefixed instructions are not optimized; the 64-bit immediate loads
+are two words, not five.
 """
 
 from __future__ import annotations
@@ -43,9 +50,13 @@ from fuzzer import (
     PAGE_OFFSET,
     ConfigOption,
     Initcall,
+    IntRange,
     InvariantViolation,
+    KnownFinding,
+    Mutex,
     Operation,
     RunConfig,
+    Signature,
     hookimpl,
     mutex_lock,
     mutex_unlock,
@@ -160,6 +171,10 @@ class OptState:
     """The staging lists, head first (``list_add`` puts an entry at the head)."""
     allow: bool = False
     """``kprobes_allow_optimization``: set by init_optprobes (subsys_initcall)."""
+    sysctl_mutex: Mutex = attrs.Factory(lambda: Mutex("kprobe_sysctl_mutex"))
+    """``kprobe_sysctl_mutex`` (kernel/kprobes.c:942): serializes the sysctl's writers."""
+    stuck: set[int] = attrs.Factory(set)
+    """CPUs sleeping in ``wait_for_kprobe_optimizer`` on an optimizer that cannot end it."""
 
     def move(self, op: Optimized, to: str | None) -> None:
         """``list_del_init`` (``to`` None), ``list_add`` or ``list_move`` of ``op->list``."""
@@ -214,7 +229,9 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
     return [try_to_optimize_kprobe, arch_prepare_optimized_kprobe, optimize_kprobe,
             force_unoptimize_kprobe, unoptimize_kprobe, reuse_unused_kprobe, kprobe_optimizer,
             do_unoptimize_kprobes, arch_unoptimize_kprobes, arch_optimize_kprobes,
-            do_free_cleaned_kprobes, optimize_all_kprobes, optimized_callback, free_aggr_kprobe]
+            do_free_cleaned_kprobes, optimize_all_kprobes, optimized_callback, free_aggr_kprobe,
+            proc_kprobes_optimization_handler, unoptimize_all_kprobes,
+            wait_for_kprobe_optimizer]
 
 
 @hookimpl
@@ -230,7 +247,78 @@ def fuzzer_operations(config: RunConfig) -> list[Operation]:
         return []
     return [Operation("optprobes.optimizer", op_optimizer, {},
                       doc="the delayed kprobe_optimizer work: swap queued probes' traps for"
-                          " branches", comm="kworker/u8:1", kthread=True)]
+                          " branches", comm="kworker/u8:1", kthread=True),
+            Operation("optprobes.sysctl", op_sysctl, {"on": IntRange(0, 1)},
+                      doc="write the debug.kprobes-optimization sysctl: optimize_all_kprobes()"
+                          " or unoptimize_all_kprobes()", comm="sysctl")]
+
+
+#: The modelled versions whose kernel/kprobes.c has both findings below: the functions they
+#: run through are the same at 6.1.192, v6.2 (and next-20221215) and 6.12.118.
+ALL_VERSIONS = ("v6.1", "next-20221215", "v6.2", "v6.12")
+
+
+@hookimpl
+def fuzzer_known_findings(config: RunConfig) -> list[KnownFinding]:
+    """Two findings of debugfs ``kprobes/enabled`` = 0 with optimized probes, at every version.
+
+    1. ``debug.kprobes-optimization`` = 0 (``unoptimize_all_kprobes``, kernel/kprobes.c:912-939)
+       queues every enabled optimized probe on ``unoptimizing_list`` and drops
+       ``kprobe_mutex`` to wait for the optimizer. A ``kprobes/enabled`` = 0 there
+       (``disarm_all_kprobes``, :2948 v6.1, :2956 v6.12) sets ``kprobes_all_disarmed`` and
+       ``__disarm_kprobe`` calls ``unoptimize_kprobe(p, true)`` (:1007 v6.1, :1006 v6.12): the
+       probe is queued for unoptimizing, so the forced path puts the trap back over the branch
+       and moves it to ``freeing_list`` (:744-748); still queued (``kprobe_queued``), it is not
+       disarmed (:1009 v6.1, :1008 v6.12). It is not disabled either, and
+       ``do_unoptimize_kprobes`` disarms only disabled probes (:568): the trap stays, its
+       handlers run while kprobes are "globally disabled". An unregister then disables it without disarming
+       (``__disable_kprobe``, :1740 v6.1, :1750 v6.12), unhashes it as disarmed
+       (``kprobe_disarmed``, :1776 v6.1, :1786 v6.12) and frees it: a trap no kprobe owns, and the
+       next CPU to execute it dies ("Oops: Exception in kernel mode, sig: 5").
+    2. ``disarm_all_kprobes`` skips the kretprobe trampoline's probe
+       (``arch_trampoline_kprobe``) and then ``wait_for_kprobe_optimizer`` (:647-663) loops
+       while ``optimizing_list`` is not empty; if the trampoline's optimized probe is queued
+       there (after boot, or after ``debug.kprobes-optimization`` 0 then 1, until the delayed
+       optimizer runs OPTIMIZE_DELAY later), ``do_optimize_kprobes`` leaves it queued while
+       ``kprobes_all_disarmed`` (:541) and the writer loops for ever -- until someone writes
+       ``kprobes/enabled`` = 1.
+    """
+    if not enabled(config):
+        return []
+    fields: dict[str, Any] = {"kernels": ALL_VERSIONS}
+    return [
+        KnownFinding(
+            signature=Signature("INVARIANT", "kprobes globally disarmed", ""),
+            **fields,
+            title=("kprobes/enabled=0 while debug.kprobes-optimization=0 waits for the optimizer:"
+                   " __disarm_kprobe's forced unoptimize_kprobe(p, true) (kernel/kprobes.c:1006"
+                   " in v6.12)"
+                   " moves the probe queued on unoptimizing_list to freeing_list with the trap"
+                   " back in the text; still queued, it is not disarmed (:1008), and"
+                   " do_unoptimize_kprobes disarms only disabled probes (:568): the trap stays"
+                   " armed while kprobes are globally disabled, and an unregister then frees the"
+                   " probe with its trap still in the text (an oops at the next hit)"),
+            fix=("none upstream that we know of; e.g. __disarm_kprobe disarms a probe the forced"
+                 " path unoptimized (not optimized any more though queued), or"
+                 " do_unoptimize_kprobes disarms every non-trampoline probe while"
+                 " kprobes_all_disarmed"),
+            reference="kernel/kprobes.c of linux-source-6.1 (6.1.192) and linux-source-6.12"
+                      " (6.12.118), read line by line; not seen on a real boot",
+        ),
+        KnownFinding(
+            signature=Signature("INVARIANT", "kprobe optimizer wait ends", ""),
+            **fields,
+            title=("kprobes/enabled=0 loops for ever in wait_for_kprobe_optimizer"
+                   " (kernel/kprobes.c:647-663) while the kretprobe trampoline's probe, which"
+                   " disarm_all_kprobes skips, waits on optimizing_list: do_optimize_kprobes"
+                   " does nothing while kprobes_all_disarmed (:541)"),
+            fix=("none upstream that we know of; e.g. wait_for_kprobe_optimizer waits for"
+                 " optimizing_list only while optimizing can happen (!kprobes_all_disarmed"
+                 " && kprobes_allow_optimization)"),
+            reference="kernel/kprobes.c of linux-source-6.1 (6.1.192) and linux-source-6.12"
+                      " (6.12.118), read line by line; not seen on a real boot",
+        ),
+    ]
 
 
 def init_optprobes(cpu: Cpu) -> Gen:
@@ -238,6 +326,12 @@ def init_optprobes(cpu: Cpu) -> Gen:
     if "kprobes" not in cpu.m.state:  # the kprobes plugin is blocked: no kprobes at all
         return 0
     return (yield from cpu.k.optimize_all_kprobes(cpu))
+
+
+def op_sysctl(cpu: Cpu, on: int) -> Gen:
+    if "kprobes" not in cpu.m.state:
+        return 0
+    return (yield from cpu.k.proc_kprobes_optimization_handler(cpu, bool(on)))
 
 
 def op_optimizer(cpu: Cpu) -> Gen:
@@ -347,14 +441,15 @@ def optimize_kprobe(cpu: Cpu, p: Kprobe) -> Gen:
     """``optimize_kprobe()`` (kernel/kprobes.c:678-716, v6.1 and v6.12; e4add247789e, v5.6).
 
     Nothing unless ``p`` is an optimized probe (``kprobe_optready``), optimization is allowed
-    and ``p`` is enabled (no post handlers in the model; ``arch_check_optimized_kprobe`` is 0
-    on powerpc). Already flagged: if it is queued for unoptimizing, dequeue it -- the branch
-    is still in the text -- and stop. Else flag it, and (``WARN_ON_ONCE`` if it is on a list
-    already, :711) put it on ``optimizing_list`` and kick the optimizer."""
+    and ``p`` is enabled and kprobes are not globally disarmed (:683-685; no post handlers in
+    the model; ``arch_check_optimized_kprobe`` is 0 on powerpc). Already flagged: if it is
+    queued for unoptimizing, dequeue it -- the branch is still in the text -- and stop. Else
+    flag it, and (``WARN_ON_ONCE`` if it is on a list already, :711) put it on
+    ``optimizing_list`` and kick the optimizer."""
     yield from ()
     s = ostate(cpu.m)
     op = s.of(p)
-    if op is None or not s.allow or p.disabled:
+    if op is None or not s.allow or p.disabled or kstate(cpu.m).all_disarmed:
         return
     if op.flag:
         if op.lst == UNOPTIMIZING:  # optprobe_queued_unopt(op)
@@ -386,13 +481,17 @@ def unoptimize_kprobe(cpu: Cpu, p: Kprobe, force: bool = False) -> Gen:
     and ``list_move`` to ``freeing_list``, :746-747 since 4fbd2f83fda0's parent e4add247789e);
     for optimizing, dequeue it and clear the flag (the branch was never written). Optimized:
     ``force`` unoptimizes at once; else it goes on ``unoptimizing_list`` for the optimizer --
-    the branch stays in the text until ``kprobe_optimizer`` runs. The model's callers pass
-    ``force`` False: ``kprobes_all_disarmed``, post handlers and ``get_optimized_kprobe``'s
-    overlaps (none on powerpc, whose MAX_OPTIMIZED_LENGTH is one word) are not modelled."""
+    the branch stays in the text until ``kprobe_optimizer`` runs. ``force`` is
+    ``kprobes_all_disarmed`` from ``__disarm_kprobe`` (:1007 v6.1, :1006 v6.12); post handlers and
+    ``get_optimized_kprobe``'s overlaps (none on powerpc, whose MAX_OPTIMIZED_LENGTH is one
+    word) are not modelled."""
     s = ostate(cpu.m)
     op = s.of(p)
     if op is None or s.disarmed(p) or not op.flag:
         return
+    # The staging lists, for the interleaving feedback: the sysctl's and debugfs'
+    # unoptimizing of one probe is a race (fuzzer_known_findings).
+    cpu.m.note_access(cpu, ("optprobe lists", p.addr), True)
     if op.lst is not None:
         if op.lst == UNOPTIMIZING:
             if force:
@@ -445,6 +544,95 @@ def optimize_all_kprobes(cpu: Cpu) -> Gen:
     return 0
 
 
+@routine("unoptimize_all_kprobes", KPROBES_C)
+def unoptimize_all_kprobes(cpu: Cpu) -> Gen:
+    """``unoptimize_all_kprobes()`` (kernel/kprobes.c:912-939, v6.1 and v6.12): under
+    ``kprobe_mutex`` (nothing if optimizing is already forbidden) and ``cpus_read_lock``,
+    forbid optimizing and ``unoptimize_kprobe(p, false)`` every enabled hashed probe -- an
+    optimized one is queued on ``unoptimizing_list``, its branch still in the text -- then
+    drop the mutex and ``wait_for_kprobe_optimizer()``."""
+    m = cpu.m
+    k, s = kstate(m), ostate(m)
+    yield from mutex_lock(cpu, k.kprobe_mutex)
+    if not s.allow:
+        yield from mutex_unlock(cpu, k.kprobe_mutex)
+        return 0
+    yield from down_read(cpu, m.state["cpu_hotplug_lock"])
+    s.allow = False
+    for p in list(k.table.values()):
+        if not p.disabled:
+            yield from cpu.k.unoptimize_kprobe(cpu, p, False)
+    yield from up_read(cpu, m.state["cpu_hotplug_lock"])
+    yield from mutex_unlock(cpu, k.kprobe_mutex)
+    yield from cpu.k.wait_for_kprobe_optimizer(cpu)
+    return 0
+
+
+@routine("proc_kprobes_optimization_handler", KPROBES_C)
+def proc_kprobes_optimization_handler(cpu: Cpu, on: bool) -> Gen:
+    """``proc_kprobes_optimization_handler()`` (kernel/kprobes.c:944-959, v6.1 and v6.12), a
+    write of ``debug.kprobes-optimization``: under ``kprobe_sysctl_mutex``,
+    ``optimize_all_kprobes`` for 1, ``unoptimize_all_kprobes`` for 0."""
+    s = ostate(cpu.m)
+    yield from mutex_lock(cpu, s.sysctl_mutex)
+    if on:
+        yield from cpu.k.optimize_all_kprobes(cpu)
+    else:
+        yield from cpu.k.unoptimize_all_kprobes(cpu)
+    yield from mutex_unlock(cpu, s.sysctl_mutex)
+    return 0
+
+
+def optimizer_stuck(m: Machine) -> bool:
+    """The optimizer can never empty its lists: nothing to unoptimize, and probes on
+    ``optimizing_list`` that ``do_optimize_kprobes`` will not touch while kprobes are globally
+    disarmed (or optimizing is forbidden, :540-543) -- only another writer can change that."""
+    s = ostate(m)
+    return (not s.lists[UNOPTIMIZING] and bool(s.lists[OPTIMIZING])
+            and (kstate(m).all_disarmed or not s.allow))
+
+
+@routine("wait_for_kprobe_optimizer", KPROBES_C)
+def wait_for_kprobe_optimizer(cpu: Cpu) -> Gen:
+    """``wait_for_kprobe_optimizer()`` (kernel/kprobes.c:647-663, v6.1 and v6.12).
+
+    Under ``kprobe_mutex``, while ``optimizing_list`` or ``unoptimizing_list`` is not empty:
+    drop the mutex, ``flush_delayed_work(&optimizing_work)`` -- the model runs
+    ``kprobe_optimizer`` here, as the flush makes the pending work run now and waits for it --
+    ``cpu_relax()``, take the mutex again. Nothing else ends the loop: if the optimizer can
+    never empty the lists (``optimizer_stuck``), each flush runs a pass that changes nothing;
+    the model sleeps instead, until another CPU changes that (writes ``kprobes/enabled`` = 1
+    or the sysctl) or no CPU but those sleeping so is busy, and then reports the endless loop as the broken
+    invariant "kprobe optimizer wait ends"."""
+    m = cpu.m
+    k, s = kstate(m), ostate(m)
+
+    def others_may_unstick() -> bool:
+        return optimizer_stuck(m) and any(c.n not in s.stuck for c in m.busy())
+
+    yield from mutex_lock(cpu, k.kprobe_mutex)
+    while s.lists[OPTIMIZING] or s.lists[UNOPTIMIZING]:
+        yield from mutex_unlock(cpu, k.kprobe_mutex)
+        if optimizer_stuck(m):
+            s.stuck.add(cpu.n)
+            yield others_may_unstick  # flush_delayed_work: passes that change nothing
+            s.stuck.discard(cpu.n)
+            if optimizer_stuck(m):
+                queued = ", ".join(f"{op.kp.addr:#x}" for op in s.lists[OPTIMIZING])
+                raise InvariantViolation(
+                    "kprobe optimizer wait ends",
+                    f"CPU {cpu.n} loops in wait_for_kprobe_optimizer for ever: {queued} stay"
+                    " on optimizing_list, which kprobe_optimizer leaves alone while"
+                    + (" kprobes are globally disarmed" if k.all_disarmed
+                       else " optimizing is forbidden") + " (kernel/kprobes.c:541)")
+        else:
+            yield from cpu.k.kprobe_optimizer(cpu)  # flush_delayed_work(&optimizing_work)
+        yield  # cpu_relax()
+        yield from mutex_lock(cpu, k.kprobe_mutex)
+    yield from mutex_unlock(cpu, k.kprobe_mutex)
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # The optimizer: unoptimize, wait, optimize, free
 # ---------------------------------------------------------------------------
@@ -457,7 +645,8 @@ def kprobe_optimizer(cpu: Cpu) -> Gen:
     Under ``kprobe_mutex``, ``cpus_read_lock`` and ``text_mutex``: ``do_unoptimize_kprobes``
     (branches back to traps, disabled ones disarmed, unused ones unhashed),
     ``synchronize_rcu_tasks()`` (:628: no CPU is still in a detour, nor in a trap handler
-    of an unhashed probe), ``do_optimize_kprobes``, ``do_free_cleaned_kprobes``. Step 5's
+    of an unhashed probe), ``do_optimize_kprobes`` (nothing while kprobes are globally
+    disarmed or optimizing is not allowed, :540-543), ``do_free_cleaned_kprobes``. Step 5's
     re-kick is the walk's to start again (``optprobes.optimizer``).
     """
     m = cpu.m
@@ -467,7 +656,7 @@ def kprobe_optimizer(cpu: Cpu) -> Gen:
     yield from cpu.k.do_unoptimize_kprobes(cpu)
     yield from synchronize_rcu_tasks(cpu)
     s = ostate(m)
-    if s.allow and s.lists[OPTIMIZING]:  # do_optimize_kprobes (:525-545)
+    if s.allow and not kstate(m).all_disarmed and s.lists[OPTIMIZING]:  # do_optimize_kprobes
         yield from cpu.k.arch_optimize_kprobes(cpu, list(s.lists[OPTIMIZING]))
     yield from cpu.k.do_free_cleaned_kprobes(cpu)
     yield from mutex_unlock(cpu, m.state["text_mutex"])

@@ -14,7 +14,7 @@ from typing import Any
 
 from fuzzer import Cpu, RunConfig, hookimpl, routine
 from fuzzer.kernel import Gen
-from fuzzer_plugins.kprobes import KPROBES_C, Kprobe, get_valid_kprobe
+from fuzzer_plugins.kprobes import KPROBES_C, Kprobe, get_valid_kprobe, kstate
 
 
 @routine("__disable_kprobe", KPROBES_C, versions=("v6.2",), override=True, inlined=True)
@@ -26,7 +26,8 @@ def __disable_kprobe(cpu: Cpu, p: Kprobe) -> Gen:
     if not p.disabled:
         if p is not orig:
             p.disabled = True
-        if not orig.disabled:  # missing: p == orig || aggr_kprobe_disabled(orig)
+        # missing: p == orig || aggr_kprobe_disabled(orig)
+        if not kstate(cpu.m).all_disarmed and not orig.disabled:
             yield from cpu.k.disarm_kprobe(cpu, orig)
         orig.disabled = True
     return orig

@@ -28,7 +28,7 @@ def disarm_kprobe(cpu: Cpu, kp: Any) -> Generator[Any, None, Any]:
     yield from down_read(cpu, m.state["cpu_hotplug_lock"])
     opt = m.state.get("optprobes")  # __disarm_kprobe as the kernel has it
     if opt is not None:
-        yield from cpu.k.unoptimize_kprobe(cpu, kp)
+        yield from cpu.k.unoptimize_kprobe(cpu, kp, m.state["kprobes"].all_disarmed)
     if opt is None or not opt.queued_probe(kp):
         yield from cpu.k.arch_disarm_kprobe(cpu, kp)
     yield from up_read(cpu, m.state["cpu_hotplug_lock"])

@@ -41,7 +41,7 @@ def register_kprobe(cpu: Cpu, kp: Kprobe) -> Generator[Any, None, Any]:
         yield from mutex_unlock(cpu, m.state["text_mutex"])
         yield from up_read(cpu, m.state["cpu_hotplug_lock"])
         if ret == 0:
-            if not kp.disabled:
+            if not s.all_disarmed and not kp.disabled:
                 ret = yield from cpu.k.arm_kprobe(cpu, kp)
             if ret == 0:
                 m.note_access(cpu, ("kprobe table", kp.addr), True)

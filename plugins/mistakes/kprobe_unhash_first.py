@@ -39,7 +39,7 @@ def __unregister_kprobe_top(cpu: Cpu, p: Kprobe) -> Generator[Any, None, Any]:
         if not p.disabled:  # then __disable_kprobe's work
             if orig is not p:
                 p.disabled = True
-            if not orig.disabled:
+            if not s.all_disarmed and not orig.disabled:
                 yield from cpu.k.disarm_kprobe(cpu, orig)
             orig.disabled = True
         return 0
@@ -52,7 +52,7 @@ def __unregister_kprobe_top(cpu: Cpu, p: Kprobe) -> Generator[Any, None, Any]:
         del s.table[ap.addr]
     elif ap.children is not None:
         ap.children.remove(p)
-        if not ap.disabled and opt is not None:
+        if not ap.disabled and not s.all_disarmed and opt is not None:
             yield from cpu.k.optimize_kprobe(cpu, ap)
     return 0
 
