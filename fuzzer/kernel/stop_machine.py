@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from fuzzer._routines import routine
+from fuzzer._sched import preempt_enabled
 
 if TYPE_CHECKING:
     from fuzzer._machine import Activation, Cpu, Machine
@@ -119,12 +120,11 @@ def _enter(m: Machine, stop: MultiStop, cpu: Cpu) -> None:
 
     stop.stoppers[n] = m.push(cpu, _stopper(stop), _stopper_task(m, cpu), label="multi_cpu_stop",
                               on_done=restore)
+    cpu.wait = stop.running  # it spins from the start: no step of its own
 
 
 def _gather(m: Machine, stop: MultiStop) -> None:
     """Push a stopper on every online CPU able to run it that has none yet."""
-    from fuzzer._sched import preempt_enabled
-
     preempt = preempt_enabled(m)
     for c in m.cpus:
         if c.online and c.n != stop.active and c.n not in stop.stoppers and _can_stop(c, preempt):
