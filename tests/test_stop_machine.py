@@ -113,8 +113,7 @@ def test_smpcfd_dying_cpu_runs_what_is_left_on_the_dying_cpu():
         yield
 
     csd = Csd(func, 0, 1)
-    cpu1.state["call_single_queue"].append(csd) if "call_single_queue" in cpu1.state \
-        else cpu1.attach("call_single_queue", [csd])
+    cpu1.state.setdefault("call_single_queue", []).append(csd)
     frames: set[str] = set()
     while cpu1.stack and "take_cpu_down" in _frames(cpu1):
         frames |= set(_frames(cpu1))
