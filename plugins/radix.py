@@ -416,7 +416,8 @@ def fuzzer_known_findings(config: RunConfig) -> list[KnownFinding]:
     (kernel/smp.c:913-915) on the first patch after ``start_kernel`` enables
     interrupts; without it two CPUs patching at once (kprobes under text_mutex, a
     static key under jump_label_mutex) each spin in ``csd_lock_wait`` with interrupts
-    off for the other's IPI. v6.2 patches through a per-CPU
+    off for the other's IPI -- and so do they with lockdep, once the WARNING is printed
+    and the kernel goes on (``panic_on_warn`` unset). v6.2 patches through a per-CPU
     temporary mm with a local flush on Radix + SMP and no longer flushes by IPI there.
     The deadlock is declared by the routine both CPUs wait in (a deadlock's signature
     names the routine two or more waiting CPUs wait in), for ``disable_tlbie`` boots

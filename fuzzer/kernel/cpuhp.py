@@ -17,6 +17,7 @@ from fuzzer.kernel.bug import warn
 from fuzzer.kernel.locking import down_read, down_write, up_read, up_write
 from fuzzer.kernel.mm import INIT_MM_CPUMASK
 from fuzzer.kernel.patching.common import V612, V612_FIXED
+from fuzzer.kernel.stop_machine import multi_cpu_stop
 
 if TYPE_CHECKING:
     from fuzzer._machine import Cpu, Machine
@@ -30,8 +31,8 @@ CPUHP_AP_ONLINE_DYN = 169
 
 @hookimpl
 def fuzzer_routines(config: RunConfig) -> list[Any]:
-    return [cpuhp_setup_state, cpuhp_bringup_ap, start_secondary, cpuhp_teardown_ap, take_cpu_down,
-            take_cpu_down_fixed,
+    return [cpuhp_setup_state, cpuhp_bringup_ap, start_secondary, cpuhp_teardown_ap, multi_cpu_stop,
+            take_cpu_down, take_cpu_down_fixed,
             cpu_disable, cleanup_cpu_mmu_context, do_idle, arch_cpu_idle_dead, pnv_cpu_offline_self,
             idle_task_exit, idle_task_prepare_exit, idle_task_exit_fixed, cpu_die]
 
@@ -123,12 +124,24 @@ def cpuhp_bringup_ap(cpu: Cpu) -> Gen:
         # cpuhp_up_callbacks (kernel/cpu.c:1015-1030, v6.12) rolls a failed bring-up back
         # to CPUHP_OFFLINE through takedown_cpu, as an offline does: __cpu_die clears the
         # CPU from init_mm's cpumask, so the next start_secondary finds it clear. The model
-        # runs that rollback here, with the AP's death first.
+        # runs that rollback here, with the AP's death first: takedown_cpu's stop_machine
+        # (every online CPU in its stopper, so none is mid-IPI to this one) and, of
+        # take_cpu_down, set_cpu_online(false) and smpcfd_dying_cpu's flush.
+        yield from cpu.k.multi_cpu_stop(cpu, _rollback_take_cpu_down)
         _takedown(cpu).dead = True
         yield from cpu.k.__cpu_die(cpu, cpu)
         _dead(cpu)
     yield from up_write(cpu, lock)
     return ret
+
+
+def _rollback_take_cpu_down(cpu: Cpu) -> Gen:
+    """What the model runs of ``take_cpu_down`` when a failed bring-up rolls back (see
+    :func:`cpuhp_bringup_ap`): interrupts off, out of ``cpu_online_mask`` (as
+    ``__cpu_disable`` does), then ``smpcfd_dying_cpu``."""
+    cpu.irqs_enabled = False
+    cpu.online = False
+    yield from cpu.k.smpcfd_dying_cpu(cpu)
 
 
 @routine("start_secondary", "arch/powerpc/kernel/smp.c")
@@ -167,7 +180,8 @@ def cpuhp_teardown_ap(cpu: Cpu) -> Gen:
 
     AP_ONLINE_DYN teardowns run on the outgoing CPU in its hotplug thread, a
     kernel thread that borrows the mm the CPU had loaded (lazy TLB), under
-    ``cpus_write_lock``. Then the stopper runs ``take_cpu_down`` there, and
+    ``cpus_write_lock``. Then ``stop_machine`` (``multi_cpu_stop`` on every online
+    CPU, :mod:`fuzzer.kernel.stop_machine`) runs ``take_cpu_down`` there, and
     the CPU's idle task dies (``do_idle`` -> ``arch_cpu_idle_dead``): on
     powerpc the activation hands the CPU to its idle task for that; the lock
     is released when the CPU is dead, as the control side does after
@@ -186,7 +200,7 @@ def cpuhp_teardown_ap(cpu: Cpu) -> Gen:
         _dead(cpu)
         yield from up_write(cpu, lock)
         return
-    yield from cpu.k.take_cpu_down(cpu)
+    yield from cpu.k.multi_cpu_stop(cpu, cpu.k.take_cpu_down)
     _become_idle(cpu, _idle_dies(cpu))
     yield  # the idle task runs from here
 
@@ -301,12 +315,15 @@ def _control_side(ctl: Cpu, cpu: Cpu) -> Gen:
 
 @routine("take_cpu_down", "kernel/cpu.c")
 def take_cpu_down(cpu: Cpu) -> Gen:
-    """``take_cpu_down()`` (kernel/cpu.c:1268, v6.12) on the stopper thread, IRQs off:
-    ``__cpu_disable()`` (:1275)."""
+    """``take_cpu_down()`` (kernel/cpu.c:1268, v6.12; :1049 v6.1) on the stopper thread, IRQs
+    off (``multi_cpu_stop``'s DISABLE_IRQ stage): ``__cpu_disable()`` (:1275; :1056 v6.1),
+    then the CPU_DYING callbacks (``cpuhp_invoke_callback_range``), of which the model
+    runs ``smpcfd_dying_cpu`` (CPUHP_AP_SMPCFD_DYING)."""
     _woken_by_ipi(cpu)
     cpu.irqs_enabled = False
     yield
     yield from cpu.k.__cpu_disable(cpu)
+    yield from cpu.k.smpcfd_dying_cpu(cpu)
 
 
 @routine("take_cpu_down", "kernel/cpu.c", versions=V612_FIXED)
@@ -319,6 +336,7 @@ def take_cpu_down_fixed(cpu: Cpu) -> Gen:
     yield
     yield from cpu.k.idle_task_prepare_exit(cpu)
     yield from cpu.k.__cpu_disable(cpu)
+    yield from cpu.k.smpcfd_dying_cpu(cpu)
 
 
 @routine("__cpu_disable", "arch/powerpc/kernel/smp.c", symbol="pnv_smp_cpu_disable")

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fuzzer._errors import KernelWarning
 from fuzzer._routines import routine
 from fuzzer.kernel.bug import warn
 
@@ -74,12 +73,8 @@ def lockdep_assert_irqs_enabled(cpu: Cpu, at: str) -> None:
     a loaded plugin defines that option and it is set to n.
     """
     if not cpu.irqs_enabled and cpu.m.config.values.get("CONFIG_PROVE_LOCKING", True):
-        # A WARN_ON_ONCE the kernel goes on from, but the example ends here under every
-        # --panic-on-warn: going on, a CPU taken offline while another waits for its IPI
-        # is reported as a deadlock the kernel would not have (the dying CPU serves the IPI
-        # in multi_cpu_stop's prepare stage, IRQs on; the model's offline does not).
-        raise KernelWarning(at, function="smp_call_function_many_cond",
-                            detail="lockdep_assert_irqs_enabled: IRQs are disabled")
+        warn(cpu, at, function="smp_call_function_many_cond",
+             detail="lockdep_assert_irqs_enabled: IRQs are disabled")  # WARN_ON_ONCE
 
 
 def _line(cpu: Cpu, what: str) -> str:
@@ -177,4 +172,15 @@ def flush_smp_call_function_queue(cpu: Cpu) -> Gen:
     yield
 
 
-ROUTINES = (smp_call_function_many_cond, flush_smp_call_function_queue)
+@routine("smpcfd_dying_cpu", SMP_C)
+def smpcfd_dying_cpu(cpu: Cpu) -> Gen:
+    """``smpcfd_dying_cpu()`` (kernel/smp.c:133 v6.1, :86 v6.12), the CPUHP_AP_SMPCFD_DYING
+    teardown in ``take_cpu_down``, IRQs off, the CPU already out of ``cpu_online_mask``:
+    ``__flush_smp_call_function_queue(false)`` (:144, :97) runs what other CPUs queued here
+    and the IPI did not deliver, so the CPU does not go with work pending (a caller
+    spinning in ``csd_lock_wait`` for it would never finish). Nothing to run: no step."""
+    if cpu.state.get("call_single_queue"):
+        yield from cpu.k.flush_smp_call_function_queue(cpu)
+
+
+ROUTINES = (smp_call_function_many_cond, flush_smp_call_function_queue, smpcfd_dying_cpu)
