@@ -19,7 +19,7 @@ from fuzzer.testing import make_model, replay, search
 SITES = [
     # start_using_temp_mm's WARN_ON(!mm_is_thread_local(temp_mm)), code-patching.c:88 v6.2
     ("shared_patching_mm", "v6.2", (), 8, "start_using_temp_mm"),
-        # smp_call_function_many_cond's lockdep_assert_irqs_enabled (WARN_ON_ONCE), smp.c:915 v6.2
+    # smp_call_function_many_cond's lockdep_assert_irqs_enabled (WARN_ON_ONCE), smp.c:915 v6.2
     ("alias_on_radix", "v6.2", ("CONFIG_CMDLINE=disable_tlbie",), 1, "smp_call_function_many_cond"),
 ]
 
