@@ -121,7 +121,7 @@ class Model:
         for inv in invs:
             if inv.when not in ("step", "end"):
                 raise UsageError(f"invariant {inv.name!r}: when must be 'step' or 'end'")
-        levels = {"start_kernel": -1, "early": 0}
+        levels = {"start_kernel": -1, "early": 0, "late": 2}
         inits.sort(key=lambda i: levels.get(i.level, 1))
         setup_caller = pm.caller("fuzzer_machine_setup", run.arch)
         setup_plugins = tuple(pm.plugin_name(impl.plugin) for impl in reversed(setup_caller.get_hookimpls()))

@@ -87,7 +87,8 @@ class Initcall:
     """Generator function ``(cpu)``; a negative return is logged, as the kernel does."""
     level: str = "device"
     """``early`` runs before SMP bring-up (do_pre_smp_initcalls), others after;
-    ``start_kernel`` is called by start_kernel itself right after poking_init."""
+    ``start_kernel`` is called by start_kernel itself right after poking_init; ``late``
+    runs after all the others."""
 
 
 @attrs.frozen

@@ -238,7 +238,8 @@ def fuzzer_routines(config: RunConfig) -> list[Any]:
 def fuzzer_initcalls(config: RunConfig) -> list[Initcall]:
     if not enabled(config):
         return []
-    return [Initcall("init_optprobes", init_optprobes, level="subsys")]
+    return [Initcall("init_optprobes", init_optprobes, level="subsys"),
+            Initcall("kprobe_optimizer", boot_optimizer, level="late")]
 
 
 @hookimpl
@@ -326,6 +327,20 @@ def init_optprobes(cpu: Cpu) -> Gen:
     if "kprobes" not in cpu.m.state:  # the kprobes plugin is blocked: no kprobes at all
         return 0
     return (yield from cpu.k.optimize_all_kprobes(cpu))
+
+
+def boot_optimizer(cpu: Cpu) -> Gen:
+    """The delayed ``optimizing_work`` that ``init_optprobes`` (through
+    ``optimize_all_kprobes`` -> ``optimize_kprobe`` -> ``kick_kprobe_optimizer``,
+    kernel/kprobes.c v6.1/v6.12) queues OPTIMIZE_DELAY (5 jiffies) ahead: it has run long
+    before user space can write ``kprobes/enabled`` or the sysctl, so the boot's
+    kretprobe-trampoline probe is optimized when the search starts. Modelled as the last
+    initcall (the kernel runs it from a workqueue while later initcalls go on); the
+    optimizer's later runs are the walk's (``optprobes.optimizer``)."""
+    if "kprobes" not in cpu.m.state:
+        return 0
+    yield from cpu.k.kprobe_optimizer(cpu)
+    return 0
 
 
 def op_sysctl(cpu: Cpu, on: int) -> Gen:
