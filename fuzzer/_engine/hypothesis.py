@@ -480,7 +480,9 @@ ACCESS_STOPS = (1, 1, 2, 2, 3, 3, 4, 6)
 #: (a point between two accesses: after a grace period, before the store that follows), or
 #: when it blocks or is done (``end``).
 _STOP_ACCESS = st.integers(0, 7).map(lambda v: ("access", ACCESS_STOPS[v]))
-_STOP_STEPS = st.integers(1, 64).map(lambda n: ("steps", n))
+#: A step stop within 16 steps half the time: an unregister whose grace period is over
+#: but which has not disarmed yet is 2-12 steps in (kprobe_rcu_too_early), 11 of 64 before.
+_STOP_STEPS = st.one_of(st.integers(1, 16), st.integers(1, 64)).map(lambda n: ("steps", n))
 _STOP = st.one_of(_STOP_ACCESS, _STOP_ACCESS, _STOP_ACCESS, _STOP_STEPS)
 _END = st.just(("end", 0))
 _STOP_OR_END = st.one_of(_END, _END, _END, _STOP)
@@ -654,9 +656,11 @@ def _race_rules(model: Model) -> dict[str, Any]:
     plugin on it, on two CPUs: the first runs alone to a stop (:data:`_STOP`: after an
     access, say its trap's fetch), the second alone to its end or a stop of its own; if it
     stopped, the first runs alone on until it blocks or is done. The CPU left stopped is
-    held (runs only when no other can). A hit looked up before an unregister and
-    single-stepping after it; an unregister that ends its grace period, lets a hit look the
-    probe up, and frees its slot."""
+    held (runs only when no other can). One round in four races the making instead: the
+    first operation is a maker (``register``) on fresh arguments, stopped, and the second
+    works on its arguments. A hit looked up before an unregister and single-stepping after
+    it; an unregister that ends its grace period, lets a hit look the probe up, and frees
+    its slot; a register stopped after arming, before hashing, and a hit at its site."""
     rules: dict[str, Any] = {}
     for plugin in dict.fromkeys(_plugin(op) for op in model.operations):
         family = [op for op in model.operations if _plugin(op) == plugin]
