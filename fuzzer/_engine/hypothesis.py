@@ -471,10 +471,10 @@ def _hidden_rules(model: Model) -> dict[str, Any]:
 
 #: The k of an ``("access", k)`` stop, by the draw's value (what it shrinks to first): the
 #: first three accesses of an operation are where the deep set's races turn (a hit's trap
-#: fetch and lookup, an unregister's unhash, a register's arming store, its 3rd), so each
-#: of them two times in eight; before (1, 1, 1, 2, 2, 3, 4, 6) a register stopped after its
-#: arming store was one stop in eight of the access stops.
-ACCESS_STOPS = (1, 1, 2, 2, 3, 3, 4, 6)
+#: fetch and lookup, an unregister's unhash, a register's publish and its arming store, its
+#: 3rd; a dec's read), so they make seven stops in eight; before (1, 1, 1, 2, 2, 3, 4, 6) a
+#: register stopped after its arming store was one in eight.
+ACCESS_STOPS = (1, 1, 1, 2, 2, 3, 3, 4)
 #: Where a racing operation's CPU stops (:func:`run_to`): right after its k-th access of a
 #: shared object (what a race turns on; the first accesses likelier), after n emulated steps
 #: (a point between two accesses: after a grace period, before the store that follows), or
