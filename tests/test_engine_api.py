@@ -357,3 +357,30 @@ def test_the_hypothesis_engine_finds_what_only_a_failed_allocation_shows():
     assert outcome.status == "failed"
     assert str(outcome.failure.signature) == "END-STATE in patching mm leak"
     assert "fail" in [s.action for s in outcome.steps]
+
+
+def test_a_hypothesis_failure_is_kept_when_the_search_stops_while_hypothesis_shrinks_it():
+    """The engine's Stop (budget spent, another worker's failure) raised as an example starts
+    after the failure was found (Hypothesis shrinking it, or replaying it at the end): the
+    failure is returned, shrunk step by step and verified, not dropped as a pass (exit 0
+    after ``found:``). Raised here from the example-start event: the engine's own budget
+    check is switched off at the first failure, so Hypothesis shrinks it whatever the budget."""
+    from fuzzer._engine import run_campaign
+    from fuzzer._engine.hypothesis import Stop
+    from fuzzer._engine.search import Events
+
+    found: list[object] = []
+    stops: list[int] = []
+
+    def example_start() -> None:
+        if found:  # the search's stop, as the budget's check raises it
+            stops.append(1)
+            raise Stop
+
+    model = make_model("v6.2", plugins=[LEAK])
+    outcome = run_campaign(model, seed=2, max_examples=300, time_budget=0, engine="hypothesis",
+                           events=Events(example_start=example_start, failure_found=found.append))
+    assert stops and found, "the failure is found and the search stopped after it"
+    assert outcome.status == "failed", outcome
+    assert outcome.failure.signature == LEAK_SIGNATURE
+    assert outcome.examples_to_first_failure is not None

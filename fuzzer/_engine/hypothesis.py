@@ -57,7 +57,7 @@ from hypothesis.stateful import (
 )
 
 from fuzzer import _sched
-from fuzzer._args import strategy_of
+from fuzzer._args import Boolean, Choice, IntRange, strategy_of
 from fuzzer._coverage import RoutineRecorder
 from fuzzer._draws import BOUNDARY
 from fuzzer._engine.records import Finding, Stats
@@ -469,12 +469,20 @@ def _hidden_rules(model: Model) -> dict[str, Any]:
     return rules
 
 
+#: The k of an ``("access", k)`` stop, by the draw's value (what it shrinks to first): the
+#: first three accesses of an operation are where the deep set's races turn (a hit's trap
+#: fetch and lookup, an unregister's unhash, a register's publish and its arming store, its
+#: 3rd; a dec's read), so they make seven stops in eight; before (1, 1, 1, 2, 2, 3, 4, 6) a
+#: register stopped after its arming store was one in eight.
+ACCESS_STOPS = (1, 1, 1, 2, 2, 3, 3, 4)
 #: Where a racing operation's CPU stops (:func:`run_to`): right after its k-th access of a
 #: shared object (what a race turns on; the first accesses likelier), after n emulated steps
 #: (a point between two accesses: after a grace period, before the store that follows), or
 #: when it blocks or is done (``end``).
-_STOP_ACCESS = st.integers(0, 7).map(lambda v: ("access", (1, 1, 1, 2, 2, 3, 4, 6)[v]))
-_STOP_STEPS = st.integers(1, 64).map(lambda n: ("steps", n))
+_STOP_ACCESS = st.integers(0, 7).map(lambda v: ("access", ACCESS_STOPS[v]))
+#: A step stop within 16 steps half the time: an unregister whose grace period is over
+#: but which has not disarmed yet is 2-12 steps in (kprobe_rcu_too_early), 11 of 64 before.
+_STOP_STEPS = st.one_of(st.integers(1, 16), st.integers(1, 64)).map(lambda n: ("steps", n))
 _STOP = st.one_of(_STOP_ACCESS, _STOP_ACCESS, _STOP_ACCESS, _STOP_STEPS)
 _END = st.just(("end", 0))
 _STOP_OR_END = st.one_of(_END, _END, _END, _STOP)
@@ -539,8 +547,8 @@ def _plugin(op: Operation) -> str:
 def _object_args(data: Any, sm: Any, op: Operation, obj: tuple[Operation, dict[str, Any]]) -> dict[str, Any]:
     """``op``'s arguments on the object ``obj``: each argument ``obj``'s operation declares
     too (the same declared type: kprobes' probe site) takes its value three times in four,
-    else any value (a second probe at the site); the rest are drawn as the operation's
-    rule draws them."""
+    else another value (:func:`_other`: a second probe at the site); the rest are drawn as
+    the operation's rule draws them."""
     made_by, made = obj
     same = {id(a): k for k, a in made_by.args.items()}
     args: dict[str, Any] = {}
@@ -550,12 +558,30 @@ def _object_args(data: Any, sm: Any, op: Operation, obj: tuple[Operation, dict[s
         elif data.draw(st.integers(0, 3), label=f"fresh {k}"):
             args[k] = made[same[id(a)]]
         else:
-            args[k] = data.draw(strategy_of(a), label=k)
+            args[k] = data.draw(_other(a, made[same[id(a)]]), label=k)
     return args
 
 
-def _race_start(sm: Any, data: Any, family: list[Operation], obj: Any, stop: Any) -> tuple[Cpu, Any]:
-    """Start one of ``family`` on an idle CPU (on ``obj``, if given) and run it alone to ``stop``."""
+def _other(declared: Any, value: Any) -> st.SearchStrategy[Any]:
+    """A value of the declared argument other than ``value``, where its values can be
+    listed (an ``IntRange`` of up to 64, a ``Choice``, a ``Boolean``): kprobes' second probe
+    at a site is ``probe`` 1 whenever the first is 0, where any value was 0 half the time.
+    Else any value."""
+    values: tuple[Any, ...] = ()
+    if isinstance(declared, IntRange) and declared.hi - declared.lo < 64:
+        values = tuple(range(declared.lo, declared.hi + 1))
+    elif isinstance(declared, Choice):
+        values = declared.values
+    elif isinstance(declared, Boolean):
+        values = (False, True)
+    others = tuple(v for v in values if v != value)
+    return st.sampled_from(others) if others else strategy_of(declared)
+
+
+def _race_start(sm: Any, data: Any, family: list[Operation], obj: Any,
+                stop: Any) -> tuple[Cpu, Any, tuple[Operation, dict[str, Any]]]:
+    """Start one of ``family`` on an idle CPU (on ``obj``, if given) and run it alone to
+    ``stop``: its CPU, the stop, and the operation with its arguments."""
     m: Machine = sm.machine
     op = data.draw(st.sampled_from(family), label="operation")
     args = _object_args(data, sm, op, obj) if obj is not None else {
@@ -567,7 +593,7 @@ def _race_start(sm: Any, data: Any, family: list[Operation], obj: Any, stop: Any
     _remember(m, op, args)
     sm.started.append((op, args, task))
     _guard(sm, lambda: run_to(m, cpu, how))
-    return cpu, how
+    return cpu, how, (op, args)
 
 
 def _drain(sm: Any) -> None:
@@ -587,18 +613,24 @@ def _race_round(sm: Any, data: Any, family: list[Operation]) -> bool:
     _drain(sm)
     if _idle(m) < 2:
         return False
-    made = objects(sm, family)
-    if not made or data.draw(st.booleans(), label="make an object"):
-        _race_start(sm, data, [op for op in family if op.makes] or family, None, _END)
+    makers = [op for op in family if op.makes] or family
+    if data.draw(_RACE_THE_MAKING, label="race the making"):
+        # The object is the one being made: its maker stopped on the way (a register
+        # stopped after its arming store), the second operation on its arguments.
+        first, _, obj = _race_start(sm, data, makers, None, _STOP)
+    else:
         made = objects(sm, family)
-        if not made or _idle(m) < 2:
-            return True
-    obj = made[-1] if not data.draw(st.booleans(), label="an earlier object") \
-        else data.draw(st.sampled_from(made[::-1]), label="object")
-    first, _ = _race_start(sm, data, family, obj, _STOP)
+        if not made or data.draw(st.booleans(), label="make an object"):
+            _race_start(sm, data, makers, None, _END)
+            made = objects(sm, family)
+            if not made or _idle(m) < 2:
+                return True
+        obj = made[-1] if not data.draw(st.booleans(), label="an earlier object") \
+            else data.draw(st.sampled_from(made[::-1]), label="object")
+        first, _, _ = _race_start(sm, data, family, obj, _STOP)
     if not first.stack or not _idle(m):
         return True
-    second, how = _race_start(sm, data, family, obj, _STOP_OR_END)
+    second, how, _ = _race_start(sm, data, family, obj, _STOP_OR_END)
     stopped = second
     if how[0] != "end" and second.stack:
         _guard(sm, lambda: run_to(m, first, ("end", 0)))
@@ -611,6 +643,9 @@ def _race_round(sm: Any, data: Any, family: list[Operation]) -> bool:
 
 #: The most races one ``race_*`` rule runs, one after another.
 RACE_ROUNDS = 16
+#: A race on the object being made one time in four: its maker (``register``) is the first
+#: operation, stopped, and the second works on its arguments (a hit at the probe's site).
+_RACE_THE_MAKING = st.integers(0, 3).map(lambda v: v == 3)
 
 
 def _race_rules(model: Model) -> dict[str, Any]:
@@ -621,9 +656,11 @@ def _race_rules(model: Model) -> dict[str, Any]:
     plugin on it, on two CPUs: the first runs alone to a stop (:data:`_STOP`: after an
     access, say its trap's fetch), the second alone to its end or a stop of its own; if it
     stopped, the first runs alone on until it blocks or is done. The CPU left stopped is
-    held (runs only when no other can). A hit looked up before an unregister and
-    single-stepping after it; an unregister that ends its grace period, lets a hit look the
-    probe up, and frees its slot."""
+    held (runs only when no other can). One round in four races the making instead: the
+    first operation is a maker (``register``) on fresh arguments, stopped, and the second
+    works on its arguments. A hit looked up before an unregister and single-stepping after
+    it; an unregister that ends its grace period, lets a hit look the probe up, and frees
+    its slot; a register stopped after arming, before hashing, and a hit at its site."""
     rules: dict[str, Any] = {}
     for plugin in dict.fromkeys(_plugin(op) for op in model.operations):
         family = [op for op in model.operations if _plugin(op) == plugin]
