@@ -121,13 +121,11 @@ def test_holding_the_hitting_cpu_until_the_unregister_is_done_finds_a_freed_slot
     """kprobe_irqs_on_in_handler: the hitting CPU must stay paused between its lookup and its
     single step for the rest of the other CPU's unregister. A kept example with the lookup
     before the unhash, replayed with that CPU held until the other is done (``hold``), is
-    that interleaving: from seed 2 the walk finds it within 600 examples (at 110; seeds 1 and
-    5 at 201 and 337, seeds 3 and 4 not within 600). Measured when a hold let go at once
-    whenever the boot was a copy (the boot cache's CPU objects, fixed since), seed 4 found it
-    at 193; before holds, reservoirs and rarity it needed 1,211."""
+    that interleaving: from seed 3 the walk finds it within 600 examples (at 319, found by
+    search on the code where a pair keeps no two examples with the same operations; seed 2,
+    at 110 before that change, is now missed within 600: 1,200 in ``bench/deep.py``'s run,
+    seeds 1, 4, 5 at 1,495, 709, 480). Before holds, reservoirs and rarity it needed 1,211."""
     model = make_model("v6.12", plugins=["fuzzer_plugins.mistakes.kprobe_irqs_on_in_handler"])
-    # Re-seeded by search when kprobes/enabled and the sysctl became operations: seed 2 no
-    # longer finds it within 600; seed 1 does, at example 182 (seeds 3 and 5 do not).
     outcome = search(model, seed=1, max_examples=600, time_budget=0)
     assert outcome.status.value == "failed", outcome
     assert outcome.failure.signature.kind == "OOPS"

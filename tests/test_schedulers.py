@@ -331,6 +331,34 @@ def test_a_pair_formed_many_times_keeps_a_sample_of_them_and_rare_pairs_are_pick
     assert picks.count(0) > 400 * 0.8  # weight 1 against 200 ** -0.5 for the common pair
 
 
+def test_a_pair_keeps_no_two_examples_with_the_same_operations():
+    """Most examples that form a pair are replays of a kept one, rescheduled: the same boot
+    and operations, other ``run`` steps. A pair keeps one of them, and its other places go
+    to examples with other operations (on seed 4 of ``kprobe_rcu_too_early``, before this,
+    a pair on the kprobe table kept four copies of one example, none of whose holds fail)."""
+    from fuzzer._interleave import Interleavings, Where
+
+    class Log:
+        def __init__(self, pairs):
+            self.pairs = pairs
+
+    class Example:
+        def __init__(self, boot, schedule):
+            self.steps = [Step("boot", seed=boot), Step("start", cpu=1, name="op"),
+                          Step("run", cpus=schedule)]
+            self.accesses = Log({pair: (2, Where(1, 0, 1))})
+
+    pair = ("kprobe table", "a", "r", "b", "w")
+    seen, rng = Interleavings(per_pair=4), random.Random(1)
+    for i in range(50):  # one example's operations, rescheduled fifty ways
+        seen.end_example(Example(1, [1, 0] * (i + 1)), rng)
+    assert seen.formed[pair] == 50 and len(seen.where[pair]) == 1
+    for boot in (2, 3, 4, 5, 6):
+        seen.end_example(Example(boot, [1, 0]), rng)
+    ops = {seen.kept[j][0][0].seed for j in seen.where[pair]}
+    assert len(seen.where[pair]) == 4 and len(ops) == 4
+
+
 def test_a_late_start_then_a_hold_finds_a_lookup_after_the_grace_period():
     """kprobe_rcu_too_early: the unregister's grace period comes first, so the hit must
     begin after it and look the probe up before the unhash, then wait out the free. In the
