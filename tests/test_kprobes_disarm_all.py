@@ -201,4 +201,6 @@ def test_the_search_finds_the_disarm_in_the_sysctls_wait(kernel):
     assert {"optprobes.sysctl", "kprobes.enabled", "optprobes.optimizer"} <= names, names
 
 
-SEARCH_SEED, SEARCH_EXAMPLES = 1, 1000
+#: Found by search on the merged code (the boot's optimizer run, stop_machine offline, kept
+#: examples that differ in their operations): seed 1 at example 1,994 (410 before those).
+SEARCH_SEED, SEARCH_EXAMPLES = 1, 2500
