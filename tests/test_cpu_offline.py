@@ -126,8 +126,8 @@ def report_known() -> list[str]:
 def run_json(tmp_path, *argv: str, known: bool = True) -> tuple[int, dict]:
     report = tmp_path / "r.json"
     out = io.StringIO()
-    code = main([*argv, *(report_known() if known else []), "--report-json", str(report), "--corpus", "none"], out=out,
-                err=io.StringIO())
+    code = main([*argv, *(report_known() if known else []), "--report-json", str(report),
+                 "--corpus", "none"], out=out, err=io.StringIO())
     assert code in (0, 1), out.getvalue()
     return code, (json.loads(report.read_text()) if code == 1 else {})
 
