@@ -564,7 +564,8 @@ def disarm_kprobe(cpu: Cpu, kp: Kprobe) -> Gen:
 def _can_optimize(m: Machine, p: Kprobe) -> bool:
     from fuzzer_plugins.optprobes import can_optimize  # optprobes imports this module
 
-    return bool(can_optimize(m, p))
+    probe: Any = p  # this module is fuzzer_plugins.kprobes to optprobes, plugins.kprobes to mypy
+    return bool(can_optimize(m, probe))
 
 
 def get_valid_kprobe(m: Machine, p: Kprobe) -> Kprobe | None:

@@ -25,7 +25,9 @@ def test_register_builds_the_detour_and_the_optimizer_swaps_the_trap_for_a_branc
     m = Machine(make_model(kernel, mmu=mmu))
     _run(m, boot_steps()[0], Step("online", cpu=1))
     trampoline = PAGE_OFFSET + SYMBOLS["__kretprobe_trampoline"].offset
-    assert ostate(m).allow and op_at(m, trampoline).queued  # init_optprobes queued it
+    # init_optprobes queued it; the boot's optimizer run, OPTIMIZE_DELAY later, optimized it.
+    assert ostate(m).allow and op_at(m, trampoline).optimized and not op_at(m, trampoline).queued
+    assert m.fetch(m.cpus[0], trampoline) == branch(trampoline, op_at(m, trampoline).buff)
     _run(m, Step("start", cpu=0, name="kprobes.register", args={"site": 0}))
     addr = site_addr(0)
     op = op_at(m, addr)
