@@ -14,11 +14,12 @@ import pytest
 from fuzzer.testing import make_model, replay, search
 
 #: (mistake, kernel, config, seed, the function of the WARNING it reaches). Seed found by
-#: search after the kprobes/enabled and sysctl operations: from seeds 1-7, 9 and 10
-#: shared_patching_mm is first caught by the patch-window invariant or lockdep instead.
+#: search on the merged code (kprobes/enabled and sysctl operations, stop_machine offline, the
+#: boot's optimizer run): from seeds 1-10 and 12 shared_patching_mm is first caught by the
+#: patch-window invariant or lockdep instead.
 SITES = [
     # start_using_temp_mm's WARN_ON(!mm_is_thread_local(temp_mm)), code-patching.c:88 v6.2
-    ("shared_patching_mm", "v6.2", (), 8, "start_using_temp_mm"),
+    ("shared_patching_mm", "v6.2", (), 11, "start_using_temp_mm"),
     # smp_call_function_many_cond's lockdep_assert_irqs_enabled (WARN_ON_ONCE), smp.c:915 v6.2
     ("alias_on_radix", "v6.2", ("CONFIG_CMDLINE=disable_tlbie",), 1, "smp_call_function_many_cond"),
 ]
