@@ -11,6 +11,7 @@ next-20221215 and v6.2 on Hash; v6.12 keeps every online CPU in the mask and sta
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -65,9 +66,16 @@ def test_612_keeps_every_online_cpu_in_init_mms_mask():
     assert not any(mm_is_thread_local(c, m.init_mm) for c in m.cpus)
 
 
+def kprobes_known(model):
+    """The kprobes/enabled findings every version has (declared known): not what these tests
+    are about, so they end an example as known, as in a campaign."""
+    return tuple(k for k in model.known if "kprobe" in str(k.signature))
+
+
 def found(kernel: str, seed: int, max_examples: int):
-    return search(make_model(kernel, mmu="hash"), seed=seed, max_examples=max_examples,
-                  time_budget=0, known=())
+    model = make_model(kernel, mmu="hash")
+    return search(model, seed=seed, max_examples=max_examples, time_budget=0,
+                  known=kprobes_known(model))
 
 
 @pytest.mark.parametrize(("kernel", "seed"), [("v6.1", 1), ("v6.1", 2), ("v6.2", 2)])
@@ -112,7 +120,7 @@ def test_a_campaign_counts_it_and_searches_on():
     text = out.getvalue()
     assert code == 0, text
     assert "known finding: Hash: after one CPU's offline" in text
-    assert "known finding seen" in text
+    assert re.search(r"known findings? seen", text), text[-400:]
 
 
 @pytest.mark.parametrize(("kernel", "debug_vm"), [("v6.12", "y"), ("v6.12", "n"),
@@ -125,5 +133,5 @@ def test_612_search_stays_clean(kernel, debug_vm):
     every offline; nothing at all is reported then."""
     model = make_model(kernel, mmu="hash", config=[f"CONFIG_DEBUG_VM={debug_vm}"])
     out = search(model, seed=3, max_examples=800, time_budget=0,
-                 known=None if debug_vm == "y" else ())
+                 known=None if debug_vm == "y" else kprobes_known(model))
     assert out.status == "passed", out
