@@ -42,3 +42,15 @@ def run_until_idle(model: Model, steps: Sequence[Step], n: int) -> Step:
 
 
 __all__ = ["boot_steps", "make_model", "plugin_module", "replay", "run_until_idle", "search"]
+
+
+def start_op(cpu: int, name: str, **args: int) -> Step:
+    """A ``start`` step of operation ``name`` on ``cpu``."""
+    return Step("start", cpu=cpu, name=name, args=args)
+
+
+def run_each(m: Machine, *steps: Step) -> None:
+    """Apply each step and run every CPU to completion after it."""
+    for step in steps:
+        apply_step(m, step)
+        m.run_to_completion()

@@ -22,20 +22,13 @@ from fuzzer.testing import make_model as _make_model
 from fuzzer_plugins.kprobes import BREAKPOINT_INSTRUCTION, kstate, site_addr
 from fuzzer_plugins.optprobes import FREEING, UNOPTIMIZING, op_at, ostate
 
-from modelkit import boot_steps, make_model, search
+from modelkit import boot_steps, make_model, run_each, search, start_op
 
 ADDR = site_addr(0)  # do_sys_open+0: optimized once the optimizer runs
 KERNELS = ["v6.1", "v6.2", "v6.12"]
 
 
-def _op(cpu: int, name: str, **args: int) -> Step:
-    return Step("start", cpu=cpu, name=name, args=args)
-
-
-def _run(m: Machine, *steps: Step) -> None:
-    for step in steps:
-        apply_step(m, step)
-        m.run_to_completion()
+_op, _run = start_op, run_each
 
 
 def _optimized(kernel: str) -> Machine:

@@ -20,19 +20,12 @@ from fuzzer.testing import plugin_module
 from fuzzer_plugins.kprobes import BREAKPOINT_INSTRUCTION, kstate, site_addr
 from fuzzer_plugins.optprobes import FREEING, UNOPTIMIZING, branch, op_at, ostate
 
-from modelkit import boot_steps, make_model, replay, run_until_idle
+from modelkit import boot_steps, make_model, replay, run_each, run_until_idle, start_op
 
 ADDR = site_addr(0)
 
 
-def _op(cpu: int, name: str, **args: int) -> Step:
-    return Step("start", cpu=cpu, name=name, args=args)
-
-
-def _run(m: Machine, *steps: Step) -> None:
-    for step in steps:
-        apply_step(m, step)
-        m.run_to_completion()
+_op, _run = start_op, run_each
 
 
 def _optimized(kernel: str, extra=()) -> Machine:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from fuzzer import Step
-from fuzzer._engine import apply_step
 from fuzzer._machine import Machine
 from fuzzer_plugins.kprobes import Kprobe, kstate, site_addr
 from fuzzer_plugins.optprobes import (
@@ -23,21 +22,14 @@ from fuzzer_plugins.optprobes import (
     ostate,
 )
 
-from modelkit import boot_steps, make_model
+from modelkit import boot_steps, make_model, run_each, start_op
 
 #: Optimizable sites (mflr, std, addi): with boot's trampoline probe, three take the other
 #: three detour slots and a fourth gets none.
 SITES = (0, 1, 3, 4)
 
 
-def _op(cpu: int, name: str, **args: int) -> Step:
-    return Step("start", cpu=cpu, name=name, args=args)
-
-
-def _run(m: Machine, *steps: Step) -> None:
-    for step in steps:
-        apply_step(m, step)
-        m.run_to_completion()
+_op, _run = start_op, run_each
 
 
 @pytest.mark.parametrize("kernel", ["v6.1", "v6.2", "v6.12"])
