@@ -330,15 +330,15 @@ def connect(spec: CampaignSpec, model: Model, *, workers: int, scheduler: str | 
     """Start a LocalCluster of ``workers`` processes, or reach ``scheduler``; close it after."""
     started = time.monotonic()
     local: distributed.LocalCluster | None = None
-    if scheduler is None:
-        local = _local_cluster(workers)
-        client = distributed.Client(local, set_as_default=False)
-        name = "LocalCluster"
-    else:
-        client = _remote_client(scheduler)
-        name = str(_info(client).get("address", scheduler))
+    client: distributed.Client | None = None
     try:
-        if scheduler is not None:
+        if scheduler is None:
+            local = _local_cluster(workers)
+            client = distributed.Client(local, set_as_default=False)
+            name = "LocalCluster"
+        else:
+            client = _remote_client(scheduler)
+            name = str(_info(client).get("address", scheduler))
             _wait_for_workers(client, scheduler, max(workers, 1))
         _check_models(client, spec, model, scheduler or "--workers")
         info = _info(client)
@@ -348,8 +348,9 @@ def connect(spec: CampaignSpec, model: Model, *, workers: int, scheduler: str | 
         yield Cluster(client, name, nworkers, threads, dashboard, time.monotonic() - started,
                       frozenset(info["workers"]))
     finally:
-        with contextlib.suppress(Exception):
-            client.close(timeout=5)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
         if local is not None:
             with contextlib.suppress(Exception):
                 local.close(timeout=10)
@@ -357,7 +358,12 @@ def connect(spec: CampaignSpec, model: Model, *, workers: int, scheduler: str | 
 
 def _local_cluster(workers: int) -> distributed.LocalCluster:
     """``workers`` processes of one thread each; they ignore the terminal's Ctrl-C (the client
-    stops them), and Dask's own log lines stay out of the report."""
+    stops them), and Dask's own log lines stay out of the report.
+
+    A Ctrl-C pressed during the second or so the cluster takes to start is lost (the
+    parent ignores SIGINT then, which is how the workers come to ignore it: a blocked
+    signal is not enough, as the threads Dask starts meanwhile do not block it); a second
+    Ctrl-C stops the campaign."""
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
@@ -368,7 +374,10 @@ def _local_cluster(workers: int) -> distributed.LocalCluster:
             return distributed.LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True,
                 dashboard_address=DASHBOARD if _has_bokeh() else ":0",
-                silence_logs=logging.ERROR)
+                # CRITICAL: a worker that loses the scheduler as we close the cluster logs an
+                # ERROR with a traceback, noise under the report; task errors come back through
+                # their futures.
+                silence_logs=logging.CRITICAL)
     finally:
         if main:
             signal.signal(signal.SIGINT, old)

@@ -196,11 +196,11 @@ def _run_until_interrupted(tmp_path: Path, *, group: bool) -> subprocess.Complet
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal: every process gets it
         else:
             proc.send_signal(signal.SIGINT)  # only the parent: it must stop the workers
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=180)  # generous: a loaded CI machine is slow to close
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.communicate()  # reaps it and closes the pipes
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -211,6 +211,31 @@ def test_ctrl_c_stops_every_worker_and_reports(tmp_path, group):
     assert done.returncode == 2, done.stdout + done.stderr
     assert "interrupted: " in done.stdout
     assert " examples, " in done.stdout.splitlines()[-1]
+
+
+def _ignored_signals(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no SigIgn in /proc/{pid}/status")
+
+
+@needs_dask
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal dispositions from /proc")
+def test_local_workers_ignore_the_terminals_ctrl_c_and_this_process_does_not():
+    from fuzzer._cluster import _local_cluster
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set()), signal.getsignal(signal.SIGINT)
+    cluster = _local_cluster(1)
+    try:
+        assert (signal.pthread_sigmask(signal.SIG_BLOCK, set()), signal.getsignal(signal.SIGINT)) == before
+        import distributed
+
+        with distributed.Client(cluster, set_as_default=False) as client:
+            pids = list(client.run(os.getpid).values())
+        assert pids and all(_ignored_signals(pid) & (1 << (signal.SIGINT - 1)) for pid in pids)
+    finally:
+        cluster.close(timeout=10)
 
 
 # ---------------------------------------------------------------------------
