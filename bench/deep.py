@@ -293,9 +293,12 @@ def _clean(kernel: str, mmu: str, cpus: int) -> Model:
     return Model.build(pm, RunConfig(kernel, mmu, KernelConfig.build(pm.config_options(), ()), cpus))
 
 
-def search_deep(opts: argparse.Namespace) -> dict[str, Any]:
+def search_deep(opts: argparse.Namespace,
+                save: Any = None) -> dict[str, Any]:
     """Every deep mistake (``--only``) under every searcher, ``--seeds`` seeds each, within the
-    budget: per seed and per mistake, examples and seconds to the first failure."""
+    budget: per seed and per mistake, examples and seconds to the first failure. Each seed's
+    result is printed as it comes (a run of hours shows where it is), and ``save(table)`` is
+    called after each mistake and searcher, so a stopped run keeps what it measured."""
     table: dict[str, Any] = {}
     for name, (kernel, mmu) in DEEP.items():
         if opts.only and name not in opts.only:
@@ -303,8 +306,14 @@ def search_deep(opts: argparse.Namespace) -> dict[str, Any]:
         model = model_for(kernel, mmu, [f"fuzzer_plugins.mistakes.{name}"])
         row: dict[str, Any] = {}
         for searcher in opts.searchers:
-            runs = [find(model, searcher, seed, opts.limit, opts.examples)
-                    for seed in range(1, opts.seeds + 1)]
+            runs = []
+            for seed in range(1, opts.seeds + 1):
+                r = find(model, searcher, seed, opts.limit, opts.examples)
+                runs.append(r)
+                print(f"  {name} {searcher} seed {seed}: "
+                      + ("found" if r["found"] else "missed") + f" at {r['examples']:,} examples"
+                      f" ({r['time']:.1f} s, load {os.getloadavg()[0]:.1f})",
+                      file=sys.stderr, flush=True)
             cell = {"found": sum(r["found"] for r in runs), "seeds": len(runs),
                     "median_s": statistics.median(r["time"] for r in runs),
                     "median_examples": statistics.median(r["examples"] for r in runs),
@@ -321,7 +330,9 @@ def search_deep(opts: argparse.Namespace) -> dict[str, Any]:
                   f" median {cell['median_examples']:8g} examples {cell['median_s']:7.2f} s"
                   f" {_per_seed(cell['runs'])}"
                   f" cpus {cell.get('shrunk_cpus', '-')} load {cell['load']:.1f}", flush=True)
-        table[name] = row
+            table[name] = row
+            if save is not None:
+                save(table)
     return table
 
 
@@ -391,7 +402,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if opts.json:
             Path(opts.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
         return results
-    results["find"] = search_deep(opts)
+    def save(table: dict[str, Any]) -> None:
+        if opts.json:
+            results["find"] = table
+            Path(opts.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+    results["find"] = search_deep(opts, save)
     results["load"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print_search_table(results)
     if opts.json:
