@@ -8,6 +8,7 @@ from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 from fuzzer._engine import hypothesis as engine
+
 from modelkit import make_model
 
 
