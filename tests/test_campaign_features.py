@@ -185,6 +185,8 @@ def _run_until_interrupted(tmp_path: Path, *, group: bool) -> subprocess.Complet
          "--workers", "2", "--corpus", "none", "--stats", "s.jsonl"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
+        # An xdist worker ignores SIGINT, and a child inherits that: give it a terminal's Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         stats = tmp_path / "s.jsonl"
