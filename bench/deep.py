@@ -39,6 +39,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +295,7 @@ def _clean(kernel: str, mmu: str, cpus: int) -> Model:
 
 
 def search_deep(opts: argparse.Namespace,
-                save: Any = None) -> dict[str, Any]:
+                save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every deep mistake (``--only``) under every searcher, ``--seeds`` seeds each, within the
     budget: per seed and per mistake, examples and seconds to the first failure. Each seed's
     result is printed as it comes (a run of hours shows where it is), and ``save(table)`` is

@@ -545,10 +545,16 @@ def objects(sm: Any, family: list[Operation]) -> list[tuple[Operation, dict[str,
     return list(seen.values())
 
 
+def _alike(made_by: Operation) -> dict[int, str]:
+    """``made_by``'s arguments by the identity of their declared type: an operation's argument
+    declared with the same object (kprobes' probe site) names the same thing."""
+    return {id(a): k for k, a in made_by.args.items()}
+
+
 def _names(op: Operation, args: dict[str, Any], made_by: Operation, made: dict[str, Any]) -> bool:
     """``op`` with ``args`` names the object ``made_by`` made with ``made``: every argument
     the two declare alike (the same declared type) has one value."""
-    same = {id(a): k for k, a in made_by.args.items()}
+    same = _alike(made_by)
     return all(made[same[id(a)]] == args[k] for k, a in op.args.items() if id(a) in same)
 
 
@@ -562,7 +568,7 @@ def _object_args(data: Any, sm: Any, op: Operation, obj: tuple[Operation, dict[s
     else another value (:func:`_other`: a second probe at the site); the rest are drawn as
     the operation's rule draws them."""
     made_by, made = obj
-    same = {id(a): k for k, a in made_by.args.items()}
+    same = _alike(made_by)
     args: dict[str, Any] = {}
     for k, a in op.args.items():
         if id(a) not in same:
@@ -620,8 +626,8 @@ _NAMING = st.integers(0, 3).map(lambda v: v != 0)
 
 def _declares_alike(op: Operation, maker: Operation) -> bool:
     """``op`` declares an argument alike with ``maker`` (the same declared type)."""
-    made = {id(a) for a in maker.args.values()}
-    return any(id(a) in made for a in op.args.values())
+    same = _alike(maker)
+    return any(id(a) in same for a in op.args.values())
 
 
 def _drain(sm: Any) -> None:
